@@ -1,0 +1,49 @@
+# Two commands on a fresh Debian machine: `make demo` and `make test`.
+# Both install what they need first: Debian packages (as root) and a virtualenv.
+
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+APT_PACKAGES := containerd docker-registry skopeo nginx wrk iproute2
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: all deps venv demo test test-fast lint bench clean
+
+all: test
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: deps venv
+	$(PY) -m bench demo $(ARGS)
+
+test: deps venv lint
+	$(PY) -m pytest -q $(ARGS)
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not integration" $(ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: deps venv
+	$(PY) -m bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,35 @@
+"""`python -m bench <command>`: the benchmark harness.
+
+Each command lives in its own module `bench/<command>.py`, which provides
+`add_arguments(parser)` and `run(args) -> int`. Modules are imported lazily so
+that one command's heavy imports do not slow the others down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS: dict[str, str] = {
+    "demo": "the main job: a local cluster, a pull through the mirror, checked by digest",
+    "serve": "hot path: blob throughput and manifest requests/s vs nginx and Distribution",
+    "dht": "Kademlia: lookup latency, hops, churn, provide cost on N loopback nodes",
+    "proxy": "peer relay vs direct read, 404 latency, time to first byte",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    first, rest = parser.parse_known_args(argv)
+    module = importlib.import_module(f"bench.{first.command}")
+    command_parser = argparse.ArgumentParser(prog=f"python -m bench {first.command}")
+    module.add_arguments(command_parser)
+    return int(module.run(command_parser.parse_args(rest)) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,345 @@
+"""containerd daemons side by side, each with its own root, state, sockets and hosts dir."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from bench.kit.procs import KitError, ManagedProcess, run, wait_for_unix_socket
+
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+# A unix socket path must fit in sockaddr_un.sun_path (108 bytes with the NUL).
+MAX_SOCKET_PATH = 107
+
+# Plugins that only log errors here (no btrfs/zfs/devmapper/aufs), CRI (off by
+# design), and "opt", which would otherwise create /opt/containerd on the host.
+DISABLED_PLUGINS = (
+    "io.containerd.grpc.v1.cri",
+    "io.containerd.snapshotter.v1.aufs",
+    "io.containerd.snapshotter.v1.btrfs",
+    "io.containerd.snapshotter.v1.devmapper",
+    "io.containerd.snapshotter.v1.zfs",
+    "io.containerd.internal.v1.opt",
+)
+
+DEFAULT_SNAPSHOTTER = "overlayfs"
+
+
+@dataclass(frozen=True)
+class PullResult:
+    ref: str
+    digest: str
+    duration: float
+    unpacked: bool
+    output: str
+
+
+def check_digest(digest: str) -> str:
+    if not DIGEST_RE.match(digest):
+        raise ValueError(f"not a sha256 digest: {digest!r}")
+    return digest
+
+
+def render_config(
+    *, root: Path, state: Path, temp: Path, address: Path, ttrpc_address: Path, log_level: str
+) -> str:
+    disabled = ", ".join(f'"{p}"' for p in DISABLED_PLUGINS)
+    return f"""\
+version = 2
+root = "{root}"
+state = "{state}"
+temp = "{temp}"
+disabled_plugins = [{disabled}]
+
+[grpc]
+  address = "{address}"
+
+[ttrpc]
+  address = "{ttrpc_address}"
+
+[debug]
+  level = "{log_level}"
+"""
+
+
+class ContainerdNode:
+    """One containerd daemon living entirely under `base_dir / name`."""
+
+    def __init__(
+        self,
+        name: str,
+        base_dir: Path,
+        *,
+        namespace: str = "k8s.io",
+        snapshotter: str = DEFAULT_SNAPSHOTTER,
+        log_level: str = "warn",
+        containerd_binary: str = "containerd",
+        ctr_binary: str = "ctr",
+    ) -> None:
+        self.name = name
+        self.dir = Path(base_dir).absolute() / name
+        self.root = self.dir / "root"
+        self.state = self.dir / "state"
+        self.temp = self.dir / "tmp"
+        self.address = self.dir / "grpc.sock"
+        self.ttrpc_address = self.dir / "ttrpc.sock"
+        self.content_path = self.root / "io.containerd.content.v1.content"
+        self.config_path = self.dir / "certs.d"
+        self.config_file = self.dir / "config.toml"
+        self.log_path = self.dir / "containerd.log"
+        self.namespace = namespace
+        self.snapshotter = snapshotter
+        self.log_level = log_level
+        self.ctr_binary = ctr_binary
+        if len(str(self.ttrpc_address)) > MAX_SOCKET_PATH:
+            raise KitError(f"socket path too long for AF_UNIX, use a shorter base dir: {self.dir}")
+        self.process = ManagedProcess(
+            [containerd_binary, "--config", str(self.config_file)],
+            log_path=self.log_path,
+            name=f"containerd[{name}]",
+        )
+
+    def __repr__(self) -> str:
+        return f"<ContainerdNode {self.name} pid={self.pid} {self.address}>"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.alive()
+
+    def tail(self, n: int = 40) -> str:
+        return self.process.tail(n)
+
+    def write_config(self) -> None:
+        for d in (self.root, self.state, self.temp, self.config_path):
+            d.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(
+            render_config(
+                root=self.root,
+                state=self.state,
+                temp=self.temp,
+                address=self.address,
+                ttrpc_address=self.ttrpc_address,
+                log_level=self.log_level,
+            )
+        )
+
+    def start(self, timeout: float = 20.0) -> None:
+        self.write_config()
+        self._remove_sockets()
+        self.process.start()
+        wait_for_unix_socket(self.address, timeout, proc=self.process)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.process.stop(timeout)
+        # containerd 1.6 removes its gRPC socket on SIGTERM but not the ttrpc one.
+        self._remove_sockets()
+
+    def restart(self, timeout: float = 20.0) -> None:
+        self.stop()
+        self.start(timeout)
+
+    def _remove_sockets(self) -> None:
+        for sock in (self.address, self.ttrpc_address):
+            sock.unlink(missing_ok=True)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def ctr(
+        self,
+        *args: str,
+        check: bool = True,
+        timeout: float | None = 120.0,
+        namespace: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        return run(
+            [
+                self.ctr_binary,
+                "--address",
+                str(self.address),
+                "--namespace",
+                namespace or self.namespace,
+                *args,
+            ],
+            check=check,
+            timeout=timeout,
+        )
+
+    def pull(
+        self,
+        ref: str,
+        hosts_dir: Path | None = None,
+        plain_http: bool = True,
+        platform: str | None = None,
+        all_platforms: bool = False,
+        *,
+        unpack: bool = True,
+        timeout: float = 600.0,
+    ) -> PullResult:
+        """Pull `ref` with ctr; `unpack=False` fetches content and records the image only.
+
+        `hosts_dir` defaults to this node's `config_path`.
+        """
+        args = ["images", "pull"] if unpack else ["content", "fetch"]
+        args += ["--hosts-dir", str(hosts_dir or self.config_path)]
+        if unpack:
+            args += ["--snapshotter", self.snapshotter]
+        if plain_http:
+            args.append("--plain-http")
+        if platform is not None:
+            args += ["--platform", platform]
+        if all_platforms:
+            args.append("--all-platforms")
+        started = time.perf_counter()
+        result = self.ctr(*args, ref, timeout=timeout)
+        duration = time.perf_counter() - started
+        digest = dict(self.images()).get(ref)
+        if digest is None:
+            raise KitError(f"pull of {ref} on {self.name} finished but no image record exists")
+        return PullResult(
+            ref=ref,
+            digest=digest,
+            duration=duration,
+            unpacked=unpack,
+            output=result.stdout + result.stderr,
+        )
+
+    def images(self) -> list[tuple[str, str]]:
+        """(name, target digest) of every image in the namespace."""
+        out = self.ctr("images", "ls").stdout.splitlines()
+        rows = []
+        for line in out[1:]:
+            fields = line.split()
+            if len(fields) >= 3:
+                rows.append((fields[0], fields[2]))
+        return rows
+
+    def remove_image(self, name: str) -> None:
+        self.ctr("images", "rm", "--sync", name)
+
+    def blob_path(self, digest: str) -> Path:
+        return self.content_path / "blobs" / "sha256" / check_digest(digest).removeprefix("sha256:")
+
+    def has_blob(self, digest: str) -> bool:
+        return self.blob_path(digest).is_file()
+
+    def blob_digests(self) -> set[str]:
+        """Digests of every committed blob in the content store (read from disk)."""
+        blob_dir = self.content_path / "blobs" / "sha256"
+        if not blob_dir.is_dir():
+            return set()
+        return {f"sha256:{p.name}" for p in blob_dir.iterdir() if p.is_file()}
+
+
+class ContainerdCluster:
+    """`n` containerd nodes named node-1..node-n; stopped and removed on exit."""
+
+    def __init__(
+        self,
+        n: int,
+        base_dir: Path | None = None,
+        *,
+        keep: bool = False,
+        name_prefix: str = "node-",
+        namespace: str = "k8s.io",
+        snapshotter: str = DEFAULT_SNAPSHOTTER,
+        log_level: str = "warn",
+    ) -> None:
+        self._own_base = base_dir is None
+        self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="ctrd-")).absolute()
+        self.keep = keep
+        self.nodes = [
+            ContainerdNode(
+                f"{name_prefix}{i}",
+                self.base_dir,
+                namespace=namespace,
+                snapshotter=snapshotter,
+                log_level=log_level,
+            )
+            for i in range(1, n + 1)
+        ]
+
+    def start(self, timeout: float = 20.0) -> None:
+        try:
+            for node in self.nodes:
+                node.write_config()
+                node.process.start()
+            for node in self.nodes:
+                wait_for_unix_socket(node.address, timeout, proc=node.process)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        errors: list[BaseException] = []
+        for node in self.nodes:
+            try:
+                node.stop()
+            except Exception as exc:
+                errors.append(exc)
+        if not self.keep:
+            target = [self.base_dir] if self._own_base else [n.dir for n in self.nodes]
+            for d in target:
+                shutil.rmtree(d, ignore_errors=True)
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __iter__(self) -> Iterator[ContainerdNode]:
+        return iter(self.nodes)
+
+    def __getitem__(self, i: int) -> ContainerdNode:
+        return self.nodes[i]
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+
+@contextlib.contextmanager
+def start_containerds(
+    n: int,
+    base_dir: Path | None = None,
+    *,
+    keep: bool = False,
+    namespace: str = "k8s.io",
+    snapshotter: str = DEFAULT_SNAPSHOTTER,
+) -> Iterator[list[ContainerdNode]]:
+    """Start `n` containerd nodes; yield them; stop and remove them on exit."""
+    cluster = ContainerdCluster(
+        n, base_dir, keep=keep, namespace=namespace, snapshotter=snapshotter
+    )
+    with cluster:
+        yield cluster.nodes

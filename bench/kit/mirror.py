@@ -1,0 +1,103 @@
+"""A `mirror registry` node as a child process, for tests, the demo and benchmarks."""
+
+from __future__ import annotations
+
+import sys
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from bench.kit.procs import ManagedProcess, wait_until
+
+
+class MirrorNode:
+    """One `python -m mirror registry` bound to `host`, reading one containerd."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        containerd_sock: Path,
+        workdir: Path,
+        registry_port: int = 5000,
+        router_port: int = 5001,
+        metrics_port: int = 9090,
+        namespace: str = "k8s.io",
+        content_path: Path | str = "",
+        extra_args: Sequence[str] = (),
+        log_level: str = "DEBUG",
+        name: str | None = None,
+    ) -> None:
+        self.host = host
+        self.registry_port = registry_port
+        self.router_port = router_port
+        self.metrics_port = metrics_port
+        self.workdir = Path(workdir)
+        self.name = name or f"mirror-{host}"
+        argv = [
+            sys.executable,
+            "-m",
+            "mirror",
+            "registry",
+            f"--log-level={log_level}",
+            f"--registry-addr={host}:{registry_port}",
+            f"--router-addr={host}:{router_port}",
+            f"--metrics-addr={host}:{metrics_port}",
+            f"--containerd-sock={containerd_sock}",
+            f"--containerd-namespace={namespace}",
+            f"--containerd-content-path={content_path}",
+            f"--data-dir={self.workdir / 'data'}",
+            *extra_args,
+        ]
+        self.process = ManagedProcess(argv, log_path=self.workdir / "mirror.log", name=self.name)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.registry_port}"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.registry_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}"
+
+    def _answers(self, path: str, expect: int = 200) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=1.0) as response:
+                return response.status == expect
+        except OSError:
+            return False
+
+    def start(self, timeout: float = 30.0, *, wait_ready: bool = True) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.process.start()
+        path = "/readyz" if wait_ready else "/livez"
+        wait_until(
+            lambda: self._answers(path), timeout, what=f"{self.name} {path}", proc=self.process
+        )
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        return self.process.stop(timeout)
+
+    def restart(self, timeout: float = 30.0) -> None:
+        self.stop()
+        self.start(timeout)
+
+    def tail(self, n: int = 40) -> str:
+        return self.process.tail(n)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

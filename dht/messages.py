@@ -1,0 +1,312 @@
+"""DHT messages as frozen dataclasses, and their msgpack wire codec.
+
+A datagram is one msgpack array:
+
+    [version, type, request_id, sender_id, *fields]
+
+Node ids and key ids are 16-byte bins, IP addresses packed 4- or 16-byte bins.
+Lists of contacts or providers are cut so that the encoded payload fits the
+budget (1,200 bytes less the optional authentication tag).
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import socket
+from dataclasses import dataclass
+from typing import ClassVar
+
+import msgpack
+
+from .auth import TAG_SIZE
+from .ids import ID_BYTES
+
+VERSION = 1
+MAX_DATAGRAM = 1200
+MAX_PAYLOAD = MAX_DATAGRAM - TAG_SIZE  # room is kept for the tag whether or not a key is set
+
+PING, PONG, FIND_NODE, NODES, ADD_PROVIDER, ADD_PROVIDER_ACK, GET_PROVIDERS, PROVIDERS = range(1, 9)
+
+# Worst-case sizes, used to decide how many items fit before encoding them.
+_HEAD_MAX = 1 + 1 + 1 + 9 + (2 + ID_BYTES)  # array header, version, type, uint64 id, sender bin
+_KEY_ITEM = 2 + ID_BYTES
+MAX_KEYS_PER_ADD = (MAX_PAYLOAD - _HEAD_MAX - 3 - 3) // _KEY_ITEM  # port, array16 header
+
+
+class DecodeError(ValueError):
+    """A datagram that is not a well-formed message of a version we speak."""
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """A DHT node as seen on the network."""
+
+    node_id: bytes
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    """A node that serves a key, and where: its router (UDP) and registry (HTTP) ports."""
+
+    node_id: bytes
+    host: str
+    udp_port: int
+    registry_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    TYPE: ClassVar[int] = PING
+    IS_REPLY: ClassVar[bool] = False
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """Carries back the address the request came from, as the responder saw it."""
+
+    TYPE: ClassVar[int] = PONG
+    IS_REPLY: ClassVar[bool] = True
+    observed_host: str
+    observed_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class FindNode:
+    TYPE: ClassVar[int] = FIND_NODE
+    IS_REPLY: ClassVar[bool] = False
+    target: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Nodes:
+    TYPE: ClassVar[int] = NODES
+    IS_REPLY: ClassVar[bool] = True
+    contacts: tuple[Contact, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AddProvider:
+    """Store the sender as a provider of `keys`; its host and UDP port are the datagram's source."""
+
+    TYPE: ClassVar[int] = ADD_PROVIDER
+    IS_REPLY: ClassVar[bool] = False
+    registry_port: int
+    keys: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AddProviderAck:
+    TYPE: ClassVar[int] = ADD_PROVIDER_ACK
+    IS_REPLY: ClassVar[bool] = True
+    stored: int
+
+
+@dataclass(frozen=True, slots=True)
+class GetProviders:
+    TYPE: ClassVar[int] = GET_PROVIDERS
+    IS_REPLY: ClassVar[bool] = False
+    key: bytes
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Providers:
+    TYPE: ClassVar[int] = PROVIDERS
+    IS_REPLY: ClassVar[bool] = True
+    providers: tuple[Provider, ...]
+    contacts: tuple[Contact, ...]
+
+
+Message = Ping | Pong | FindNode | Nodes | AddProvider | AddProviderAck | GetProviders | Providers
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    request_id: int
+    sender_id: bytes
+    message: Message
+
+
+# -- addresses ---------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=8192)
+def pack_ip(host: str) -> bytes:
+    try:
+        return socket.inet_pton(socket.AF_INET, host)
+    except OSError:
+        return ipaddress.IPv6Address(host).packed
+
+
+@functools.lru_cache(maxsize=8192)
+def unpack_ip(packed: bytes) -> str:
+    if len(packed) == 4:
+        return socket.inet_ntop(socket.AF_INET, packed)
+    return socket.inet_ntop(socket.AF_INET6, packed)
+
+
+# -- encoding ----------------------------------------------------------------
+
+_packer = msgpack.Packer(autoreset=True, use_bin_type=True)
+_pack = _packer.pack
+_array_header = _packer.pack_array_header
+
+
+@functools.lru_cache(maxsize=65536)
+def _contact_bytes(contact: Contact) -> bytes:
+    return _pack((contact.node_id, pack_ip(contact.host), contact.port))
+
+
+@functools.lru_cache(maxsize=65536)
+def _provider_bytes(provider: Provider) -> bytes:
+    return _pack(
+        (provider.node_id, pack_ip(provider.host), provider.udp_port, provider.registry_port)
+    )
+
+
+def _fit(items: list[bytes], room: int) -> tuple[bytes, int]:
+    """An array of as many pre-encoded items as fit in `room` bytes, and its length."""
+    used = 3  # array16 header, the largest one a datagram can need
+    count = 0
+    for item in items:
+        if used + len(item) > room:
+            break
+        used += len(item)
+        count += 1
+    return _array_header(count) + b"".join(items[:count]), used - 3 + len(_array_header(count))
+
+
+def encode(envelope: Envelope, budget: int = MAX_PAYLOAD) -> bytes:
+    """Encode a message; contact and provider lists are cut to fit `budget` bytes."""
+    m = envelope.message
+    head = _pack(VERSION) + _pack(m.TYPE) + _pack(envelope.request_id) + _pack(envelope.sender_id)
+    room = budget - len(head) - 1
+    if isinstance(m, Ping):
+        fields: list[bytes] = []
+    elif isinstance(m, Pong):
+        fields = [_pack(pack_ip(m.observed_host)), _pack(m.observed_port)]
+    elif isinstance(m, FindNode):
+        fields = [_pack(m.target)]
+    elif isinstance(m, Nodes):
+        fields = [_fit([_contact_bytes(c) for c in m.contacts], room)[0]]
+    elif isinstance(m, AddProvider):
+        port = _pack(m.registry_port)
+        keys, _ = _fit([_pack(k) for k in m.keys], room - len(port))
+        fields = [port, keys]
+    elif isinstance(m, AddProviderAck):
+        fields = [_pack(m.stored)]
+    elif isinstance(m, GetProviders):
+        fields = [_pack(m.key), _pack(m.limit)]
+    elif isinstance(m, Providers):
+        providers, used = _fit([_provider_bytes(p) for p in m.providers], room - 3)
+        contacts, _ = _fit([_contact_bytes(c) for c in m.contacts], room - used)
+        fields = [providers, contacts]
+    else:  # pragma: no cover - the Message union is closed
+        raise TypeError(f"not a DHT message: {m!r}")
+    data = _array_header(4 + len(fields)) + head + b"".join(fields)
+    if len(data) > budget:  # a fixed-size message over budget: a bug, never a network input
+        raise ValueError(f"{type(m).__name__} encodes to {len(data)} bytes > {budget}")
+    return data
+
+
+# -- decoding ----------------------------------------------------------------
+
+
+def _node_id(value: object) -> bytes:
+    if type(value) is not bytes or len(value) != ID_BYTES:
+        raise DecodeError("bad id")
+    return value
+
+
+def _port(value: object) -> int:
+    if type(value) is not int or not 0 < value < 65536:
+        raise DecodeError("bad port")
+    return value
+
+
+def _ip(value: object) -> str:
+    if type(value) is not bytes or len(value) not in (4, 16):
+        raise DecodeError("bad ip")
+    return unpack_ip(value)
+
+
+def _list(value: object) -> list[object]:
+    if type(value) is not list:
+        raise DecodeError("not a list")
+    return value
+
+
+def _contact(value: object) -> Contact:
+    fields = _list(value)
+    if len(fields) != 3:
+        raise DecodeError("bad contact")
+    return Contact(_node_id(fields[0]), _ip(fields[1]), _port(fields[2]))
+
+
+def _provider(value: object) -> Provider:
+    fields = _list(value)
+    if len(fields) != 4:
+        raise DecodeError("bad provider")
+    return Provider(_node_id(fields[0]), _ip(fields[1]), _port(fields[2]), _port(fields[3]))
+
+
+def _count(value: object) -> int:
+    if type(value) is not int or not 0 <= value < 1 << 32:
+        raise DecodeError("bad count")
+    return value
+
+
+_ARITY = {
+    PING: 0,
+    PONG: 2,
+    FIND_NODE: 1,
+    NODES: 1,
+    ADD_PROVIDER: 2,
+    ADD_PROVIDER_ACK: 1,
+    GET_PROVIDERS: 2,
+    PROVIDERS: 2,
+}
+
+
+def decode(data: bytes) -> Envelope:
+    """Decode and validate one datagram payload; anything else raises DecodeError."""
+    if len(data) > MAX_DATAGRAM:
+        raise DecodeError("oversized")
+    try:
+        obj = msgpack.unpackb(data, use_list=True, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises a zoo of types for malformed input
+        raise DecodeError(str(exc)) from exc
+    if type(obj) is not list or len(obj) < 4:
+        raise DecodeError("not an envelope")
+    version, kind, request_id, sender = obj[0], obj[1], obj[2], obj[3]
+    if version != VERSION or type(version) is not int:
+        raise DecodeError("unknown version")
+    arity = _ARITY.get(kind) if type(kind) is int else None
+    if arity is None or len(obj) != 4 + arity:
+        raise DecodeError("unknown type or wrong arity")
+    if type(request_id) is not int or not 0 <= request_id < 1 << 64:
+        raise DecodeError("bad request id")
+    f = obj[4:]
+    message: Message
+    if kind == PING:
+        message = Ping()
+    elif kind == PONG:
+        message = Pong(_ip(f[0]), _port(f[1]))
+    elif kind == FIND_NODE:
+        message = FindNode(_node_id(f[0]))
+    elif kind == NODES:
+        message = Nodes(tuple(_contact(c) for c in _list(f[0])))
+    elif kind == ADD_PROVIDER:
+        message = AddProvider(_port(f[0]), tuple(_node_id(k) for k in _list(f[1])))
+    elif kind == ADD_PROVIDER_ACK:
+        message = AddProviderAck(_count(f[0]))
+    elif kind == GET_PROVIDERS:
+        message = GetProviders(_node_id(f[0]), _count(f[1]))
+    else:
+        message = Providers(
+            tuple(_provider(p) for p in _list(f[0])), tuple(_contact(c) for c in _list(f[1]))
+        )
+    return Envelope(request_id, _node_id(sender), message)

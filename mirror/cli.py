@@ -1,0 +1,302 @@
+"""`mirror`: a drop-in for Spegel's command line.
+
+Same subcommands, flag names and defaults as Spegel; every flag can also come
+from the environment variable of the same name in upper snake case
+(`--registry-addr` <- `REGISTRY_ADDR`). Flags given on the command line win.
+Syntax as Spegel's parser takes it: `--flag=value`, `--flag value`, lists as
+several values after one flag, booleans as `--flag`, `--flag=true|false`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+from mirror.durations import format_duration, parse_duration
+from mirror.logs import LEVELS
+
+VERSION = "0.1.0"
+
+
+@dataclass(frozen=True)
+class Flag:
+    name: str
+    kind: str  # str | int | bool | duration | list | regex-list
+    default: object
+    help: str
+    required: bool = False
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def dest(self) -> str:
+        return self.name.replace("-", "_")
+
+    @property
+    def env(self) -> str:
+        return self.dest.upper()
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "t", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "f", "false", "no", "off"):
+        return False
+    raise ValueError(f"invalid boolean {text!r}: use true or false")
+
+
+def _parse_level(text: str) -> str:
+    if text.upper() not in LEVELS:
+        raise ValueError(f"invalid log level {text!r}: use DEBUG, INFO, WARN or ERROR")
+    return text.upper()
+
+
+def _parse_regex(text: str) -> str:
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression {text!r}: {exc}") from None
+    return text
+
+
+_SCALAR: dict[str, Callable[[str], object]] = {
+    "str": str,
+    "int": int,
+    "bool": _parse_bool,
+    "duration": parse_duration,
+    "level": _parse_level,
+}
+
+LOG_LEVEL = Flag("log-level", "level", "INFO", "Minimum log level: DEBUG, INFO, WARN or ERROR.")
+CONFIG_PATH = Flag(
+    "containerd-registry-config-path",
+    "str",
+    "/etc/containerd/certs.d",
+    "Directory where mirror configuration is written.",
+)
+MIRRORED_REGISTRIES = Flag(
+    "mirrored-registries",
+    "list",
+    [],
+    "Registries that are mirrored; empty mirrors all registries.",
+)
+BOOTSTRAP = [
+    Flag("bootstrap-kind", "str", "", "Kind of bootstrapper: static, dns or http."),
+    Flag("dns-bootstrap-domain", "str", "", "Domain whose A/AAAA records are the peers (dns)."),
+    Flag(
+        "http-bootstrap-addr", "str", "", "Address to serve this node's router address on (http)."
+    ),
+    Flag(
+        "http-bootstrap-peer",
+        "str",
+        "",
+        "URL to fetch bootstrap peers from (http).",
+        aliases=("http-bootstrap-url",),
+    ),
+    Flag("static-bootstrap-peers", "list", [], "Peers to bootstrap with (host:port or multiaddr)."),
+]
+
+COMMANDS: dict[str, tuple[str, list[Flag]]] = {
+    "registry": (
+        "Run the registry mirror: the pull API, the DHT router and the metrics/debug server.",
+        [
+            *BOOTSTRAP,
+            CONFIG_PATH,
+            Flag("metrics-addr", "str", ":9090", "Address to serve metrics and the debug web UI."),
+            Flag(
+                "containerd-sock",
+                "str",
+                "/run/containerd/containerd.sock",
+                "Endpoint of the containerd service.",
+            ),
+            Flag(
+                "containerd-namespace", "str", "k8s.io", "Containerd namespace to serve images of."
+            ),
+            Flag(
+                "containerd-content-path",
+                "str",
+                "/var/lib/containerd/io.containerd.content.v1.content",
+                "Path to containerd's content store; empty asks containerd (introspection).",
+            ),
+            Flag(
+                "data-dir", "str", "/var/lib/spegel", "Directory where the node keeps its identity."
+            ),
+            Flag("router-addr", "str", ":5001", "Address of the DHT router (UDP)."),
+            Flag("registry-addr", "str", ":5000", "Address to serve the registry on."),
+            Flag(
+                "registry-head-timeout",
+                "duration",
+                10.0,
+                "Time a client has to send a whole request head.",
+            ),
+            Flag(
+                "router-key-file",
+                "str",
+                "",
+                "File with a shared cluster key that signs DHT traffic.",
+            ),
+            Flag(
+                "otel-endpoint", "str", "", "Accepted for compatibility; tracing is not exported."
+            ),
+            Flag("otel-service-name", "str", "spegel", "Accepted for compatibility."),
+            Flag("otel-sampler", "str", "parentbased_always_off", "Accepted for compatibility."),
+            MIRRORED_REGISTRIES,
+            Flag(
+                "registry-filters",
+                "regex-list",
+                [],
+                "Regular expressions; matching registries/tags are neither served nor advertised.",
+            ),
+            Flag(
+                "mirror-resolve-timeout", "duration", 0.020, "Max duration spent finding a mirror."
+            ),
+            Flag("mirror-resolve-retries", "int", 3, "Max amount of mirrors to attempt."),
+            Flag("debug-web-enabled", "bool", True, "When true enables the debug web page."),
+            Flag(
+                "resolve-latest-tag",
+                "bool",
+                True,
+                "Deprecated in Spegel: false adds the filter ':latest$'.",
+            ),
+            Flag("otel-enabled", "bool", False, "Accepted for compatibility."),
+            Flag("otel-insecure", "bool", False, "Accepted for compatibility."),
+        ],
+    ),
+    "configuration": (
+        "Write containerd's mirror configuration (hosts.toml) for the mirrored registries.",
+        [
+            CONFIG_PATH,
+            MIRRORED_REGISTRIES,
+            Flag("mirror-targets", "list", [], "Registries that act as mirrors.", required=True),
+            Flag("resolve-tags", "bool", True, "When true tags are resolved through the mirror."),
+            Flag(
+                "prepend-existing", "bool", False, "Keep existing mirror configuration after ours."
+            ),
+        ],
+    ),
+    "cleanup": (
+        "Restore containerd's mirror configuration, then serve readiness until stopped.",
+        [
+            Flag("addr", "str", "", "Address to run the readiness probe on.", required=True),
+            CONFIG_PATH,
+        ],
+    ),
+    "cleanup-wait": (
+        "Wait until the cleanup pods report done.",
+        [
+            Flag(
+                "probe-endpoint", "str", "", "Endpoint to probe cleanup jobs from.", required=True
+            ),
+            Flag("threshold", "int", 3, "Consecutive successful probes that mean done."),
+            Flag("period", "duration", 2.0, "Time between probes."),
+        ],
+    ),
+    "version": (
+        "Print the version.",
+        [Flag("format", "str", "text", "Output format: text or json.")],
+    ),
+}
+
+
+class UsageError(Exception):
+    """A flag value that cannot be used; exits with status 2 and the message."""
+
+
+def _show_default(flag: Flag) -> str:
+    if flag.kind == "duration":
+        return format_duration(float(flag.default))  # type: ignore[arg-type]
+    if flag.kind == "bool":
+        return str(flag.default).lower()
+    if isinstance(flag.default, list):
+        return " ".join(flag.default) or "none"
+    return repr(flag.default) if flag.default == "" else str(flag.default)
+
+
+def _add_flag(parser: argparse.ArgumentParser, flag: Flag) -> None:
+    names = [f"--{flag.name}", *(f"--{alias}" for alias in flag.aliases)]
+    help_text = f"{flag.help} [env {flag.env}; default {_show_default(flag)}]"
+    kwargs: dict[str, object] = {"dest": flag.dest, "default": argparse.SUPPRESS, "help": help_text}
+    if flag.kind in ("list", "regex-list"):
+        kwargs.update(nargs="*", action="extend", metavar="VALUE")
+    elif flag.kind == "bool":
+        kwargs.update(nargs="?", const="true", metavar="BOOL")
+    else:
+        kwargs.update(metavar=flag.kind.upper())
+    parser.add_argument(*names, **kwargs)  # type: ignore[arg-type]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mirror",
+        description="Peer-to-peer OCI registry mirror, a drop-in for Spegel.",
+        allow_abbrev=False,
+    )
+    _add_flag(parser, LOG_LEVEL)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (description, flags) in COMMANDS.items():
+        command = sub.add_parser(
+            name, help=description, description=description, allow_abbrev=False
+        )
+        for flag in [*flags, LOG_LEVEL]:
+            _add_flag(command, flag)
+    return parser
+
+
+def _convert(flag: Flag, raw: object, *, from_env: bool) -> object:
+    try:
+        if flag.kind in ("list", "regex-list"):
+            if from_env:
+                assert isinstance(raw, str)
+                items = [item.strip() for row in csv.reader([raw]) for item in row]
+            else:
+                assert isinstance(raw, list)
+                items = list(raw)
+            items = [item for item in items if item]
+            return [_parse_regex(i) for i in items] if flag.kind == "regex-list" else items
+        assert isinstance(raw, str)
+        return _SCALAR[flag.kind](raw)
+    except ValueError as exc:
+        source = f"environment variable {flag.env}" if from_env else f"--{flag.name}"
+        raise UsageError(f"{source}: {exc}") from None
+
+
+def parse_args(argv: Sequence[str], environ: dict[str, str] | None = None) -> SimpleNamespace:
+    """Parse the command line and the environment into one namespace of typed values."""
+    environ = dict(os.environ) if environ is None else environ
+    parsed = vars(build_parser().parse_args(list(argv)))
+    command = parsed.pop("command")
+    values: dict[str, object] = {"command": command}
+    for flag in [*COMMANDS[command][1], LOG_LEVEL]:
+        if flag.dest in parsed:
+            values[flag.dest] = _convert(flag, parsed[flag.dest], from_env=False)
+        elif flag.env in environ:
+            values[flag.dest] = _convert(flag, environ[flag.env], from_env=True)
+        elif flag.required:
+            raise UsageError(f"--{flag.name} is required (or set {flag.env})")
+        else:
+            default = flag.default
+            values[flag.dest] = list(default) if isinstance(default, list) else default
+    if command == "registry" and not values["resolve_latest_tag"]:
+        values["registry_filters"] = [*values["registry_filters"], ":latest$"]  # type: ignore[list-item]
+    return SimpleNamespace(**values)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        options = parse_args(sys.argv[1:] if argv is None else argv)
+    except UsageError as exc:
+        print(f"mirror: error: {exc}", file=sys.stderr)
+        return 2
+    from mirror.commands import run_command
+
+    return run_command(options)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

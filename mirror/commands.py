@@ -1,0 +1,35 @@
+"""Run a parsed `mirror` command; each subcommand's work lives in its own module."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+from types import SimpleNamespace
+
+import trio
+
+from mirror.cli import VERSION
+from mirror.logs import configure_logging
+
+log = logging.getLogger("mirror")
+
+
+def run_command(options: SimpleNamespace) -> int:
+    if options.command == "version":
+        info = {"version": VERSION, "python": platform.python_version(), "trio": trio.__version__}
+        if options.format == "json":
+            print(json.dumps(info))
+        else:
+            print(f"mirror {VERSION} (python {info['python']}, trio {info['trio']})")
+        return 0
+    configure_logging(options.log_level)
+    try:
+        if options.command == "registry":
+            from mirror.node import run_registry
+
+            return trio.run(run_registry, options)
+    except KeyboardInterrupt:
+        return 130
+    log.error("command not available in this build", extra={"command": options.command})
+    return 2

@@ -1,0 +1,120 @@
+"""What containerd's config.toml says about registry mirroring.
+
+Two settings matter to the mirror: the CRI registry `config_path` (where
+containerd looks for `<host>/hosts.toml`) and `discard_unpacked_layers` (when
+true, containerd drops layer blobs after unpacking, so there is nothing to
+serve). Their keys depend on the config schema version:
+
+    version 1 (no "version"):  plugins.cri.registry.config_path
+                               plugins.cri.containerd.discard_unpacked_layers
+    version 2 (containerd 1.x): plugins."io.containerd.grpc.v1.cri".registry.config_path
+                               plugins."io.containerd.grpc.v1.cri".containerd.discard_unpacked_layers
+    version 3 (containerd 2.x): plugins."io.containerd.cri.v1.images".registry.config_path
+                               plugins."io.containerd.cri.v1.images".discard_unpacked_layers
+
+`parse_config` reads a parsed document; `load_config` reads a file, following
+its `imports` the way containerd does (globs, relative to the importing file,
+later files replacing earlier ones per top-level key and per plugin).
+"""
+
+from __future__ import annotations
+
+import glob
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG_FILE = Path("/etc/containerd/config.toml")
+
+# version -> (plugin id, path to config_path, path to discard_unpacked_layers)
+_KEYS: dict[int, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+    1: ("cri", ("registry", "config_path"), ("containerd", "discard_unpacked_layers")),
+    2: (
+        "io.containerd.grpc.v1.cri",
+        ("registry", "config_path"),
+        ("containerd", "discard_unpacked_layers"),
+    ),
+    3: (
+        "io.containerd.cri.v1.images",
+        ("registry", "config_path"),
+        ("discard_unpacked_layers",),
+    ),
+}
+
+
+class ConfigError(ValueError):
+    """The file is not a containerd configuration we can read."""
+
+
+@dataclass(frozen=True)
+class ContainerdConfig:
+    version: int
+    # None when unset or empty: containerd then uses no hosts directory at all.
+    config_path: str | None
+    discard_unpacked_layers: bool
+
+    @property
+    def config_dirs(self) -> tuple[Path, ...]:
+        """config_path split into directories (containerd accepts a ':'-separated list)."""
+        if not self.config_path:
+            return ()
+        return tuple(Path(p) for p in self.config_path.split(":") if p)
+
+
+def parse_config(doc: Mapping[str, Any]) -> ContainerdConfig:
+    """The mirror-relevant settings of a parsed config.toml."""
+    version = doc.get("version", 1)
+    if version not in _KEYS:
+        raise ConfigError(f"unsupported containerd config version {version!r}")
+    plugin_id, config_path_keys, discard_keys = _KEYS[version]
+    plugin = _dig(doc, ("plugins", plugin_id))
+    config_path = _dig(plugin, config_path_keys)
+    discard = _dig(plugin, discard_keys)
+    if config_path is not None and not isinstance(config_path, str):
+        raise ConfigError(f"registry.config_path is not a string: {config_path!r}")
+    if discard is not None and not isinstance(discard, bool):
+        raise ConfigError(f"discard_unpacked_layers is not a boolean: {discard!r}")
+    return ContainerdConfig(
+        version=version,
+        config_path=config_path or None,
+        discard_unpacked_layers=bool(discard),
+    )
+
+
+def load_config(path: Path = DEFAULT_CONFIG_FILE) -> ContainerdConfig:
+    """parse_config over `path` and its imports; a missing file means containerd's defaults."""
+    path = Path(path)
+    if not path.exists():
+        return parse_config({})
+    return parse_config(_load_with_imports(path, set()))
+
+
+def _load_with_imports(path: Path, seen: set[Path]) -> dict[str, Any]:
+    seen.add(path.resolve())
+    try:
+        doc = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    for pattern in doc.get("imports", ()):
+        full = pattern if Path(pattern).is_absolute() else str(path.parent / pattern)
+        for match in sorted(glob.glob(full)):
+            imported = Path(match)
+            if imported.resolve() not in seen:
+                doc = _merge(doc, _load_with_imports(imported, seen))
+    return doc
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = {**base, **{k: v for k, v in override.items() if k not in ("plugins", "imports")}}
+    merged["plugins"] = {**base.get("plugins", {}), **override.get("plugins", {})}
+    return merged
+
+
+def _dig(doc: Any, keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        if not isinstance(doc, Mapping):
+            return None
+        doc = doc.get(key)
+    return doc

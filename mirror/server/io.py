@@ -1,0 +1,70 @@
+"""Writing to a raw non-blocking Trio socket: buffers and `sendfile`.
+
+Every loop here tries the syscall once and only then waits for writability,
+Trio's own pattern, and gives up when the peer accepts nothing for `stall_timeout`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import trio
+
+SENDFILE_CHUNK = 4 * 1024 * 1024
+
+
+class PeerStalled(Exception):
+    """The peer accepted no byte within the stall timeout."""
+
+
+class SourceShort(Exception):
+    """The file ended before the promised length: it was truncated or replaced."""
+
+
+async def _wait_writable(sock: trio.socket.SocketType, stall_timeout: float) -> None:
+    with trio.move_on_after(stall_timeout) as scope:
+        await trio.lowlevel.wait_writable(sock)
+    if scope.cancelled_caught:
+        raise PeerStalled(f"no progress for {stall_timeout}s")
+
+
+async def send_all(
+    sock: trio.socket.SocketType, data: bytes, *, more: bool = False, stall_timeout: float = 30.0
+) -> None:
+    """Send every byte; with `more`, the kernel holds a partial segment for what follows."""
+    flags = socket.MSG_MORE if more else 0
+    view = memoryview(data)
+    while view:
+        with trio.move_on_after(stall_timeout) as scope:
+            sent = await sock.send(view, flags)
+        if scope.cancelled_caught:
+            raise PeerStalled(f"no progress for {stall_timeout}s")
+        view = view[sent:]
+
+
+async def send_file(
+    sock: trio.socket.SocketType,
+    file_fd: int,
+    offset: int,
+    length: int,
+    *,
+    stall_timeout: float = 30.0,
+    chunk: int = SENDFILE_CHUNK,
+) -> int:
+    """Send `length` bytes of `file_fd` from `offset`; returns the bytes sent."""
+    out_fd = sock.fileno()
+    remaining = length
+    while remaining:
+        try:
+            sent = os.sendfile(out_fd, file_fd, offset, min(chunk, remaining))
+        except BlockingIOError:
+            await _wait_writable(sock, stall_timeout)
+            continue
+        if sent == 0:
+            raise SourceShort(f"file ended {remaining} bytes early")
+        offset += sent
+        remaining -= sent
+        # Between chunks: let other connections run and honour cancellation.
+        await trio.lowlevel.checkpoint()
+    return length

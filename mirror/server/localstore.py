@@ -1,0 +1,140 @@
+"""The node's own content, read straight out of containerd's content store.
+
+Blobs are opened by path (a committed blob is renamed into place atomically, so
+an open file is complete); tags go through containerd's image store, with a short
+cache because every pull resolves the tag first.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Generic, Protocol, TypeVar
+
+import trio
+
+from mirror.containerd.paths import blob_path
+from mirror.oci.digest import Digest, parse_digest
+from mirror.oci.mediatypes import MAX_MANIFEST_SIZE, detect_manifest_type
+
+
+@dataclass(frozen=True, slots=True)
+class TagTarget:
+    digest: Digest
+    media_type: str
+    size: int
+
+
+class TagResolver(Protocol):
+    async def resolve(self, image_name: str) -> TagTarget | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OpenBlob:
+    fd: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    digest: Digest
+    media_type: str
+    content: bytes
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _Lru(Generic[K, V]):
+    def __init__(self, capacity: int) -> None:
+        self._items: OrderedDict[K, V] = OrderedDict()
+        self._capacity = capacity
+
+    def get(self, key: K) -> V | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self._capacity:
+            self._items.popitem(last=False)
+
+    def pop(self, key: K) -> None:
+        self._items.pop(key, None)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+class LocalStore:
+    def __init__(
+        self, content_root: Path, tags: TagResolver, *, tag_ttl: float = 2.0, cache_size: int = 4096
+    ) -> None:
+        self.content_root = content_root
+        self._tags = tags
+        self._tag_ttl = tag_ttl
+        self._tag_cache: _Lru[str, tuple[float, TagTarget | None]] = _Lru(cache_size)
+        # Content-addressed, so an entry can only go stale by the blob being deleted,
+        # and then the bytes are still what the digest says.
+        self._manifests: _Lru[Digest, Manifest | bool] = _Lru(cache_size)
+
+    def open_blob(self, digest: Digest) -> OpenBlob | None:
+        try:
+            fd = os.open(blob_path(self.content_root, digest), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR):
+                return None
+            raise
+        try:
+            size = os.fstat(fd).st_size
+        except OSError:
+            os.close(fd)
+            raise
+        return OpenBlob(fd, size)
+
+    def has_blob(self, digest: Digest) -> bool:
+        return blob_path(self.content_root, digest).is_file()
+
+    def manifest(self, digest: Digest) -> Manifest | None:
+        cached = self._manifests.get(digest)
+        if isinstance(cached, Manifest):
+            return cached
+        blob = self.open_blob(digest)
+        if blob is None:
+            return None
+        try:
+            content = b"" if blob.size > MAX_MANIFEST_SIZE else os.pread(blob.fd, blob.size, 0)
+        finally:
+            os.close(blob.fd)
+        media_type = detect_manifest_type(content) if content else None
+        if media_type is None:
+            return None
+        manifest = Manifest(digest, media_type, content)
+        self._manifests.put(digest, manifest)
+        return manifest
+
+    async def resolve_tag(self, image_name: str) -> TagTarget | None:
+        now = trio.current_time()
+        cached = self._tag_cache.get(image_name)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        target = await self._tags.resolve(image_name)
+        self._tag_cache.put(image_name, (now + self._tag_ttl, target))
+        return target
+
+    def forget_tag(self, image_name: str) -> None:
+        self._tag_cache.pop(image_name)
+
+    def forget_all_tags(self) -> None:
+        self._tag_cache.clear()
+
+
+def target_from(digest: str, media_type: str, size: int) -> TagTarget:
+    return TagTarget(parse_digest(digest), media_type, size)

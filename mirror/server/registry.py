@@ -1,0 +1,165 @@
+"""The registry API on the hot path: `/v2/` pulls, `/readyz`, `/livez`.
+
+Local content is served straight from containerd's content store; a miss goes
+to the mirroring layer when one is wired in (and the request did not come from
+a peer), else it is a fast 404 so that containerd falls back to the next host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from mirror.oci.distribution import (
+    DistributionPath,
+    Kind,
+    PathError,
+    parse_distribution_path,
+    valid_registry,
+)
+from mirror.oci.filters import ReferenceFilter
+from mirror.oci.mediatypes import BLOB_CONTENT_TYPE
+from mirror.oci.ranges import Unsatisfiable, parse_range
+from mirror.server.http import API_VERSION_HEADER, JSON_TYPE
+from mirror.server.localstore import LocalStore
+from mirror.server.request import Request
+from mirror.server.response import FileBody, Response, error_response
+
+# Spegel's loop-prevention header: a request carrying it is served from local content only.
+MIRRORED_HEADER = "x-spegel-mirrored"
+
+_TEXT = [("Content-Type", "text/plain; charset=utf-8")]
+_STATUS_FOR_CODE = {"UNSUPPORTED": 404}
+
+
+class MissHandler(Protocol):
+    async def fetch(
+        self, request: Request, path: DistributionPath, registry: str | None
+    ) -> Response | None: ...
+
+
+class RegistryHandler:
+    def __init__(
+        self,
+        store: LocalStore,
+        reference_filter: ReferenceFilter | None = None,
+        *,
+        ready: Callable[[], bool] = lambda: True,
+        miss: MissHandler | None = None,
+    ) -> None:
+        self.store = store
+        self.filter = reference_filter or ReferenceFilter()
+        self.ready = ready
+        self.miss = miss
+
+    async def __call__(self, request: Request) -> Response:
+        path = request.path
+        if path == "/livez":
+            return Response(200, list(_TEXT), b"ok\n", handler="livez")
+        if path in ("/readyz", "/healthz"):
+            if self.ready():
+                return Response(200, list(_TEXT), b"ok\n", handler="readyz")
+            return Response(503, list(_TEXT), b"not ready\n", handler="readyz")
+        try:
+            route = parse_distribution_path(path)
+        except PathError as exc:
+            status = _STATUS_FOR_CODE.get(exc.code, 400)
+            return error_response(status, exc.code, exc.message)
+        if route is None:
+            return Response(404, list(_TEXT), b"not found\n")
+        if request.method not in ("GET", "HEAD"):
+            response = error_response(405, "UNSUPPORTED", "only GET and HEAD are served")
+            response.headers.append(("Allow", "GET, HEAD"))
+            return response
+        if route.kind is Kind.BASE:
+            return Response(
+                200, [("Content-Type", JSON_TYPE), API_VERSION_HEADER], b"{}", handler="v2"
+            )
+        registry = request.query_param("ns")
+        if registry is not None and not valid_registry(registry):
+            return error_response(400, "NAME_INVALID", "invalid ns parameter")
+        if registry is not None:
+            separator = ":" if route.tag is not None else "@"
+            reference = f"{registry}/{route.name}{separator}{route.reference}"
+            if not self.filter.allows(reference, registry):
+                return self._unknown(route, "filtered")
+        if route.kind is Kind.MANIFEST:
+            response = await self._local_manifest(request, route, registry)
+        else:
+            response = self._local_blob(request, route)
+        if response is not None:
+            return response
+        if self.miss is not None and MIRRORED_HEADER not in request.headers:
+            mirrored = await self.miss.fetch(request, route, registry)
+            if mirrored is not None:
+                return mirrored
+        return self._unknown(route, "not on this node")
+
+    @staticmethod
+    def _unknown(route: DistributionPath, why: str) -> Response:
+        if route.kind is Kind.MANIFEST:
+            return error_response(
+                404, "MANIFEST_UNKNOWN", f"manifest unknown: {why}", handler="manifest"
+            )
+        return error_response(404, "BLOB_UNKNOWN", f"blob unknown: {why}", handler="blob")
+
+    async def _local_manifest(
+        self, request: Request, route: DistributionPath, registry: str | None
+    ) -> Response | None:
+        digest = route.digest
+        if digest is None:
+            if registry is None:
+                return None
+            target = await self.store.resolve_tag(f"{registry}/{route.name}:{route.tag}")
+            if target is None:
+                return None
+            digest = target.digest
+        manifest = self.store.manifest(digest)
+        if manifest is None:
+            return None
+        headers = [
+            ("Content-Type", manifest.media_type),
+            ("Docker-Content-Digest", str(manifest.digest)),
+            API_VERSION_HEADER,
+            ("Accept-Ranges", "bytes"),
+        ]
+        body = manifest.content
+        size = len(body)
+        try:
+            byte_range = parse_range(request.headers.get("range"), size)
+        except Unsatisfiable:
+            return _range_not_satisfiable(size, "manifest")
+        if byte_range is None:
+            return Response(200, headers, body, handler="manifest")
+        headers.append(("Content-Range", byte_range.content_range(size)))
+        return Response(
+            206, headers, body[byte_range.start : byte_range.end + 1], handler="manifest"
+        )
+
+    def _local_blob(self, request: Request, route: DistributionPath) -> Response | None:
+        assert route.digest is not None
+        blob = self.store.open_blob(route.digest)
+        if blob is None:
+            return None
+        headers = [
+            ("Content-Type", BLOB_CONTENT_TYPE),
+            ("Docker-Content-Digest", str(route.digest)),
+            API_VERSION_HEADER,
+            ("Accept-Ranges", "bytes"),
+        ]
+        try:
+            byte_range = parse_range(request.headers.get("range"), blob.size)
+        except Unsatisfiable:
+            FileBody(blob.fd, 0, 0).close()
+            return _range_not_satisfiable(blob.size, "blob")
+        if byte_range is None:
+            return Response(200, headers, FileBody(blob.fd, 0, blob.size), handler="blob")
+        headers.append(("Content-Range", byte_range.content_range(blob.size)))
+        body = FileBody(blob.fd, byte_range.start, byte_range.length)
+        return Response(206, headers, body, handler="blob")
+
+
+def _range_not_satisfiable(size: int, handler: str) -> Response:
+    response = error_response(416, "RANGE_INVALID", "range not satisfiable", handler=handler)
+    response.headers.append(("Content-Range", f"bytes */{size}"))
+    return response

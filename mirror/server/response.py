@@ -1,0 +1,74 @@
+"""What a handler returns: status, headers and a body that knows how to send itself."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+from mirror.server.http import API_VERSION_HEADER, JSON_TYPE, error_body
+from mirror.server.io import send_file
+
+
+class Body(Protocol):
+    """A body too large to hold in memory; sent after the head, closed in every case."""
+
+    length: int
+
+    async def send(self, sock: trio.socket.SocketType, stall_timeout: float) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class FileBody:
+    """A byte range of an open file, sent with `sendfile` (no copy through Python)."""
+
+    fd: int
+    offset: int
+    length: int
+
+    async def send(self, sock: trio.socket.SocketType, stall_timeout: float) -> None:
+        await send_file(sock, self.fd, self.offset, self.length, stall_timeout=stall_timeout)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes | Body = b""
+    close: bool = False
+    # What the access log and metrics call this request ("blob", "manifest", ...).
+    handler: str = "other"
+
+    @property
+    def length(self) -> int:
+        return len(self.body) if isinstance(self.body, bytes) else self.body.length
+
+    def release(self) -> None:
+        if not isinstance(self.body, bytes):
+            self.body.close()
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str | None = None,
+    *,
+    close: bool = False,
+    handler: str = "other",
+) -> Response:
+    return Response(
+        status,
+        [("Content-Type", JSON_TYPE), API_VERSION_HEADER],
+        error_body(code, message),
+        close=close,
+        handler=handler,
+    )

@@ -1,0 +1,1 @@
+"""Tests of the containerd control-plane client (mirror.containerd)."""
