@@ -1,0 +1,34 @@
+"""Kademlia DHT over UDP: who holds which digest or tag.
+
+Usable on its own (it does not import `mirror`). The sans-I/O core (ids,
+messages, routing, lookup, providers, handler) never imports Trio; `transport`
+and `node` are the Trio shell; `bootstrap` finds the first peers.
+"""
+
+from .auth import load_cluster_key
+from .bootstrap import (
+    Bootstrapper,
+    DnsBootstrapper,
+    HttpBootstrapper,
+    StaticBootstrapper,
+    parse_peer_address,
+)
+from .ids import key_id
+from .messages import Contact, Provider
+from .node import DhtNode, LookupStats, NodeConfig, NodeStats
+
+__all__ = [
+    "Bootstrapper",
+    "Contact",
+    "DhtNode",
+    "DnsBootstrapper",
+    "HttpBootstrapper",
+    "LookupStats",
+    "NodeConfig",
+    "NodeStats",
+    "Provider",
+    "StaticBootstrapper",
+    "key_id",
+    "load_cluster_key",
+    "parse_peer_address",
+]

@@ -279,7 +279,8 @@ async def serve_http(
 ) -> None:
     """Answer every GET with `body()` as JSON; reports the bound address when started."""
     host, port = listen
-    listeners = await trio.open_tcp_listeners(port, host=None if host in ("0.0.0.0", "::") else host)
+    bind_host = None if host in ("0.0.0.0", "::") else host
+    listeners = await trio.open_tcp_listeners(port, host=bind_host)
 
     async def handle(stream: trio.SocketStream) -> None:
         async with stream:

@@ -110,7 +110,7 @@ class ReprovideSchedule:
         return list(self._due)
 
     def _phase(self, key: str) -> float:
-        return (xxhash.xxh64_intdigest(key) + 1) / 2**64 * self.interval
+        return (xxhash.xxh64_intdigest(key.encode()) + 1) / 2**64 * self.interval
 
     def add(self, keys: Iterable[str], now: float) -> list[str]:
         """Start providing keys; returns those that were not provided yet."""

@@ -62,7 +62,8 @@ class TransportCounters:
     dropped_oversized: int = 0
     dropped_malformed: int = 0
     dropped_unauthenticated: int = 0
-    dropped_unsolicited: int = 0  # replies with an unknown id, from the wrong address or of the wrong type
+    # Replies with an unknown id, from the wrong address or of the wrong type:
+    dropped_unsolicited: int = 0
     dropped_replies: int = 0  # replies not sent because the socket buffer was full
     send_errors: int = 0
     receive_errors: int = 0

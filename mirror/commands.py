@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import trio
 
 from mirror.cli import VERSION
+from mirror.containerd.hosts import ConfigurationError
 from mirror.logs import configure_logging
 
 log = logging.getLogger("mirror")
@@ -29,6 +30,17 @@ def run_command(options: SimpleNamespace) -> int:
             from mirror.node import run_registry
 
             return trio.run(run_registry, options)
+        from mirror import cleanup
+
+        if options.command == "configuration":
+            return cleanup.run_configuration(options)
+        if options.command == "cleanup":
+            return trio.run(cleanup.run_cleanup, options)
+        if options.command == "cleanup-wait":
+            return cleanup.run_cleanup_wait(options)
+    except ConfigurationError as exc:
+        log.error("invalid configuration", extra={"error": str(exc)})
+        return 2
     except KeyboardInterrupt:
         return 130
     log.error("command not available in this build", extra={"command": options.command})

@@ -137,10 +137,22 @@ class ContainerdNode:
         )
 
     def start(self, timeout: float = 20.0) -> None:
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Write the config and start the daemon without waiting for it."""
         self.write_config()
         self._remove_sockets()
         self.process.start()
-        wait_for_unix_socket(self.address, timeout, proc=self.process)
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        """Wait for the gRPC socket; on failure stop the daemon and raise with its log."""
+        try:
+            wait_for_unix_socket(self.address, timeout, proc=self.process)
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self, timeout: float = 10.0) -> None:
         self.process.stop(timeout)
@@ -223,7 +235,8 @@ class ContainerdNode:
             digest=digest,
             duration=duration,
             unpacked=unpack,
-            output=result.stdout + result.stderr,
+            # ctr redraws its progress table all along; the end is what matters.
+            output=(result.stdout + result.stderr)[-8000:],
         )
 
     def images(self) -> list[tuple[str, str]]:
@@ -284,10 +297,9 @@ class ContainerdCluster:
     def start(self, timeout: float = 20.0) -> None:
         try:
             for node in self.nodes:
-                node.write_config()
-                node.process.start()
+                node.launch()
             for node in self.nodes:
-                wait_for_unix_socket(node.address, timeout, proc=node.process)
+                node.wait_ready(timeout)
         except BaseException:
             self.stop()
             raise

@@ -13,11 +13,13 @@ from bench.kit.distribution import request
 from bench.kit.procs import ManagedProcess, free_port, wait_until
 
 
-def render_config(*, data_dir: Path, addr: str, secret: str, access_log: bool) -> str:
+def render_config(
+    *, data_dir: Path, addr: str, secret: str, access_log: bool, log_level: str
+) -> str:
     return f"""\
 version: 0.1
 log:
-  level: warn
+  level: {log_level}
   formatter: text
   accesslog:
     disabled: {"false" if access_log else "true"}
@@ -36,7 +38,11 @@ http:
 
 
 class UpstreamRegistry:
-    """A Distribution registry with filesystem storage under its own directory."""
+    """A Distribution registry with filesystem storage under its own directory.
+
+    `log_level` is one of error, warn, info, debug. Even at "error",
+    Distribution logs every 404 (skopeo's HEAD checks before a push, misses).
+    """
 
     def __init__(
         self,
@@ -45,6 +51,7 @@ class UpstreamRegistry:
         ip: str = "127.0.0.1",
         port: int | None = None,
         access_log: bool = False,
+        log_level: str = "warn",
         binary: str = "/usr/bin/docker-registry",
     ) -> None:
         if not ip.startswith("127."):
@@ -56,6 +63,7 @@ class UpstreamRegistry:
         self.ip = ip
         self.port = port or free_port(ip)
         self.access_log = access_log
+        self.log_level = log_level
         self.process = ManagedProcess(
             [binary, "serve", str(self.config_file)],
             log_path=self.dir / "registry.log",
@@ -91,6 +99,7 @@ class UpstreamRegistry:
                 addr=self.host,
                 secret=secrets.token_hex(16),
                 access_log=self.access_log,
+                log_level=self.log_level,
             )
         )
         self.process.start()
@@ -120,7 +129,11 @@ class UpstreamRegistry:
         self.start(timeout)
 
     def __enter__(self) -> Self:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.cleanup()
+            raise
         return self
 
     def __exit__(

@@ -214,16 +214,23 @@ class ContainerdClient:
         call = self._get_stubs().subscribe(request, metadata=self._metadata)
         send, receive = trio.open_memory_channel[Event](EVENT_BUFFER)
         stream = EventStream(receive)
+        body_error: Exception | None = None
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._pump_events, call, send, stream)
                 try:
                     yield stream
+                except Exception as exc:
+                    # Re-raised below, outside the nursery, which would wrap it
+                    # in an ExceptionGroup: callers catch ContainerdUnavailable.
+                    body_error = exc
                 finally:
                     nursery.cancel_scope.cancel()
         finally:
             # Unblocks the worker thread, abandoned or not.
             call.cancel()
+        if body_error is not None:
+            raise body_error
 
     async def _pump_events(
         self,

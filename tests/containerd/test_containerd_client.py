@@ -241,9 +241,16 @@ async def test_leaving_subscriptions_frees_their_thread(
     client = client_for(node, max_subscriptions=1)
     try:
         with trio.fail_after(10):
-            for _ in range(3):
+            for _ in range(2):
                 async with client.subscribe(event_filters(node.namespace)) as events:
                     await wait_live(node, events, imported.name)
+            # An error in the body leaves the subscription as it is, unwrapped.
+            with pytest.raises(LookupError):
+                async with client.subscribe(event_filters(node.namespace)) as events:
+                    await wait_live(node, events, imported.name)
+                    raise LookupError("from the body")
+            async with client.subscribe(event_filters(node.namespace)) as events:
+                await wait_live(node, events, imported.name)
     finally:
         await client.aclose()
 
@@ -256,10 +263,10 @@ async def test_survives_containerd_restart(own_node: ContainerdNode, archive: Oc
         assert await client.version()
 
         # The daemon dies: the subscription in flight ends with ContainerdUnavailable.
-        async with client.subscribe(event_filters(node.namespace)) as events:
-            await wait_live(node, events, archive.name)
-            await trio.to_thread.run_sync(node.stop)
-            with trio.fail_after(5), pytest.raises(ContainerdUnavailable):
+        with trio.fail_after(5), pytest.raises(ContainerdUnavailable):
+            async with client.subscribe(event_filters(node.namespace)) as events:
+                await wait_live(node, events, archive.name)
+                await trio.to_thread.run_sync(node.stop)
                 async for _ in events:
                     pass
 
