@@ -157,6 +157,12 @@ COMMANDS: dict[str, tuple[str, list[Flag]]] = {
                 "mirror-resolve-timeout", "duration", 0.020, "Max duration spent finding a mirror."
             ),
             Flag("mirror-resolve-retries", "int", 3, "Max amount of mirrors to attempt."),
+            Flag(
+                "mirror-relay",
+                "str",
+                "copy",
+                "How a peer's body reaches the client: copy (1 MiB buffer) or splice.",
+            ),
             Flag("debug-web-enabled", "bool", True, "When true enables the debug web page."),
             Flag(
                 "resolve-latest-tag",
@@ -282,6 +288,8 @@ def parse_args(argv: Sequence[str], environ: dict[str, str] | None = None) -> Si
         else:
             default = flag.default
             values[flag.dest] = list(default) if isinstance(default, list) else default
+    if command == "registry" and values["mirror_relay"] not in ("copy", "splice"):
+        raise UsageError("--mirror-relay: use copy or splice")
     if command == "registry" and not values["resolve_latest_tag"]:
         values["registry_filters"] = [*values["registry_filters"], ":latest$"]  # type: ignore[list-item]
     return SimpleNamespace(**values)

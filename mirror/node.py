@@ -1,20 +1,35 @@
 """`mirror registry`: one node, every subsystem in one `trio.run`.
 
-The registry hot path starts first and is the last to stop: on SIGTERM/SIGINT it
-stops accepting and finishes in-flight responses, while everything else is
-cancelled. Nothing is withdrawn from the DHT on the way out: records expire.
+Start order: containerd's content path, the DHT socket, the registry hot path,
+then the background work (advertising, provider lookups, health). On SIGTERM or
+SIGINT the hot path stops accepting and finishes in-flight responses while
+everything else is cancelled. Nothing is withdrawn from the DHT on the way
+out: records expire on their own.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from pathlib import Path
 from types import SimpleNamespace
 
 import trio
 
+from dht import (
+    Bootstrapper,
+    DhtNode,
+    DnsBootstrapper,
+    HttpBootstrapper,
+    NodeConfig,
+    StaticBootstrapper,
+    load_cluster_key,
+)
+from mirror.advertise.tracker import Advertiser
 from mirror.containerd.client import ContainerdClient, ContainerdError, ContainerdUnavailable
+from mirror.mirroring.mirror import MirrorSettings, PeerMirror
+from mirror.mirroring.providers import ProviderCache
 from mirror.oci.filters import ReferenceFilter
 from mirror.server.connection import ConnectionConfig
 from mirror.server.listener import RegistryServer, parse_listen_address
@@ -45,7 +60,7 @@ class ContainerdTags:
 
 
 class ContainerdHealth:
-    """Readiness follows whether containerd answers; checked in the background."""
+    """Whether containerd answers; checked in the background."""
 
     def __init__(self, client: ContainerdClient, interval: float = 5.0) -> None:
         self._client = client
@@ -90,43 +105,112 @@ async def resolve_content_root(client: ContainerdClient, configured: str) -> Pat
         return discovered
 
 
+def make_bootstrapper(options: SimpleNamespace) -> Bootstrapper | None:
+    kind = options.bootstrap_kind
+    if kind == "":
+        return None
+    if kind == "static":
+        return StaticBootstrapper(options.static_bootstrap_peers)
+    if kind == "dns":
+        if not options.dns_bootstrap_domain:
+            raise SystemExit("--bootstrap-kind=dns needs --dns-bootstrap-domain")
+        return DnsBootstrapper(options.dns_bootstrap_domain)
+    if kind == "http":
+        return HttpBootstrapper(
+            options.http_bootstrap_peer or None, options.http_bootstrap_addr or None
+        )
+    raise SystemExit(f"unknown --bootstrap-kind {kind!r}: use static, dns or http")
+
+
+def usable_data_dir(path: str) -> Path | None:
+    if not path:
+        return None
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        log.warning("data dir not usable; node id will not persist", extra={"error": str(exc)})
+        return None
+    return Path(path)
+
+
+def dht_config(options: SimpleNamespace, registry_port: int) -> NodeConfig:
+    host, port = parse_listen_address(options.router_addr)
+    key = load_cluster_key(Path(options.router_key_file)) if options.router_key_file else None
+    return NodeConfig(
+        bind_host=host or "0.0.0.0",
+        bind_port=port,
+        registry_port=registry_port,
+        data_dir=usable_data_dir(options.data_dir),
+        cluster_key=key,
+    )
+
+
 async def run_registry(options: SimpleNamespace) -> int:
     host, port = parse_listen_address(options.registry_addr)
+    bootstrapper = make_bootstrapper(options)
     client = ContainerdClient(options.containerd_sock, options.containerd_namespace)
     health = ContainerdHealth(client)
     content_root = await resolve_content_root(client, options.containerd_content_path)
     store = LocalStore(content_root, ContainerdTags(client))
     reference_filter = ReferenceFilter.build(options.mirrored_registries, options.registry_filters)
-    handler = RegistryHandler(store, reference_filter, ready=lambda: health.reachable)
-    server = RegistryServer(handler, ConnectionConfig(head_timeout=options.registry_head_timeout))
     try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.run, host, port)
-            log.info(
-                "running",
-                extra={
-                    "registry": options.registry_addr,
-                    "listening": ",".join(f"{h}:{p}" for h, p in server.addresses),
-                    "content_path": str(content_root),
-                    "namespace": options.containerd_namespace,
-                },
+        async with DhtNode.open(dht_config(options, port), bootstrapper) as dht:
+
+            def ready() -> bool:
+                return health.reachable and (bootstrapper is None or dht.ready())
+
+            cache = ProviderCache(dht, is_self=lambda p: p.node_id == dht.node_id)
+            settings = MirrorSettings(
+                resolve_timeout=options.mirror_resolve_timeout,
+                resolve_retries=options.mirror_resolve_retries,
+                use_splice=options.mirror_relay == "splice",
             )
-            background = trio.CancelScope()
-            nursery.start_soon(_run_background, background, health)
-            await _wait_for_stop_signal()
-            log.info("stopping: draining in-flight requests")
-            server.stop()
-            background.cancel()
+            handler = RegistryHandler(
+                store, reference_filter, ready=ready, miss=PeerMirror(cache, settings)
+            )
+            advertiser = Advertiser(
+                client,
+                dht,
+                content_root,
+                reference_filter,
+                namespace=options.containerd_namespace,
+                on_image_change=lambda name: store.forget_tag(name),
+            )
+            server = RegistryServer(
+                handler, ConnectionConfig(head_timeout=options.registry_head_timeout)
+            )
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.run, host, port)
+                log.info(
+                    "running",
+                    extra={
+                        "registry": ",".join(f"{h}:{p}" for h, p in server.addresses),
+                        "router": "{}:{}".format(*dht.address),
+                        "node_id": dht.node_id.hex(),
+                        "content_path": str(content_root),
+                        "namespace": options.containerd_namespace,
+                        "bootstrap": options.bootstrap_kind or "none",
+                    },
+                )
+                background = trio.CancelScope()
+                nursery.start_soon(
+                    _run_background, background, health.watch, cache.run, advertiser.run
+                )
+                await _wait_for_stop_signal()
+                log.info("stopping: draining in-flight requests")
+                server.stop()
+                background.cancel()
     finally:
         await client.aclose()
     log.info("gracefully shutdown")
     return 0
 
 
-async def _run_background(scope: trio.CancelScope, health: ContainerdHealth) -> None:
+async def _run_background(scope: trio.CancelScope, *tasks: object) -> None:
     with scope:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(health.watch)
+            for task in tasks:
+                nursery.start_soon(task)  # type: ignore[arg-type]
 
 
 async def _wait_for_stop_signal() -> None:

@@ -80,6 +80,15 @@ class MirrorNode:
             lambda: self._answers(path), timeout, what=f"{self.name} {path}", proc=self.process
         )
 
+    def start_wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until an already started node answers `/readyz` with 200."""
+        wait_until(
+            lambda: self._answers("/readyz"),
+            timeout,
+            what=f"{self.name} /readyz",
+            proc=self.process,
+        )
+
     def stop(self, timeout: float = 10.0) -> int | None:
         return self.process.stop(timeout)
 

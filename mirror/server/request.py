@@ -7,6 +7,7 @@ a body is answered and then the connection is closed instead of reading the body
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from urllib.parse import unquote_plus
 
 import httptools
 
@@ -32,10 +33,11 @@ class Request:
         self.path, _, self.query = self.target.partition("?")
 
     def query_param(self, name: str) -> str | None:
+        """The first value of `name`, percent-decoded (Go clients send `ns=host%3A5000`)."""
         for pair in self.query.split("&"):
             key, _, value = pair.partition("=")
             if key == name:
-                return value
+                return unquote_plus(value)
         return None
 
 

@@ -47,9 +47,15 @@ class Response:
     close: bool = False
     # What the access log and metrics call this request ("blob", "manifest", ...).
     handler: str = "other"
+    # Where the content came from: "local", "peer", or "" when there was none.
+    source: str = ""
+    # The Content-Length of a HEAD answer whose body is not at hand (a peer's).
+    declared_length: int | None = None
 
     @property
     def length(self) -> int:
+        if self.declared_length is not None:
+            return self.declared_length
         return len(self.body) if isinstance(self.body, bytes) else self.body.length
 
     def release(self) -> None:

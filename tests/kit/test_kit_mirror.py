@@ -20,9 +20,12 @@ from .conftest import Pushed
 
 pytestmark = pytest.mark.integration
 
-# A name that cannot resolve (RFC 2606): if hosts.toml were ignored, ctr would fail
-# instead of reaching anything outside loopback.
-UNRESOLVABLE = "registry.invalid"
+
+@pytest.fixture
+def nowhere() -> str:
+    """A registry name where nothing listens: if hosts.toml were ignored, the pull
+    would fail on loopback (a DNS name would send a lookup off the machine)."""
+    return f"127.0.0.9:{free_port('127.0.0.9')}"
 
 
 @pytest.fixture
@@ -48,28 +51,34 @@ def expected_paths(pushed: Pushed) -> list[tuple[str, str]]:
 
 
 def test_server_only_hosts_toml_is_honoured(
-    pushed: Pushed, nodes: list[ContainerdNode], upstream_front: RequestRecorder
+    pushed: Pushed,
+    nodes: list[ContainerdNode],
+    upstream_front: RequestRecorder,
+    nowhere: str,
 ) -> None:
     node = nodes[0]
-    write_hosts_toml(node.config_path, UNRESOLVABLE, upstream_front.url)
-    ref = f"{UNRESOLVABLE}/{pushed.small.name}:{pushed.small.tag}"
+    write_hosts_toml(node.config_path, nowhere, upstream_front.url)
+    ref = f"{nowhere}/{pushed.small.name}:{pushed.small.tag}"
     assert node.pull(ref).digest == pushed.small.digest
     assert sorted(paths(upstream_front.recorded())) == sorted(expected_paths(pushed))
 
 
 def test_mirror_miss_falls_back_to_server_per_request(
-    pushed: Pushed, nodes: list[ContainerdNode], upstream_front: RequestRecorder
+    pushed: Pushed,
+    nodes: list[ContainerdNode],
+    upstream_front: RequestRecorder,
+    nowhere: str,
 ) -> None:
     node = nodes[0]
     with RequestRecorder("127.0.0.2") as mirror:
-        write_hosts_toml(node.config_path, UNRESOLVABLE, upstream_front.url, [mirror.url])
-        ref = f"{UNRESOLVABLE}/{pushed.small.name}:{pushed.small.tag}"
+        write_hosts_toml(node.config_path, nowhere, upstream_front.url, [mirror.url])
+        ref = f"{nowhere}/{pushed.small.name}:{pushed.small.tag}"
         node.pull(ref)
         seen = mirror.recorded()
     assert sorted(paths(seen)) == sorted(expected_paths(pushed))
     assert sorted(paths(upstream_front.recorded())) == sorted(expected_paths(pushed))
     for request in seen:
-        assert request.query == {"ns": [UNRESOLVABLE]}
+        assert request.query == {"ns": [nowhere]}
         assert request.headers["host"] == mirror.host
         assert request.headers["user-agent"].startswith("containerd/")
         assert "range" not in request.headers
@@ -99,11 +108,14 @@ def test_mirror_hit_serves_everything(
 
 
 def test_dead_mirror_falls_back(
-    pushed: Pushed, nodes: list[ContainerdNode], upstream_front: RequestRecorder
+    pushed: Pushed,
+    nodes: list[ContainerdNode],
+    upstream_front: RequestRecorder,
+    nowhere: str,
 ) -> None:
     node = nodes[0]
     dead = f"http://127.0.0.4:{free_port('127.0.0.4')}"
-    write_hosts_toml(node.config_path, UNRESOLVABLE, upstream_front.url, [dead])
-    ref = f"{UNRESOLVABLE}/{pushed.small.name}:{pushed.small.tag}"
+    write_hosts_toml(node.config_path, nowhere, upstream_front.url, [dead])
+    ref = f"{nowhere}/{pushed.small.name}:{pushed.small.tag}"
     assert node.pull(ref).digest == pushed.small.digest
     assert sorted(paths(upstream_front.recorded())) == sorted(expected_paths(pushed))

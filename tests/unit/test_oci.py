@@ -163,3 +163,12 @@ def test_reference_filter() -> None:
     assert limited.allows("docker.io/library/nginx:1.25", "docker.io")
     assert not limited.allows("docker.io/library/nginx:latest", "docker.io")
     assert not limited.allows("ghcr.io/x/y:1", "ghcr.io")
+
+
+def test_query_parameters_are_percent_decoded() -> None:
+    from mirror.server.request import Request
+
+    request = Request("GET", "/v2/a/manifests/v1?x=1&ns=127.0.0.1%3A5000", {}, True, False)
+    assert request.path == "/v2/a/manifests/v1"
+    assert request.query_param("ns") == "127.0.0.1:5000"
+    assert request.query_param("missing") is None

@@ -1,0 +1,167 @@
+"""A local cluster on this machine: one upstream registry, N containerd, N mirrors.
+
+Node i listens on 127.0.0.(i+1); its containerd asks its own mirror first and
+the upstream after, through a `hosts.toml` written by the real
+`mirror configuration` command, exactly as the DaemonSet's init container does.
+Mirrors bootstrap the DHT statically from the list of every node's router.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from bench.kit.containerd import ContainerdNode
+from bench.kit.mirror import MirrorNode
+from bench.kit.procs import KitError, free_port
+from bench.kit.registry import UpstreamRegistry
+
+
+@dataclass
+class ClusterNode:
+    index: int
+    ip: str
+    containerd: ContainerdNode
+    mirror: MirrorNode
+
+    @property
+    def name(self) -> str:
+        return f"node-{self.index + 1}"
+
+
+def configure_containerd(
+    node: ContainerdNode, registries: Sequence[str], targets: Sequence[str]
+) -> None:
+    """Run `mirror configuration` for this containerd's config_path."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mirror",
+            "configuration",
+            f"--containerd-registry-config-path={node.config_path}",
+            "--mirrored-registries",
+            *registries,
+            "--mirror-targets",
+            *targets,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    if result.returncode != 0:
+        raise KitError(f"mirror configuration failed: {result.stderr}")
+
+
+class LocalCluster:
+    def __init__(
+        self,
+        n: int,
+        base_dir: Path | None = None,
+        *,
+        mirror_args: Sequence[str] = (),
+        keep: bool = False,
+        log_level: str = "DEBUG",
+        with_mirror: bool = True,
+    ) -> None:
+        if not 1 <= n <= 250:
+            raise ValueError("a local cluster has 1 to 250 nodes")
+        self._own_dir = base_dir is None
+        self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="cluster-")).absolute()
+        self.keep = keep
+        self.upstream = UpstreamRegistry(self.base_dir / "upstream")
+        self.nodes: list[ClusterNode] = []
+        self.with_mirror = with_mirror
+        for i in range(n):
+            ip = f"127.0.0.{i + 1}"
+            containerd = ContainerdNode(f"node-{i + 1}", self.base_dir)
+            ports = [free_port(ip) for _ in range(3)]
+            mirror = MirrorNode(
+                host=ip,
+                containerd_sock=containerd.address,
+                workdir=self.base_dir / f"mirror-{i + 1}",
+                registry_port=ports[0],
+                router_port=ports[1],
+                metrics_port=ports[2],
+                log_level=log_level,
+                name=f"mirror-{i + 1}",
+                extra_args=list(mirror_args),
+            )
+            self.nodes.append(ClusterNode(i, ip, containerd, mirror))
+        # Every router is listed, as a DNS name of a headless Service resolves to every pod.
+        routers = [f"{node.mirror.host}:{node.mirror.router_port}" for node in self.nodes]
+        for node in self.nodes:
+            node.mirror.process.argv += [
+                "--bootstrap-kind=static",
+                "--static-bootstrap-peers",
+                *routers,
+            ]
+
+    def __getitem__(self, i: int) -> ClusterNode:
+        return self.nodes[i]
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.upstream.start()
+        for node in self.nodes:
+            node.containerd.launch()
+        for node in self.nodes:
+            node.containerd.wait_ready()
+            targets = [node.mirror.url] if self.with_mirror else []
+            if targets:
+                configure_containerd(node.containerd, [self.upstream.url], targets)
+            else:
+                from bench.kit.hosts import write_hosts_toml
+
+                write_hosts_toml(node.containerd.config_path, self.upstream.host, self.upstream.url)
+        if self.with_mirror:
+            for node in self.nodes:
+                node.mirror.start(timeout, wait_ready=False)
+            deadline = time.monotonic() + timeout
+            for node in self.nodes:
+                remaining = max(deadline - time.monotonic(), 1.0)
+                node.mirror.start_wait_ready(remaining)
+
+    def pull(self, i: int, ref: str, **kwargs: object):  # type: ignore[no-untyped-def]
+        return self.nodes[i].containerd.pull(ref, **kwargs)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        errors = []
+        for node in self.nodes:
+            for part in (node.mirror, node.containerd):
+                try:
+                    part.stop()
+                except Exception as exc:  # keep stopping the others
+                    errors.append(exc)
+        self.upstream.stop()
+        if not self.keep and self._own_dir:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,86 @@
+"""An image's DHT keys: its tag key and every digest of it present on this node.
+
+The walk reads manifests straight from the content store (index -> manifests ->
+config and layers), so it sees exactly what this node can serve: a platform
+that was never pulled is not advertised.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from mirror.containerd.paths import blob_path
+from mirror.oci.digest import Digest, InvalidDigest, parse_digest
+from mirror.oci.filters import ReferenceFilter
+from mirror.oci.mediatypes import MAX_MANIFEST_SIZE
+from mirror.oci.reference import parse_image_name
+
+
+def _read_json(content_root: Path, digest: Digest) -> dict[str, object] | None:
+    path = blob_path(content_root, digest)
+    try:
+        if os.stat(path).st_size > MAX_MANIFEST_SIZE:
+            return None
+        document = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def _children(document: dict[str, object]) -> list[str]:
+    found: list[str] = []
+    for field in ("manifests", "layers"):
+        entries = document.get(field)
+        if isinstance(entries, list):
+            found += [
+                e["digest"]
+                for e in entries
+                if isinstance(e, dict) and isinstance(e.get("digest"), str)
+            ]
+    config = document.get("config")
+    if isinstance(config, dict) and isinstance(config.get("digest"), str):
+        found.append(config["digest"])
+    return found
+
+
+def present_digests(content_root: Path, top: str, *, limit: int = 100_000) -> list[str]:
+    """Digests reachable from `top` whose blobs this node holds, `top` first."""
+    result: list[str] = []
+    seen: set[str] = set()
+    queue = [top]
+    while queue and len(result) < limit:
+        text = queue.pop(0)
+        if text in seen:
+            continue
+        seen.add(text)
+        try:
+            digest = parse_digest(text)
+        except InvalidDigest:
+            continue
+        if not blob_path(content_root, digest).is_file():
+            continue
+        result.append(text)
+        document = _read_json(content_root, digest)
+        if document is not None:
+            queue += _children(document)
+    return result
+
+
+def image_keys(
+    content_root: Path, name: str, target_digest: str, reference_filter: ReferenceFilter
+) -> frozenset[str]:
+    """The keys to provide for one containerd image record; empty when filtered out."""
+    try:
+        image = parse_image_name(name)
+    except ValueError:
+        return frozenset()
+    reference = str(image)
+    if not reference_filter.allows(reference, image.registry):
+        return frozenset()
+    keys = set(present_digests(content_root, target_digest))
+    tag_key = image.tag_key()
+    if tag_key is not None and keys:
+        keys.add(tag_key)
+    return frozenset(keys)

@@ -1,0 +1,109 @@
+"""HTTP/1.1 requests to a peer's registry port, on raw Trio sockets.
+
+Only the response head is parsed (`httptools`); the body is left on the socket
+for the relay to move. Peers are instances of this same program, so a body is
+always `Content-Length`-delimited.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import httptools
+import trio
+
+from mirror.server.io import send_all
+
+MAX_HEAD = 16 * 1024
+
+
+class PeerError(Exception):
+    """The peer could not be reached or answered with something unusable."""
+
+
+@dataclass(slots=True)
+class PeerResponse:
+    status: int
+    headers: dict[str, str]
+    sock: trio.socket.SocketType
+    # Body bytes that arrived in the same reads as the head.
+    early_body: bytes = b""
+    content_length: int = 0
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@dataclass(slots=True)
+class _HeadCollector:
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytearray = field(default_factory=bytearray)
+    complete: bool = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        self.complete = True
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+
+
+async def request_head(
+    host: str,
+    port: int,
+    method: str,
+    target: str,
+    headers: list[tuple[str, str]],
+    *,
+    recv_size: int = 64 * 1024,
+) -> PeerResponse:
+    """Connect, send the request, read the response head. Deadlines are the caller's."""
+    try:
+        sock = trio.socket.socket(
+            trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET, trio.socket.SOCK_STREAM
+        )
+    except OSError as exc:
+        raise PeerError(f"socket: {exc}") from exc
+    try:
+        sock.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
+        await sock.connect((host, port))
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {host}:{port}"]
+        lines += [f"{name}: {value}" for name, value in headers]
+        await send_all(sock, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        collector = _HeadCollector()
+        parser = httptools.HttpResponseParser(collector)
+        received = 0
+        while not collector.complete:
+            data = await sock.recv(recv_size)
+            if not data:
+                raise PeerError("peer closed the connection before the response head")
+            received += len(data)
+            try:
+                parser.feed_data(data)
+            except httptools.HttpParserError as exc:
+                raise PeerError(f"malformed response: {exc}") from None
+            if received > MAX_HEAD and not collector.complete:
+                raise PeerError("response head too large")
+        length = collector.headers.get("content-length")
+        if length is None or not length.isdigit():
+            raise PeerError("response without a usable Content-Length")
+        return PeerResponse(
+            parser.get_status_code(),
+            collector.headers,
+            sock,
+            bytes(collector.body),
+            int(length),
+        )
+    except OSError as exc:
+        sock.close()
+        raise PeerError(f"{host}:{port}: {exc}") from exc
+    except BaseException:
+        with contextlib.suppress(OSError):
+            sock.close()
+        raise

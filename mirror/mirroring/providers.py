@@ -1,0 +1,131 @@
+"""Which peers hold a key: DHT lookups, cached briefly and shared between requests.
+
+A containerd pull asks for the same digest from several places at once (HEAD
+then GET, several layers in parallel, several pods): one DHT lookup per key at a
+time serves them all (single flight), and its answer is kept for a few seconds.
+Lookups run in the cache's own nursery, so a request that gives up early does
+not cut the lookup short for the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+from dht import Provider
+
+log = logging.getLogger("mirror.mirroring")
+
+
+class ProviderSource(Protocol):
+    def get_providers(self, key: str, limit: int = 20) -> AsyncIterator[Provider]: ...
+
+
+@dataclass(eq=False)
+class _Lookup:
+    providers: list[Provider] = field(default_factory=list)
+    done: bool = False
+    expires: float = float("inf")
+    changed: trio.Event = field(default_factory=trio.Event)
+    started: float = 0.0
+
+    def add(self, provider: Provider) -> None:
+        self.providers.append(provider)
+        self._wake()
+
+    def finish(self, now: float, ttl: float, negative_ttl: float) -> None:
+        self.done = True
+        self.expires = now + (ttl if self.providers else negative_ttl)
+        self._wake()
+
+    def _wake(self) -> None:
+        changed, self.changed = self.changed, trio.Event()
+        changed.set()
+
+
+class ProviderCache:
+    def __init__(
+        self,
+        source: ProviderSource,
+        *,
+        is_self: Callable[[Provider], bool],
+        ttl: float = 5.0,
+        negative_ttl: float = 0.5,
+        lookup_timeout: float = 3.0,
+        limit: int = 20,
+    ) -> None:
+        self._source = source
+        self._is_self = is_self
+        self._ttl = ttl
+        self._negative_ttl = negative_ttl
+        self._lookup_timeout = lookup_timeout
+        self._limit = limit
+        self._lookups: dict[str, _Lookup] = {}
+        self._nursery: trio.Nursery | None = None
+        self.lookups_started = 0
+        self.last_durations: dict[str, float] = {}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def forget(self, key: str) -> None:
+        self._lookups.pop(key, None)
+
+    def _lookup_for(self, key: str) -> _Lookup:
+        now = trio.current_time()
+        lookup = self._lookups.get(key)
+        if lookup is not None and (not lookup.done or lookup.expires > now):
+            return lookup
+        if len(self._lookups) > 4096:
+            self._lookups = {
+                k: v for k, v in self._lookups.items() if not v.done or v.expires > now
+            }
+        lookup = _Lookup(started=now)
+        self._lookups[key] = lookup
+        if self._nursery is None:  # Not started yet (or stopping): nobody to ask.
+            lookup.finish(now, 0.0, 0.0)
+            return lookup
+        self.lookups_started += 1
+        self._nursery.start_soon(self._run_lookup, key, lookup)
+        return lookup
+
+    async def _run_lookup(self, key: str, lookup: _Lookup) -> None:
+        seen: set[tuple[str, int]] = set()
+        try:
+            with trio.move_on_after(self._lookup_timeout):
+                async with contextlib.aclosing(
+                    self._source.get_providers(key, self._limit)
+                ) as found:  # type: ignore[type-var]
+                    async for provider in found:
+                        where = (provider.host, provider.registry_port)
+                        if self._is_self(provider) or where in seen:
+                            continue
+                        seen.add(where)
+                        lookup.add(provider)
+        except Exception:
+            log.exception("provider lookup failed", extra={"key": key})
+        finally:
+            now = trio.current_time()
+            self.last_durations[key] = now - lookup.started
+            lookup.finish(now, self._ttl, self._negative_ttl)
+
+    async def providers(self, key: str) -> AsyncIterator[Provider]:
+        """Providers of `key` as they become known; ends when the lookup is done."""
+        lookup = self._lookup_for(key)
+        index = 0
+        while True:
+            if index < len(lookup.providers):
+                yield lookup.providers[index]
+                index += 1
+            elif lookup.done:
+                return
+            else:
+                await lookup.changed.wait()

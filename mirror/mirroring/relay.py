@@ -1,0 +1,226 @@
+"""Moving a peer's response body to the client, and resuming it elsewhere on failure.
+
+Two ways to move bytes, chosen per process (`bench proxy` measures both):
+- `copy`: `recv_into` a large reusable buffer, then send it on;
+- `splice`: peer socket -> pipe -> client socket inside the kernel (`os.splice`),
+  the bytes never entering Python.
+A failure on the peer's side is resumed from another provider with `Range`
+from the first byte not yet received, so the client sees one unbroken body; a
+failure on the client's side ends the transfer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from mirror.mirroring.peer import PeerError, PeerResponse
+from mirror.server.io import PeerStalled, send_all
+
+COPY_BUFFER = 1024 * 1024
+PIPE_SIZE = 1024 * 1024
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
+class ClientGone(Exception):
+    """The client stopped taking bytes; nothing to resume."""
+
+
+# Given the absolute offset of the next byte needed, a response from another
+# provider positioned there (206 with a matching Content-Range), or an error.
+Resume = Callable[[int], Awaitable[PeerResponse]]
+
+
+@dataclass(slots=True)
+class RelayStats:
+    bytes_relayed: int = 0
+    resumes: int = 0
+    mode: str = "copy"
+
+
+@dataclass(slots=True)
+class RelayBody:
+    """A `Body` (see mirror.server.response) fed by a peer's response."""
+
+    peer: PeerResponse
+    length: int
+    start: int  # absolute offset of this body's first byte in the blob
+    resume: Resume | None = None
+    max_resumes: int = 3
+    stall_timeout: float = 10.0
+    use_splice: bool = False
+    stats: RelayStats = field(default_factory=RelayStats)
+    on_done: Callable[[RelayStats], None] | None = None
+
+    async def send(self, sock: trio.socket.SocketType, stall_timeout: float) -> None:
+        sent = 0
+        try:
+            while True:
+                try:
+                    sent += await self._move(self.peer, sock, self.length - sent, stall_timeout)
+                    return
+                except PeerFailure as failure:
+                    sent += failure.moved
+                    if self.resume is None or self.stats.resumes >= self.max_resumes:
+                        raise PeerError(
+                            f"peer failed after {sent} of {self.length} bytes: {failure.cause}"
+                        ) from failure.cause
+                    self.peer.close()
+                    self.stats.resumes += 1
+                    self.peer = await self.resume(self.start + sent)
+        finally:
+            self.stats.bytes_relayed = sent
+            if self.on_done is not None:
+                self.on_done(self.stats)
+
+    async def _move(
+        self, peer: PeerResponse, sock: trio.socket.SocketType, remaining: int, stall: float
+    ) -> int:
+        """Move up to `remaining` bytes; raises PeerFailure with the count moved before it."""
+        early = peer.early_body[:remaining]
+        peer.early_body = b""
+        if early:
+            await _to_client(sock, early, stall)
+        try:
+            if self.use_splice:
+                self.stats.mode = "splice"
+                moved = await _splice(
+                    peer.sock, sock, remaining - len(early), self.stall_timeout, stall
+                )
+            else:
+                moved = await _copy(
+                    peer.sock, sock, remaining - len(early), self.stall_timeout, stall
+                )
+        except PeerFailure as failure:
+            failure.moved += len(early)
+            raise
+        return moved + len(early)
+
+    def close(self) -> None:
+        self.peer.close()
+
+
+class PeerFailure(Exception):
+    """The peer's side broke after `moved` bytes reached the client."""
+
+    def __init__(self, cause: Exception, moved: int) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.moved = moved
+
+
+async def _to_client(sock: trio.socket.SocketType, data: bytes | memoryview, stall: float) -> None:
+    try:
+        await send_all(sock, data, stall_timeout=stall)  # type: ignore[arg-type]
+    except (OSError, PeerStalled) as exc:
+        raise ClientGone(str(exc)) from exc
+
+
+async def _from_peer(peer: trio.socket.SocketType, view: memoryview, stall: float) -> int:
+    with trio.move_on_after(stall) as scope:
+        received = await peer.recv_into(view)
+    if scope.cancelled_caught:
+        raise PeerStalled(f"peer sent nothing for {stall}s")
+    if received == 0:
+        raise PeerError("peer closed the connection mid-body")
+    return received
+
+
+async def _copy(
+    peer: trio.socket.SocketType,
+    client: trio.socket.SocketType,
+    remaining: int,
+    peer_stall: float,
+    client_stall: float,
+) -> int:
+    buffer = memoryview(bytearray(min(COPY_BUFFER, max(remaining, 1))))
+    moved = 0
+    while moved < remaining:
+        try:
+            received = await _from_peer(
+                peer, buffer[: min(len(buffer), remaining - moved)], peer_stall
+            )
+        except (PeerError, PeerStalled, OSError) as exc:
+            raise PeerFailure(exc, moved) from None
+        await _to_client(client, buffer[:received], client_stall)
+        moved += received
+    return moved
+
+
+async def _splice(
+    peer: trio.socket.SocketType,
+    client: trio.socket.SocketType,
+    remaining: int,
+    peer_stall: float,
+    client_stall: float,
+) -> int:
+    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(write_end, _F_SETPIPE_SZ, PIPE_SIZE)
+    flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+    peer_fd, client_fd = peer.fileno(), client.fileno()
+    moved = 0  # delivered to the client
+    in_pipe = 0
+    try:
+        while moved < remaining:
+            want = remaining - moved - in_pipe
+            if want and in_pipe < PIPE_SIZE:
+                try:
+                    got = os.splice(peer_fd, write_end, min(want, PIPE_SIZE - in_pipe), flags=flags)
+                except BlockingIOError:
+                    got = -1
+                except OSError as exc:
+                    await _drain_pipe(read_end, client, in_pipe, client_stall)
+                    raise PeerFailure(exc, moved + in_pipe) from None
+                if got == 0:
+                    await _drain_pipe(read_end, client, in_pipe, client_stall)
+                    raise PeerFailure(PeerError("peer closed mid-body"), moved + in_pipe)
+                if got > 0:
+                    in_pipe += got
+                elif in_pipe == 0:
+                    with trio.move_on_after(peer_stall) as scope:
+                        await trio.lowlevel.wait_readable(peer)
+                    if scope.cancelled_caught:
+                        raise PeerFailure(PeerStalled("peer stalled"), moved)
+                    continue
+            if in_pipe:
+                out = await _pipe_to_client(read_end, client_fd, client, in_pipe, client_stall)
+                in_pipe -= out
+                moved += out
+        return moved
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+async def _pipe_to_client(
+    read_end: int, client_fd: int, client: trio.socket.SocketType, count: int, stall: float
+) -> int:
+    while True:
+        try:
+            out = os.splice(
+                read_end, client_fd, count, flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+            )
+        except BlockingIOError:
+            with trio.move_on_after(stall) as scope:
+                await trio.lowlevel.wait_writable(client)
+            if scope.cancelled_caught:
+                raise ClientGone("client stalled") from None
+            continue
+        except OSError as exc:
+            raise ClientGone(str(exc)) from exc
+        await trio.lowlevel.checkpoint()
+        return out
+
+
+async def _drain_pipe(
+    read_end: int, client: trio.socket.SocketType, count: int, stall: float
+) -> None:
+    client_fd = client.fileno()
+    while count:
+        count -= await _pipe_to_client(read_end, client_fd, client, count, stall)
