@@ -1,31 +1,31 @@
 """`python -m bench demo`: the README's main command.
 
-One node on this machine: an upstream registry (Debian's Distribution), a
-containerd, and `mirror registry` over that containerd's content store. An image
-is generated, pushed upstream and pulled into containerd with `ctr`; then every
-blob of it is fetched through the mirror and checked against its digest.
+A 3-node cluster on this machine (127.0.0.1-3): one upstream registry
+(Debian's Distribution), and per node a containerd whose `hosts.toml` was
+written by `mirror configuration`, plus `mirror registry`. An image is pushed
+upstream and pulled with `ctr` on node 1; then the upstream is stopped and the
+same image is pulled on node 2, which can only get it from node 1 through the
+mirror. For each layer it prints which peer served it and how fast, and checks
+every blob on node 2 against its digest.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-from bench.kit.containerd import ContainerdNode
-from bench.kit.hosts import write_hosts_toml
+from bench.kit.cluster import LocalCluster
 from bench.kit.images import generate_image, push_image
-from bench.kit.mirror import MirrorNode
-from bench.kit.procs import free_port
-from bench.kit.registry import UpstreamRegistry
 
 MIB = 1024 * 1024
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nodes", type=int, default=3, help="cluster size (default 3)")
     parser.add_argument("--size-mib", type=int, default=64, help="image size in MiB (default 64)")
     parser.add_argument("--layers", type=int, default=4, help="layer count (default 4)")
     parser.add_argument("--keep", action="store_true", help="keep the cluster up until Ctrl-C")
@@ -36,20 +36,33 @@ def _step(text: str) -> None:
     print(f"==> {text}", flush=True)
 
 
-def _get(url: str) -> tuple[bytes, dict[str, str], float]:
-    started = time.perf_counter()
-    with urllib.request.urlopen(url, timeout=60) as response:
-        body = response.read()
-        headers = {k.lower(): v for k, v in response.getheaders()}
-    return body, headers, time.perf_counter() - started
+def _mirror_events(log_path: Path, since: float) -> list[dict[str, object]]:
+    events = []
+    for line in log_path.read_text(errors="replace").splitlines():
+        if not line.startswith("{"):
+            continue
+        entry = json.loads(line)
+        if entry.get("msg") == "mirrored" and entry.get("method") == "GET":
+            stamp = (
+                time.mktime(time.strptime(entry["time"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+            )
+            if stamp >= since - 1:
+                events.append(entry)
+    return events
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.nodes < 2:
+        print("the demo needs at least 2 nodes")
+        return 2
     base = args.dir or Path(tempfile.mkdtemp(prefix="mirror-demo-"))
-    base.mkdir(parents=True, exist_ok=True)
-    _step(f"working directory {base}")
-    with UpstreamRegistry(base / "upstream") as upstream, ContainerdNode("node-1", base) as node:
-        _step(f"upstream registry at {upstream.url}; containerd node-1 at {node.address}")
+    _step(f"starting a {args.nodes}-node cluster in {base}")
+    with LocalCluster(args.nodes, base, log_level="INFO", keep=args.keep) as cluster:
+        for node in cluster.nodes:
+            print(
+                f"    {node.name}: containerd {node.containerd.address}, mirror {node.mirror.url}"
+            )
+        print(f"    upstream registry: {cluster.upstream.url}")
         image = generate_image(
             base / "layout",
             name="demo/app",
@@ -58,48 +71,50 @@ def run(args: argparse.Namespace) -> int:
             total_size=args.size_mib * MIB,
             layers=args.layers,
         )
-        ref = image.ref(upstream.host)
+        ref = image.ref(cluster.upstream.host)
         push_image(image.layout_dir, image.tag, ref)
-        _step(f"pushed {ref} ({image.total_size / MIB:.1f} MiB, {len(image.layers)} layers)")
-        write_hosts_toml(node.config_path, upstream.host, upstream.url)
-        pulled = node.pull(ref)
-        _step(f"ctr pulled {ref} into node-1 in {pulled.duration:.2f}s")
-        host = "127.0.0.1"
-        mirror = MirrorNode(
-            host=host,
-            containerd_sock=node.address,
-            workdir=base / "mirror-1",
-            registry_port=free_port(host),
-            router_port=free_port(host),
-            metrics_port=free_port(host),
-            log_level="INFO",
-        )
-        with mirror:
-            _step(f"mirror registry serving node-1's content store at {mirror.url}")
-            ns = f"?ns={upstream.host}"
-            body, headers, _ = _get(f"{mirror.url}/v2/{image.name}/manifests/{image.tag}{ns}")
-            digest = "sha256:" + hashlib.sha256(body).hexdigest()
-            ok = digest == image.digest == headers.get("docker-content-digest")
-            print(f"    manifest {image.tag} -> {digest[:19]}…  {'OK' if ok else 'MISMATCH'}")
-            failures = 0 if ok else 1
-            for blob in image.images[0].blobs()[1:]:
-                data, _, seconds = _get(f"{mirror.url}/v2/{image.name}/blobs/{blob.digest}{ns}")
-                good = "sha256:" + hashlib.sha256(data).hexdigest() == blob.digest
-                failures += not good
-                rate = len(data) / MIB / max(seconds, 1e-9)
-                print(
-                    f"    blob {blob.digest[:19]}…  {len(data) / MIB:8.2f} MiB"
-                    f"  {seconds * 1000:8.1f} ms  {rate:8.0f} MiB/s  {'OK' if good else 'MISMATCH'}"
-                )
-            if failures:
-                _step(f"FAILED: {failures} item(s) did not match their digest")
-                return 1
-            _step("every item served by the mirror matched its digest")
-            if args.keep:
-                _step(f"cluster kept up (mirror {mirror.url}); Ctrl-C to stop")
-                try:
-                    while True:
-                        time.sleep(3600)
-                except KeyboardInterrupt:
-                    pass
+        _step(f"pushed {ref}: {image.total_size / MIB:.1f} MiB in {len(image.layers)} layers")
+        first = cluster.pull(0, ref)
+        _step(f"node-1 pulled it from the upstream in {first.duration:.2f}s")
+        time.sleep(1.0)  # let node-1 advertise what it now holds
+        cluster.upstream.stop()
+        _step("upstream registry stopped: from now on only peers can serve the image")
+        started = time.time()
+        second = cluster.pull(1, ref)
+        _step(f"node-2 pulled it in {second.duration:.2f}s, through its mirror:")
+        events = _mirror_events(cluster[1].mirror.process.log_path, started)
+        sizes = {blob.digest: blob.size for blob in image.images[0].blobs()}
+        for event in events:
+            seconds = float(event["duration_ms"]) / 1000  # type: ignore[arg-type]
+            size = int(event["bytes"])  # type: ignore[call-overload]
+            rate = size / MIB / max(seconds, 1e-9)
+            kind = "layer" if sizes.get(str(event["key"]), 0) > 64 * 1024 else "meta "
+            print(
+                f"    {kind} {str(event['key'])[:19]}…  from {event['peer']:<21}"
+                f" {size / MIB:8.2f} MiB {seconds * 1000:8.1f} ms {rate:8.0f} MiB/s"
+            )
+        failures = 0
+        for blob in image.images[0].blobs():
+            path = cluster[1].containerd.blob_path(blob.digest)
+            good = (
+                path.is_file()
+                and "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest() == blob.digest
+            )
+            failures += not good
+        served = {str(e["key"]) for e in events if e.get("outcome") == "peer"}
+        missing = [d for d in sizes if d not in served]
+        if failures or missing:
+            _step(
+                f"FAILED: {failures} blob(s) wrong on node-2, {len(missing)} not served by a peer"
+            )
+            return 1
+        _step(f"all {len(sizes)} items on node-2 match their digests; every one came from a peer")
+        if args.keep:
+            cluster.upstream.start()
+            _step("cluster kept up (upstream restarted); Ctrl-C to stop")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
     return 0

@@ -110,6 +110,12 @@ COMMANDS: dict[str, tuple[str, list[Flag]]] = {
             CONFIG_PATH,
             Flag("metrics-addr", "str", ":9090", "Address to serve metrics and the debug web UI."),
             Flag(
+                "containerd-config-file",
+                "str",
+                "/etc/containerd/config.toml",
+                "containerd's config, read at start to warn about settings that defeat the mirror.",
+            ),
+            Flag(
                 "containerd-sock",
                 "str",
                 "/run/containerd/containerd.sock",

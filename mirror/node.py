@@ -28,6 +28,7 @@ from dht import (
 )
 from mirror.advertise.tracker import Advertiser
 from mirror.containerd.client import ContainerdClient, ContainerdError, ContainerdUnavailable
+from mirror.containerd.config import ConfigError, config_warnings, load_config
 from mirror.mirroring.mirror import MirrorSettings, PeerMirror
 from mirror.mirroring.providers import ProviderCache
 from mirror.oci.filters import ReferenceFilter
@@ -145,8 +146,22 @@ def dht_config(options: SimpleNamespace, registry_port: int) -> NodeConfig:
     )
 
 
+def warn_about_containerd_config(options: SimpleNamespace) -> None:
+    path = Path(options.containerd_config_file)
+    if not options.containerd_config_file or not path.is_file():
+        return
+    try:
+        config = load_config(path)
+    except (ConfigError, OSError, ValueError) as exc:
+        log.warning("cannot read containerd's config", extra={"path": str(path), "error": str(exc)})
+        return
+    for warning in config_warnings(config, options.containerd_registry_config_path):
+        log.warning(warning, extra={"containerd_config": str(path)})
+
+
 async def run_registry(options: SimpleNamespace) -> int:
     host, port = parse_listen_address(options.registry_addr)
+    warn_about_containerd_config(options)
     bootstrapper = make_bootstrapper(options)
     client = ContainerdClient(options.containerd_sock, options.containerd_namespace)
     health = ContainerdHealth(client)

@@ -118,3 +118,24 @@ def _dig(doc: Any, keys: tuple[str, ...]) -> Any:
             return None
         doc = doc.get(key)
     return doc
+
+
+def config_warnings(config: ContainerdConfig, registry_config_path: str) -> list[str]:
+    """What in containerd's configuration keeps the mirror from working, in words."""
+    warnings = []
+    if not config.config_dirs:
+        warnings.append(
+            "containerd's registry config_path is not set: containerd ignores hosts.toml "
+            "and never asks the mirror; set it to " + registry_config_path
+        )
+    elif Path(registry_config_path) not in config.config_dirs:
+        warnings.append(
+            f"containerd's registry config_path is {config.config_path!r}, which does not "
+            f"include {registry_config_path!r} where the mirror configuration is written"
+        )
+    if config.discard_unpacked_layers:
+        warnings.append(
+            "discard_unpacked_layers = true: containerd deletes layers after unpacking, "
+            "so this node cannot serve them to its peers; set it to false"
+        )
+    return warnings

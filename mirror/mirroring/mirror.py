@@ -101,6 +101,18 @@ class PeerMirror:
         self._on_event = on_event
 
     def _emit(self, event: MirrorEvent) -> None:
+        fields = {
+            "key": event.key,
+            "method": event.method,
+            "outcome": event.outcome,
+            "peer": event.peer,
+            "bytes": event.bytes,
+            "duration_ms": round(event.duration * 1000, 2),
+            "resumes": event.resumes,
+        }
+        log.log(
+            logging.DEBUG if event.outcome == "miss" else logging.INFO, "mirrored", extra=fields
+        )
         if self._on_event is not None:
             self._on_event(event)
 

@@ -27,7 +27,7 @@ PIPE_SIZE = 1024 * 1024
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
-class ClientGone(Exception):
+class ClientGone(ConnectionError):
     """The client stopped taking bytes; nothing to resume."""
 
 

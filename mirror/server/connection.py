@@ -133,6 +133,11 @@ async def _respond(
     except _CONNECTION_ERRORS as exc:
         log.debug("response cut short", extra={"path": request.path, "error": repr(exc)})
         return False
+    except Exception as exc:
+        # A body fed from elsewhere (a peer) can fail in its own ways; the head is
+        # already out, so the only honest end is closing this one connection.
+        log.warning("response aborted", extra={"path": request.path, "error": repr(exc)})
+        return False
     finally:
         response.release()
         if observe is not None:

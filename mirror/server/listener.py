@@ -113,6 +113,9 @@ class RegistryServer:
         try:
             tune_client_socket(sock)
             await serve_connection(sock, self._handler, self._config, self._drain, self._observe)
+        except Exception:
+            # One connection's failure must never end the server.
+            log.exception("connection failed")
         finally:
             self.open_connections -= 1
             self._slots.release()

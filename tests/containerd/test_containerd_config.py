@@ -118,3 +118,15 @@ def test_load_the_hosts_own_config() -> None:
     if not Path("/etc/containerd/config.toml").exists():
         pytest.skip("no /etc/containerd/config.toml")
     assert load_config().version in (1, 2, 3)
+
+
+def test_config_warnings_name_each_problem() -> None:
+    from mirror.containerd.config import ContainerdConfig, config_warnings
+
+    good = ContainerdConfig(2, "/etc/containerd/certs.d", False)
+    assert config_warnings(good, "/etc/containerd/certs.d") == []
+    unset = config_warnings(ContainerdConfig(2, None, False), "/etc/containerd/certs.d")
+    assert len(unset) == 1 and "not set" in unset[0]
+    elsewhere = config_warnings(ContainerdConfig(3, "/other", True), "/etc/containerd/certs.d")
+    assert len(elsewhere) == 2
+    assert "does not include" in elsewhere[0] and "discard_unpacked_layers" in elsewhere[1]

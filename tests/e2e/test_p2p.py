@@ -186,3 +186,23 @@ def test_nodes_keep_their_identity(cluster: LocalCluster, tmp_path: Path) -> Non
     before = node_id_file.read_bytes()
     cluster[0].mirror.restart()
     assert node_id_file.read_bytes() == before
+
+
+def test_client_leaving_mid_relay_does_not_hurt_the_node(cluster: LocalCluster) -> None:
+    image = _image(cluster, "leaver", seed=18, size=32 * MIB, layers=1)
+    cluster.pull(0, image.ref(cluster.upstream.host))
+    layer = image.layers[0]
+    path = f"/v2/{image.name}/blobs/{layer.digest}?ns={cluster.upstream.host}"
+    _wait_served_by_peer(cluster, 1, path)
+    mirror_b = cluster[1].mirror
+    for _ in range(3):
+        with socket.create_connection((mirror_b.host, mirror_b.registry_port), timeout=10) as sock:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            )
+    time.sleep(0.5)
+    assert mirror_b.process.alive()
+    reply = fetch(mirror_b.address, path)
+    assert reply.status == 200 and reply.sha256() == layer.digest
