@@ -60,6 +60,33 @@ class ContainerdTags:
             return None
 
 
+class AloneCheck:
+    """A node whose bootstrap names no one but itself is a cluster of one, and ready.
+
+    Spegel's rule: without it a single-node cluster (or the first node of a new
+    one) would never pass its readiness probe.
+    """
+
+    def __init__(
+        self, bootstrapper: Bootstrapper | None, dht: DhtNode, interval: float = 5.0
+    ) -> None:
+        self._bootstrapper = bootstrapper
+        self._dht = dht
+        self._interval = interval
+        self.alone = bootstrapper is None
+
+    async def watch(self) -> None:
+        if self._bootstrapper is None:
+            return
+        while not self._dht.ready():
+            own = self._dht.address
+            with trio.move_on_after(10):
+                peers = await self._bootstrapper.peers(own)
+                self.alone = bool(peers) and all(tuple(p) == tuple(own) for p in peers)
+            await trio.sleep(self._interval)
+        self.alone = False
+
+
 class ContainerdHealth:
     """Whether containerd answers; checked in the background."""
 
@@ -170,9 +197,10 @@ async def run_registry(options: SimpleNamespace) -> int:
     reference_filter = ReferenceFilter.build(options.mirrored_registries, options.registry_filters)
     try:
         async with DhtNode.open(dht_config(options, port), bootstrapper) as dht:
+            alone = AloneCheck(bootstrapper, dht)
 
             def ready() -> bool:
-                return health.reachable and (bootstrapper is None or dht.ready())
+                return health.reachable and (dht.ready() or alone.alone)
 
             cache = ProviderCache(dht, is_self=lambda p: p.node_id == dht.node_id)
             settings = MirrorSettings(
@@ -209,7 +237,12 @@ async def run_registry(options: SimpleNamespace) -> int:
                 )
                 background = trio.CancelScope()
                 nursery.start_soon(
-                    _run_background, background, health.watch, cache.run, advertiser.run
+                    _run_background,
+                    background,
+                    health.watch,
+                    cache.run,
+                    advertiser.run,
+                    alone.watch,
                 )
                 await _wait_for_stop_signal()
                 log.info("stopping: draining in-flight requests")

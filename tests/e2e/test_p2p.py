@@ -206,3 +206,10 @@ def test_client_leaving_mid_relay_does_not_hurt_the_node(cluster: LocalCluster) 
     assert mirror_b.process.alive()
     reply = fetch(mirror_b.address, path)
     assert reply.status == 200 and reply.sha256() == layer.digest
+
+
+def test_a_node_bootstrapping_only_from_itself_is_ready(tmp_path: Path) -> None:
+    with LocalCluster(1, tmp_path / "one") as single:
+        # LocalCluster waits for /readyz of every node, so getting here is the check;
+        # make it explicit all the same.
+        assert fetch(single[0].mirror.address, "/readyz").status == 200

@@ -1,0 +1,229 @@
+"""The mirroring race and relay, in one process over real loopback sockets.
+
+The "good" peer is the real hot path (RegistryServer + RegistryHandler) over a
+content-store directory; the bad ones are sockets that refuse, stall, or cut a
+body short. Only the provider list is a stand-in for the DHT.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import trio
+
+from dht import Provider
+from mirror.mirroring.mirror import MirrorSettings, PeerMirror
+from mirror.mirroring.providers import ProviderCache
+from mirror.oci.distribution import parse_distribution_path
+from mirror.server.listener import RegistryServer
+from mirror.server.localstore import LocalStore
+from mirror.server.registry import RegistryHandler
+from mirror.server.request import Request
+from mirror.server.response import Response
+
+BLOB = os.urandom(3 * 1024 * 1024 + 17)
+DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
+
+
+class NoTags:
+    async def resolve(self, image_name: str) -> None:
+        return None
+
+
+class FixedProviders:
+    def __init__(self, providers: list[Provider]) -> None:
+        self.providers = providers
+
+    async def get_providers(self, key: str, limit: int = 20) -> AsyncIterator[Provider]:
+        for provider in self.providers:
+            yield provider
+
+
+def _provider(port: int, name: bytes) -> Provider:
+    return Provider(node_id=name.ljust(16, b"\0"), host="127.0.0.1", udp_port=1, registry_port=port)
+
+
+def _content_store(root: Path) -> Path:
+    blobs = root / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    (blobs / DIGEST.removeprefix("sha256:")).write_bytes(BLOB)
+    return root
+
+
+async def _good_peer(nursery: trio.Nursery, root: Path) -> int:
+    server = RegistryServer(RegistryHandler(LocalStore(_content_store(root), NoTags())))
+    await nursery.start(server.run, "127.0.0.1", 0)
+    return server.addresses[0][1]
+
+
+async def _stalling_peer(nursery: trio.Nursery) -> int:
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+
+    async def hold() -> None:
+        held = []
+        with listener:
+            while True:
+                sock, _ = await listener.accept()
+                held.append(sock)  # accepted, never answered
+
+    nursery.start_soon(hold)
+    return listener.getsockname()[1]
+
+
+async def _truncating_peer(nursery: trio.Nursery, cut_at: int) -> int:
+    """Answers with the real head, then sends `cut_at` body bytes and resets."""
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+
+    async def serve() -> None:
+        with listener:
+            while True:
+                sock, _ = await listener.accept()
+                with sock:
+                    await sock.recv(65536)
+                    head = (
+                        f"HTTP/1.1 200 OK\r\nContent-Length: {len(BLOB)}\r\n"
+                        f"Docker-Content-Digest: {DIGEST}\r\n\r\n"
+                    ).encode()
+                    await sock.send(head + BLOB[:cut_at])
+
+    nursery.start_soon(serve)
+    return listener.getsockname()[1]
+
+
+def _dead_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def _fetch(mirror: PeerMirror, method: str = "GET") -> Response | None:
+    target = f"/v2/team/app/blobs/{DIGEST}?ns=example.com"
+    request = Request(method, target, {}, True, False)
+    route = parse_distribution_path(request.path)
+    assert route is not None
+    return await mirror.fetch(request, route, "example.com")
+
+
+async def _body_through(response: Response) -> bytes:
+    client, server_side = trio.socket.socketpair()
+    received = bytearray()
+
+    async def read_all() -> None:
+        while len(received) < response.length:
+            chunk = await client.recv(1 << 20)
+            if not chunk:
+                return
+            received.extend(chunk)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read_all)
+        assert not isinstance(response.body, bytes)
+        await response.body.send(server_side, 5.0)
+    response.release()
+    client.close()
+    server_side.close()
+    return bytes(received)
+
+
+async def _mirror(
+    nursery: trio.Nursery, providers: list[Provider], **settings: float
+) -> PeerMirror:
+    cache = ProviderCache(FixedProviders(providers), is_self=lambda p: False)
+    await nursery.start(cache.run)
+    return PeerMirror(cache, MirrorSettings(**settings))  # type: ignore[arg-type]
+
+
+async def test_a_dead_peer_is_skipped(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        good = await _good_peer(nursery, tmp_path)
+        mirror = await _mirror(
+            nursery, [_provider(_dead_port(), b"dead"), _provider(good, b"good")]
+        )
+        response = await _fetch(mirror)
+        assert response is not None and response.status == 200
+        assert dict(response.headers)["X-Mirror-Peer"] == f"127.0.0.1:{good}"
+        assert await _body_through(response) == BLOB
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_stalled_peer_is_hedged(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        stall = await _stalling_peer(nursery)
+        good = await _good_peer(nursery, tmp_path)
+        mirror = await _mirror(nursery, [_provider(stall, b"stall"), _provider(good, b"good")])
+        started = trio.current_time()
+        response = await _fetch(mirror, "HEAD")
+        elapsed = trio.current_time() - started
+        assert response is not None and response.length == len(BLOB)
+        assert dict(response.headers)["X-Mirror-Peer"] == f"127.0.0.1:{good}"
+        # The hedge (100 ms before any latency is known) started the good peer
+        # long before the stalled one's head timeout (5 s).
+        assert elapsed < 1.0
+        nursery.cancel_scope.cancel()
+
+
+async def test_no_provider_is_a_fast_miss() -> None:
+    async with trio.open_nursery() as nursery:
+        mirror = await _mirror(nursery, [])
+        started = trio.current_time()
+        assert await _fetch(mirror) is None
+        assert trio.current_time() - started < 0.5
+        nursery.cancel_scope.cancel()
+
+
+async def test_only_stalled_peers_end_at_the_head_timeout() -> None:
+    async with trio.open_nursery() as nursery:
+        stall = await _stalling_peer(nursery)
+        mirror = await _mirror(nursery, [_provider(stall, b"stall")], head_timeout=0.3)
+        started = trio.current_time()
+        assert await _fetch(mirror) is None
+        assert 0.25 < trio.current_time() - started < 2.0
+        nursery.cancel_scope.cancel()
+
+
+async def test_retries_bound_the_attempts(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        good = await _good_peer(nursery, tmp_path)
+        dead = [_provider(_dead_port(), bytes([i])) for i in range(3)]
+        mirror = await _mirror(nursery, [*dead, _provider(good, b"good")], resolve_retries=3)
+        assert await _fetch(mirror) is None
+        mirror = await _mirror(nursery, [*dead, _provider(good, b"good")], resolve_retries=4)
+        response = await _fetch(mirror)
+        assert response is not None
+        response.release()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_body_cut_short_is_resumed_from_another_peer(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        cutter = await _truncating_peer(nursery, cut_at=1_000_003)
+        good = await _good_peer(nursery, tmp_path)
+        mirror = await _mirror(nursery, [_provider(cutter, b"cut"), _provider(good, b"good")])
+        response = await _fetch(mirror)
+        assert response is not None
+        assert dict(response.headers)["X-Mirror-Peer"] == f"127.0.0.1:{cutter}"
+        assert await _body_through(response) == BLOB
+        nursery.cancel_scope.cancel()
+
+
+async def test_splice_relay_resumes_too(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        cutter = await _truncating_peer(nursery, cut_at=2_000_000)
+        good = await _good_peer(nursery, tmp_path)
+        providers = [_provider(cutter, b"cut"), _provider(good, b"good")]
+        cache = ProviderCache(FixedProviders(providers), is_self=lambda p: False)
+        await nursery.start(cache.run)
+        mirror = PeerMirror(cache, MirrorSettings(use_splice=True))
+        response = await _fetch(mirror)
+        assert response is not None
+        assert await _body_through(response) == BLOB
+        nursery.cancel_scope.cancel()
