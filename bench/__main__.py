@@ -16,6 +16,14 @@ COMMANDS: dict[str, str] = {
     "serve": "hot path: blob throughput and manifest requests/s vs nginx and Distribution",
     "dht": "Kademlia: lookup latency, hops, churn, provide cost on N loopback nodes",
     "proxy": "peer relay vs direct read, 404 latency, time to first byte",
+    "generate": "benchmark images: v1 and v2 of 10 MB / 100 MB / 1 GB in 1 and 4 layers",
+    "cluster": "N local nodes with mirrors and an upstream behind an emulated WAN link",
+    "measure": "cluster pull times with and without the mirror: create and rolling update",
+    "analyze": "JSON, markdown table and PNG charts from measure's results",
+}
+# Commands not in bench/<name>.py (bench/measure.py holds the shared stats helpers).
+MODULES = {
+    name: f"bench.harness.{name}_cmd" for name in ("generate", "cluster", "measure", "analyze")
 }
 
 
@@ -25,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, help_text in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     first, rest = parser.parse_known_args(argv)
-    module = importlib.import_module(f"bench.{first.command}")
+    module = importlib.import_module(MODULES.get(first.command, f"bench.{first.command}"))
     command_parser = argparse.ArgumentParser(prog=f"python -m bench {first.command}")
     module.add_arguments(command_parser)
     return int(module.run(command_parser.parse_args(rest)) or 0)
