@@ -4,7 +4,7 @@
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
-APT_PACKAGES := containerd docker-registry skopeo nginx wrk iproute2
+APT_PACKAGES := containerd docker-registry skopeo nginx wrk iproute2 chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all deps venv demo test test-fast lint bench clean
@@ -47,3 +47,12 @@ bench: deps venv
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
+
+# The standalone executable for bare-metal hosts (x86_64 Linux, glibc): dist/mirror.
+# PyInstaller comes with the dev extras; container/binary/mirror.spec lists what it bundles.
+BINARY_DIST ?= dist
+.PHONY: binary
+binary: venv
+	$(VENV)/bin/pyinstaller --noconfirm --clean --log-level WARN \
+	  --distpath $(BINARY_DIST) --workpath build/pyinstaller container/binary/mirror.spec
+	$(BINARY_DIST)/mirror version --format json

@@ -1,0 +1,82 @@
+{{/* Name of the chart, or nameOverride. */}}
+{{- define "mirror.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Fully qualified app name; the release name alone when it already contains the chart name. */}}
+{{- define "mirror.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "mirror.namespace" -}}
+{{- default .Release.Namespace .Values.namespaceOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "mirror.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "mirror.labels" -}}
+helm.sh/chart: {{ include "mirror.chart" . }}
+{{ include "mirror.selectorLabels" . }}
+{{- if .Chart.AppVersion }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "mirror.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "mirror.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "mirror.serviceAccountName" -}}
+{{- default (include "mirror.fullname" .) .Values.serviceAccount.name }}
+{{- end }}
+
+{{- define "mirror.image" -}}
+{{- if .Values.image.digest }}
+{{- .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else }}
+{{- .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+{{- end }}
+
+{{/* The NODE_IP variable: the override, else the node's address from the downward API. */}}
+{{- define "mirror.nodeIpEnv" -}}
+- name: NODE_IP
+{{- if .Values.service.registry.nodeIp }}
+  value: {{ .Values.service.registry.nodeIp | quote }}
+{{- else }}
+  valueFrom:
+    fieldRef:
+      fieldPath: status.hostIP
+{{- end }}
+{{- end }}
+
+{{/* The top-level alias (the seed's `--set mirrorResolveTimeout=50ms`) wins over spegel.*. */}}
+{{- define "mirror.resolveTimeout" -}}
+{{- .Values.mirrorResolveTimeout | default .Values.spegel.mirrorResolveTimeout }}
+{{- end }}
+
+{{/* Settings of Spegel's chart this chart cannot honour: refuse instead of ignoring. */}}
+{{- define "mirror.unsupported" -}}
+{{- if .Values.basicAuthSecretName }}
+{{- fail "basicAuthSecretName: the trio-mirror registry has no basic authentication; leave it empty" }}
+{{- end }}
+{{- if .Values.grafanaDashboard.enabled }}
+{{- fail "grafanaDashboard.enabled: no dashboard is shipped; import Spegel's dashboard (same metric names)" }}
+{{- end }}
+{{- end }}
