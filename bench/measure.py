@@ -11,7 +11,6 @@ import os
 import re
 import statistics
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -194,6 +193,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def system_task_seconds() -> float:
+    """CPU time the machine's tasks used (user + nice + system over every core).
+
+    Interrupt and softirq time is left out: on loopback it is the benchmark's own
+    packets, handled in whichever task's context they arrive.
+    """
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:4]]
+    return sum(fields) / CLOCK_TICKS
+
+
 def status_kib(pid: int, key: str) -> int:
     """A `kB` field of /proc/<pid>/status (`VmRSS`, `VmHWM`), 0 if absent."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -211,6 +220,19 @@ def children(pid: int) -> list[int]:
                 if int(_stat_fields(int(entry.name))[1]) == pid:
                     found.append(int(entry.name))
             except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
+def pids_named(prefix: str) -> list[int]:
+    """Pids whose command name starts with `prefix` (kernel threads such as `ksoftirqd/`)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if Path(entry.path, "comm").read_text().startswith(prefix):
+                    found.append(int(entry.name))
+            except OSError:
                 continue
     return found
 
@@ -270,8 +292,3 @@ class RssSampler:
 
     def max_mib(self, name: str) -> float:
         return max(self.samples[name], default=0) / 1024
-
-
-def wait_quiet(seconds: float) -> None:
-    """A pause between runs, so one run's tail (sockets closing) stays out of the next."""
-    time.sleep(seconds)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -62,6 +63,7 @@ async def serve_connection(
     parser = RequestParser(config.limits)
     pending: deque[Request] = deque()
     head_deadline: float | None = None
+    fd = sock.fileno()
     with sock:
         while True:
             if pending:
@@ -72,21 +74,17 @@ async def serve_connection(
                 continue
             if drain.draining and not parser.in_head:
                 return
-            idle = not parser.in_head
-            deadline = trio.current_time() + config.idle_timeout if idle else head_deadline
-            with trio.CancelScope(deadline=deadline) as scope:
-                if idle:
-                    drain.idle_scopes.add(scope)
-                try:
-                    data = await sock.recv(config.recv_size)
-                except _CONNECTION_ERRORS:
+            try:
+                data = os.read(fd, config.recv_size)
+            except BlockingIOError:
+                if not await _wait_readable(sock, parser.in_head, head_deadline, config, drain):
                     return
-                finally:
-                    drain.idle_scopes.discard(scope)
-            if scope.cancelled_caught:
-                if parser.in_head:
-                    await _send_error_quietly(sock, 408, "UNSUPPORTED", "request head timed out")
+                continue
+            except _CONNECTION_ERRORS:
                 return
+            # The bytes were already there: still yield once per read, for fairness and
+            # so that cancellation is seen.
+            await trio.lowlevel.checkpoint()
             if not data:
                 return
             try:
@@ -99,6 +97,29 @@ async def serve_connection(
                 head_deadline = trio.current_time() + config.head_timeout
             elif not parser.in_head:
                 head_deadline = None
+
+
+async def _wait_readable(
+    sock: trio.socket.SocketType,
+    in_head: bool,
+    head_deadline: float | None,
+    config: ConnectionConfig,
+    drain: Drain,
+) -> bool:
+    """Wait for bytes; False when the connection is to close (idle, head timeout, drain)."""
+    deadline = head_deadline if in_head else trio.current_time() + config.idle_timeout
+    with trio.CancelScope(deadline=deadline) as scope:
+        if not in_head:
+            drain.idle_scopes.add(scope)
+        try:
+            await trio.lowlevel.wait_readable(sock)
+        finally:
+            drain.idle_scopes.discard(scope)
+    if scope.cancelled_caught:
+        if in_head:
+            await _send_error_quietly(sock, 408, "UNSUPPORTED", "request head timed out")
+        return False
+    return True
 
 
 async def _respond(

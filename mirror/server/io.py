@@ -33,13 +33,26 @@ async def send_all(
     sock: trio.socket.SocketType, data: bytes, *, more: bool = False, stall_timeout: float = 30.0
 ) -> None:
     """Send every byte; with `more`, the kernel holds a partial segment for what follows."""
-    flags = socket.MSG_MORE if more else 0
+    if more:
+        # One per blob response: trio's send is fine here, and it takes flags.
+        flags = socket.MSG_MORE
+        view = memoryview(data)
+        while view:
+            with trio.move_on_after(stall_timeout) as scope:
+                sent = await sock.send(view, flags)
+            if scope.cancelled_caught:
+                raise PeerStalled(f"no progress for {stall_timeout}s")
+            view = view[sent:]
+        return
+    # Try once, wait only if the kernel says so: no checkpoint, no cancel scope per send.
+    fd = sock.fileno()
     view = memoryview(data)
     while view:
-        with trio.move_on_after(stall_timeout) as scope:
-            sent = await sock.send(view, flags)
-        if scope.cancelled_caught:
-            raise PeerStalled(f"no progress for {stall_timeout}s")
+        try:
+            sent = os.write(fd, view)
+        except BlockingIOError:
+            await _wait_writable(sock, stall_timeout)
+            continue
         view = view[sent:]
 
 

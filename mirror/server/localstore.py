@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
@@ -45,14 +46,28 @@ class Manifest:
     content: bytes
 
 
+# Manifests are read on every pull; keep the hot ones, within a fixed memory bound.
+MANIFEST_CACHE_BYTES = 16 * 1024 * 1024
+
 K = TypeVar("K")
 V = TypeVar("V")
 
 
-class _Lru(Generic[K, V]):
-    def __init__(self, capacity: int) -> None:
+class Lru(Generic[K, V]):
+    """Least-recently-used map bounded by entry count and, with `weigh`, by total weight."""
+
+    def __init__(
+        self,
+        capacity: int,
+        *,
+        max_weight: int | None = None,
+        weigh: Callable[[V], int] | None = None,
+    ) -> None:
         self._items: OrderedDict[K, V] = OrderedDict()
         self._capacity = capacity
+        self._max_weight = max_weight
+        self._weigh = weigh
+        self.weight = 0
 
     def get(self, key: K) -> V | None:
         value = self._items.get(key)
@@ -61,16 +76,28 @@ class _Lru(Generic[K, V]):
         return value
 
     def put(self, key: K, value: V) -> None:
+        self.pop(key)
         self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self._capacity:
-            self._items.popitem(last=False)
+        if self._weigh is not None:
+            self.weight += self._weigh(value)
+        while len(self._items) > self._capacity or (
+            self._max_weight is not None and self.weight > self._max_weight
+        ):
+            _, evicted = self._items.popitem(last=False)
+            if self._weigh is not None:
+                self.weight -= self._weigh(evicted)
 
     def pop(self, key: K) -> None:
-        self._items.pop(key, None)
+        value = self._items.pop(key, None)
+        if value is not None and self._weigh is not None:
+            self.weight -= self._weigh(value)
 
     def clear(self) -> None:
         self._items.clear()
+        self.weight = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 class LocalStore:
@@ -79,11 +106,15 @@ class LocalStore:
     ) -> None:
         self.content_root = content_root
         self._tags = tags
-        self._tag_ttl = tag_ttl
-        self._tag_cache: _Lru[str, tuple[float, TagTarget | None]] = _Lru(cache_size)
+        self.tag_ttl = tag_ttl
+        # Bumped whenever a tag may have moved, so answers derived from tags expire.
+        self.generation = 0
+        self._tag_cache: Lru[str, tuple[float, TagTarget | None]] = Lru(cache_size)
         # Content-addressed, so an entry can only go stale by the blob being deleted,
         # and then the bytes are still what the digest says.
-        self._manifests: _Lru[Digest, Manifest | bool] = _Lru(cache_size)
+        self._manifests: Lru[Digest, Manifest] = Lru(
+            cache_size, max_weight=MANIFEST_CACHE_BYTES, weigh=lambda m: len(m.content)
+        )
 
     def open_blob(self, digest: Digest) -> OpenBlob | None:
         try:
@@ -104,7 +135,7 @@ class LocalStore:
 
     def manifest(self, digest: Digest) -> Manifest | None:
         cached = self._manifests.get(digest)
-        if isinstance(cached, Manifest):
+        if cached is not None:
             return cached
         blob = self.open_blob(digest)
         if blob is None:
@@ -126,14 +157,16 @@ class LocalStore:
         if cached is not None and cached[0] > now:
             return cached[1]
         target = await self._tags.resolve(image_name)
-        self._tag_cache.put(image_name, (now + self._tag_ttl, target))
+        self._tag_cache.put(image_name, (now + self.tag_ttl, target))
         return target
 
     def forget_tag(self, image_name: str) -> None:
         self._tag_cache.pop(image_name)
+        self.generation += 1
 
     def forget_all_tags(self) -> None:
         self._tag_cache.clear()
+        self.generation += 1
 
 
 def target_from(digest: str, media_type: str, size: int) -> TagTarget:

@@ -7,8 +7,12 @@ a peer), else it is a fast 404 so that containerd falls back to the next host.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
+
+import trio
 
 from mirror.oci.distribution import (
     DistributionPath,
@@ -21,7 +25,7 @@ from mirror.oci.filters import ReferenceFilter
 from mirror.oci.mediatypes import BLOB_CONTENT_TYPE
 from mirror.oci.ranges import Unsatisfiable, parse_range
 from mirror.server.http import API_VERSION_HEADER, JSON_TYPE
-from mirror.server.localstore import LocalStore
+from mirror.server.localstore import MANIFEST_CACHE_BYTES, LocalStore, Lru
 from mirror.server.request import Request
 from mirror.server.response import FileBody, Response, error_response
 
@@ -30,6 +34,16 @@ MIRRORED_HEADER = "x-spegel-mirrored"
 
 _TEXT = [("Content-Type", "text/plain; charset=utf-8")]
 _STATUS_FOR_CODE = {"UNSUPPORTED": 404}
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A whole-manifest answer kept ready, valid until `expires` and for one tag generation."""
+
+    headers: list[tuple[str, str]]
+    body: bytes
+    expires: float
+    generation: int
 
 
 class MissHandler(Protocol):
@@ -49,10 +63,25 @@ class RegistryHandler:
     ) -> None:
         self.store = store
         self.filter = reference_filter or ReferenceFilter()
+        # Keyed by the raw request target: a repeated manifest request skips parsing,
+        # filtering and lookups. The bodies are the manifest cache's own bytes.
+        self._prepared: Lru[str, _Prepared] = Lru(
+            1024, max_weight=MANIFEST_CACHE_BYTES, weigh=lambda p: len(p.body)
+        )
         self.ready = ready
         self.miss = miss
 
     async def __call__(self, request: Request) -> Response:
+        if request.method in ("GET", "HEAD") and "range" not in request.headers:
+            prepared = self._prepared.get(request.target)
+            if (
+                prepared is not None
+                and prepared.generation == self.store.generation
+                and prepared.expires > trio.current_time()
+            ):
+                return Response(
+                    200, prepared.headers, prepared.body, handler="manifest", source="local"
+                )
         path = request.path
         if path == "/livez":
             return Response(200, list(_TEXT), b"ok\n", handler="livez")
@@ -130,7 +159,13 @@ class RegistryHandler:
         except Unsatisfiable:
             return _range_not_satisfiable(size, "manifest")
         if byte_range is None:
-            return Response(200, headers, body, handler="manifest")
+            expires = (
+                math.inf if route.digest is not None else trio.current_time() + self.store.tag_ttl
+            )
+            self._prepared.put(
+                request.target, _Prepared(headers, body, expires, self.store.generation)
+            )
+            return Response(200, headers, body, handler="manifest", source="local")
         headers.append(("Content-Range", byte_range.content_range(size)))
         return Response(
             206, headers, body[byte_range.start : byte_range.end + 1], handler="manifest"
@@ -153,10 +188,12 @@ class RegistryHandler:
             FileBody(blob.fd, 0, 0).close()
             return _range_not_satisfiable(blob.size, "blob")
         if byte_range is None:
-            return Response(200, headers, FileBody(blob.fd, 0, blob.size), handler="blob")
+            return Response(
+                200, headers, FileBody(blob.fd, 0, blob.size), handler="blob", source="local"
+            )
         headers.append(("Content-Range", byte_range.content_range(blob.size)))
         body = FileBody(blob.fd, byte_range.start, byte_range.length)
-        return Response(206, headers, body, handler="blob")
+        return Response(206, headers, body, handler="blob", source="local")
 
 
 def _range_not_satisfiable(size: int, handler: str) -> Response:

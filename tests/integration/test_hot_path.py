@@ -317,3 +317,18 @@ def test_nothing_outside_the_content_store(mirror: MirrorNode, tmp_path: Path) -
     # Even the right digest of a file outside the store names nothing.
     reply = fetch(mirror.address, f"/v2/team/app/blobs/{digest}")
     assert reply.status == 404
+
+
+def test_a_moved_tag_is_followed(mirror: MirrorNode, node_with_images: NodeWithImages) -> None:
+    env = node_with_images
+    moving = f"{env.upstream.host}/team/moving:v1"
+    env.containerd.ctr("images", "tag", "--force", env.image_ref(env.image), moving)
+    path = f"/v2/team/moving/manifests/v1{_ns(env)}"
+    assert fetch(mirror.address, path).sha256() == env.image.digest
+    assert fetch(mirror.address, path).sha256() == env.image.digest  # now from the prepared cache
+    env.containerd.ctr("images", "tag", "--force", env.image_ref(env.multi), moving)
+    deadline = time.monotonic() + 5
+    while fetch(mirror.address, path).sha256() != env.multi.digest:
+        assert time.monotonic() < deadline, "the tag's new target was never served"
+        time.sleep(0.1)
+    assert fetch(mirror.address, path).header("Content-Type") == OCI_INDEX
