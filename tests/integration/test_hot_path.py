@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import socket
 import time
 from pathlib import Path
@@ -332,3 +333,38 @@ def test_a_moved_tag_is_followed(mirror: MirrorNode, node_with_images: NodeWithI
         assert time.monotonic() < deadline, "the tag's new target was never served"
         time.sleep(0.1)
     assert fetch(mirror.address, path).header("Content-Type") == OCI_INDEX
+
+
+def test_sigterm_finishes_in_flight_responses_then_exits(node_with_images: NodeWithImages) -> None:
+    env = node_with_images
+    node = start_mirror(env, "mirror-sigterm")
+    layer = env.big.layers[0]
+    host, _, port = node.address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            sock.sendall(
+                f"GET /v2/{env.big.name}/blobs/{layer.digest} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            )
+            data = sock.recv(65536)
+            assert data.startswith(b"HTTP/1.1 200")
+            os.kill(node.process.pid or 0, signal.SIGTERM)
+            time.sleep(0.5)
+            with pytest.raises(OSError):
+                socket.create_connection((host, int(port)), timeout=2).close()
+            head, _, body = data.partition(b"\r\n\r\n")
+            assert b"Connection: close" not in head  # it was sent before the stop
+            digest = hashlib.sha256(body)
+            received = len(body)
+            while chunk := sock.recv(1 << 20):
+                digest.update(chunk)
+                received += len(chunk)
+        assert received == layer.size
+        assert "sha256:" + digest.hexdigest() == layer.digest
+        deadline = time.monotonic() + 10
+        while node.process.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert node.process.returncode == 0
+        assert "gracefully shutdown" in node.tail(5)
+    finally:
+        node.stop()
