@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "cluster": "N local nodes with mirrors and an upstream behind an emulated WAN link",
     "measure": "cluster pull times with and without the mirror: create and rolling update",
     "analyze": "JSON, markdown table and PNG charts from measure's results",
+    "web_overhead": "blob throughput while /metrics is scraped and the debug page is open",
 }
 # Commands not in bench/<name>.py (bench/measure.py holds the shared stats helpers).
 MODULES = {

@@ -27,7 +27,7 @@ VERSION = "0.1.0"
 @dataclass(frozen=True)
 class Flag:
     name: str
-    kind: str  # str | int | bool | duration | list | regex-list
+    kind: str  # str | int | bool | duration | list | regex-list | positional (a list)
     default: object
     help: str
     required: bool = False
@@ -213,6 +213,18 @@ COMMANDS: dict[str, tuple[str, list[Flag]]] = {
         "Print the version.",
         [Flag("format", "str", "text", "Output format: text or json.")],
     ),
+    "watch": (
+        "Follow the live mirror events of one or several nodes, one line per event.",
+        [
+            Flag(
+                "nodes",
+                "positional",
+                [],
+                "Metrics URLs of the nodes, e.g. http://127.0.0.1:9090.",
+                required=True,
+            )
+        ],
+    ),
 }
 
 
@@ -234,6 +246,11 @@ def _add_flag(parser: argparse.ArgumentParser, flag: Flag) -> None:
     names = [f"--{flag.name}", *(f"--{alias}" for alias in flag.aliases)]
     help_text = f"{flag.help} [env {flag.env}; default {_show_default(flag)}]"
     kwargs: dict[str, object] = {"dest": flag.dest, "default": argparse.SUPPRESS, "help": help_text}
+    if flag.kind == "positional":
+        parser.add_argument(
+            flag.dest, nargs="*", default=argparse.SUPPRESS, help=help_text, metavar="URL"
+        )
+        return
     if flag.kind in ("list", "regex-list"):
         kwargs.update(nargs="*", action="extend", metavar="VALUE")
     elif flag.kind == "bool":
@@ -262,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _convert(flag: Flag, raw: object, *, from_env: bool) -> object:
     try:
-        if flag.kind in ("list", "regex-list"):
+        if flag.kind in ("list", "regex-list", "positional"):
             if from_env:
                 assert isinstance(raw, str)
                 items = [item.strip() for row in csv.reader([raw]) for item in row]

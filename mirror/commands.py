@@ -30,6 +30,10 @@ def run_command(options: SimpleNamespace) -> int:
             from mirror.node import run_registry
 
             return trio.run(run_registry, options)
+        if options.command == "watch":
+            from mirror.watch import run_watch
+
+            return trio.run(run_watch, options.nodes)
         from mirror import cleanup
 
         if options.command == "configuration":

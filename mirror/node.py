@@ -23,12 +23,14 @@ from dht import (
     DnsBootstrapper,
     HttpBootstrapper,
     NodeConfig,
+    Provider,
     StaticBootstrapper,
     load_cluster_key,
 )
 from mirror.advertise.tracker import Advertiser
 from mirror.containerd.client import ContainerdClient, ContainerdError, ContainerdUnavailable
 from mirror.containerd.config import ConfigError, config_warnings, load_config
+from mirror.metrics import Telemetry, TimedProviders
 from mirror.mirroring.mirror import MirrorSettings, PeerMirror
 from mirror.mirroring.providers import ProviderCache
 from mirror.oci.filters import ReferenceFilter
@@ -36,6 +38,7 @@ from mirror.server.connection import ConnectionConfig
 from mirror.server.listener import RegistryServer, parse_listen_address
 from mirror.server.localstore import LocalStore, TagTarget, target_from
 from mirror.server.registry import RegistryHandler
+from mirror.web.server import metrics_front_end
 
 log = logging.getLogger("mirror")
 
@@ -202,14 +205,21 @@ async def run_registry(options: SimpleNamespace) -> int:
             def ready() -> bool:
                 return health.reachable and (dht.ready() or alone.alone)
 
-            cache = ProviderCache(dht, is_self=lambda p: p.node_id == dht.node_id)
+            def is_self(p: Provider) -> bool:
+                return p.node_id == dht.node_id
+
+            telemetry = Telemetry(relay_mode=options.mirror_relay)
+            cache = ProviderCache(TimedProviders(dht, telemetry, is_self=is_self), is_self=is_self)
             settings = MirrorSettings(
                 resolve_timeout=options.mirror_resolve_timeout,
                 resolve_retries=options.mirror_resolve_retries,
                 use_splice=options.mirror_relay == "splice",
             )
             handler = RegistryHandler(
-                store, reference_filter, ready=ready, miss=PeerMirror(cache, settings)
+                store,
+                reference_filter,
+                ready=ready,
+                miss=PeerMirror(cache, settings, on_event=telemetry.on_mirror_event),
             )
             advertiser = Advertiser(
                 client,
@@ -220,10 +230,27 @@ async def run_registry(options: SimpleNamespace) -> int:
                 on_image_change=lambda name: store.forget_tag(name),
             )
             server = RegistryServer(
-                handler, ConnectionConfig(head_timeout=options.registry_head_timeout)
+                telemetry.instrument(handler),
+                ConnectionConfig(head_timeout=options.registry_head_timeout),
+                observe=telemetry.observe,
+            )
+
+            async def list_images() -> dict[str, str]:
+                return {image.name: image.target.digest for image in await client.list_images()}
+
+            web = metrics_front_end(
+                options.metrics_addr,
+                telemetry,
+                dht=dht,
+                advertiser=advertiser,
+                registry=server,
+                images=list_images,
+                ready=ready,
+                debug_web=options.debug_web_enabled,
             )
             async with trio.open_nursery() as nursery:
                 await nursery.start(server.run, host, port)
+                await nursery.start(web.run)
                 log.info(
                     "running",
                     extra={
@@ -247,6 +274,7 @@ async def run_registry(options: SimpleNamespace) -> int:
                 await _wait_for_stop_signal()
                 log.info("stopping: draining in-flight requests")
                 server.stop()
+                web.stop()
                 background.cancel()
     finally:
         await client.aclose()

@@ -1,0 +1,349 @@
+"""What the hot path records: Prometheus counters and the live event feed.
+
+Everything here is synchronous and O(1) per request: a few dict lookups,
+counter increments and one append to a bounded feed. Nothing here awaits, so
+nothing here can slow a response down by waiting on a scrape or a websocket.
+Metric names and labels are Spegel's where Spegel has one (its Grafana
+dashboard keeps working); ours carry the `mirror_` prefix. See docs/metrics.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import prometheus_client
+import trio
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from mirror.mirroring.mirror import PEER_HEADER
+from mirror.server.connection import Handler
+from mirror.server.registry import MIRRORED_HEADER
+from mirror.server.request import Request
+from mirror.server.response import Response
+from mirror.web.feed import EventFeed
+
+if TYPE_CHECKING:
+    from dht import Provider
+    from mirror.mirroring.mirror import MirrorEvent
+
+# Spegel's http_response_size_bytes buckets: 1 kB up to 2 GB.
+RESPONSE_SIZE_BUCKETS = tuple(1024.0 * 5**i for i in range(10))
+# The label Spegel puts on its DHT resolver is "libp2p"; ours is not libp2p.
+ROUTER_LABEL = "dht"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_CONTENT = frozenset({"blob", "manifest"})
+# `registry` comes from the client's `ns` parameter: bound the label's cardinality.
+MAX_REGISTRY_LABELS = 256
+
+# Go's client emits no `_created` series; neither should we (process-wide switch).
+prometheus_client.disable_created_metrics()
+
+
+def handler_label(path: str) -> str:
+    """The `handler` label of a request before it is answered (for the in-flight gauge)."""
+    if path.startswith("/v2/"):
+        if "/blobs/" in path:
+            return "blob"
+        if "/manifests/" in path:
+            return "manifest"
+        return "v2" if path == "/v2/" else "other"
+    if path in ("/readyz", "/healthz"):
+        return "readyz"
+    if path == "/livez":
+        return "livez"
+    return "v2" if path == "/v2" else "other"
+
+
+@dataclass(frozen=True, slots=True)
+class FeedEvent:
+    """One blob or manifest answer, as the debug page and `mirror watch` show it."""
+
+    time: float  # wall clock, seconds
+    kind: str  # "blob" | "manifest"
+    method: str
+    path: str
+    registry: str
+    # "hit" / "miss": a request from containerd, answered / not; "served": a peer's request.
+    cache: str
+    source: str  # "local" | "peer" | ""
+    peer: str  # the peer that served it, for source == "peer"
+    status: int
+    bytes: int
+    duration: float
+
+    @property
+    def reference(self) -> str:
+        """The tag or digest at the end of the path."""
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def repository(self) -> str:
+        inner = self.path.removeprefix("/v2/")
+        for section in ("/blobs/", "/manifests/"):
+            name, found, _ = inner.rpartition(section)
+            if found:
+                return name
+        return inner
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "time": self.time,
+            "kind": self.kind,
+            "method": self.method,
+            "repository": self.repository,
+            "reference": self.reference,
+            "registry": self.registry,
+            "cache": self.cache,
+            "source": self.source,
+            "peer": self.peer,
+            "status": self.status,
+            "bytes": self.bytes,
+            "duration": self.duration,
+        }
+
+
+class ProviderSource(Protocol):
+    def get_providers(self, key: str, limit: int = 20) -> AsyncIterator[Provider]: ...
+
+
+class TimedProviders:
+    """A provider source that records the time to the first provider of each lookup.
+
+    That is what Spegel's `spegel_resolve_duration_seconds` measures; lookups that
+    find nobody are counted apart, so they do not skew the histogram by the timeout.
+    """
+
+    def __init__(
+        self,
+        source: ProviderSource,
+        telemetry: Telemetry,
+        *,
+        is_self: Callable[[Provider], bool] = lambda provider: False,
+    ) -> None:
+        self._source = source
+        self._telemetry = telemetry
+        self._is_self = is_self
+
+    async def get_providers(self, key: str, limit: int = 20) -> AsyncIterator[Provider]:
+        started = trio.current_time()
+        found_one = False
+        async with contextlib.aclosing(self._source.get_providers(key, limit)) as found:  # type: ignore[type-var]
+            async for provider in found:
+                if not found_one and not self._is_self(provider):
+                    found_one = True
+                    self._telemetry.resolved(trio.current_time() - started)
+                yield provider
+        if not found_one:
+            self._telemetry.resolve_not_found.inc()
+
+
+class Telemetry:
+    def __init__(
+        self,
+        *,
+        relay_mode: str = "copy",
+        feed_size: int = 512,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.feed: EventFeed[FeedEvent] = EventFeed(feed_size)
+        self.relay_mode = relay_mode
+        self.last_success: float | None = None
+        self.cache_counts = {"hit": 0, "miss": 0}
+        self._clock = clock
+        r = self.registry
+        self.mirror_requests = Counter(
+            "spegel_mirror_requests_total",
+            "Total number of mirror requests.",
+            ["registry", "cache"],
+            registry=r,
+        )
+        self.last_success_gauge = Gauge(
+            "spegel_mirror_last_success_timestamp_seconds",
+            "The timestamp of the last successful mirror request.",
+            registry=r,
+        )
+        self.resolve_duration = Histogram(
+            "spegel_resolve_duration_seconds",
+            "The duration for router to resolve a peer.",
+            ["router"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "http_request_duration_seconds",
+            "The latency of the HTTP requests.",
+            ["handler", "method", "code"],
+            registry=r,
+        )
+        self.response_size = Histogram(
+            "http_response_size_bytes",
+            "The size of the HTTP responses.",
+            ["handler", "method", "code"],
+            buckets=RESPONSE_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.inflight = Gauge(
+            "http_requests_inflight",
+            "The number of inflight requests being handled at the same time.",
+            ["handler"],
+            registry=r,
+        )
+        self.served_bytes = Counter(
+            "mirror_served_bytes_total",
+            "Body bytes sent on the registry port, by where they came from: "
+            "local (this node's content store) or peer (relayed from another node).",
+            ["source"],
+            registry=r,
+        )
+        self.peer_requests = Counter(
+            "mirror_peer_requests_total",
+            "Local misses handed to the peer mirror, by kind and outcome (peer, miss, failed).",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.relayed_bodies = Counter(
+            "mirror_relay_bodies_total",
+            "Blob bodies relayed from a peer, by relay mode (splice or copy) and outcome.",
+            ["mode", "outcome"],
+            registry=r,
+        )
+        self.relay_resumes = Counter(
+            "mirror_relay_resumes_total",
+            "Relayed bodies resumed from another peer with Range after a peer failed mid-body.",
+            registry=r,
+        )
+        self.peer_time_to_head = Histogram(
+            "mirror_peer_time_to_head_seconds",
+            "Time from a local miss to the head of the peer's answer.",
+            registry=r,
+        )
+        self.resolve_not_found = Counter(
+            "mirror_resolve_not_found_total",
+            "DHT provider lookups that found no peer.",
+            registry=r,
+        )
+        self._resolve = self.resolve_duration.labels(ROUTER_LABEL)
+        self._inflight: dict[str, Any] = {}
+        self._per_response: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._mirror_requests: dict[tuple[str, str], Any] = {}
+        self._served = {
+            "local": self.served_bytes.labels("local"),
+            "peer": self.served_bytes.labels("peer"),
+        }
+
+    # -- the hot path --------------------------------------------------------
+
+    def instrument(self, handler: Handler) -> Handler:
+        """Wrap the registry handler so the in-flight gauge counts requests being answered.
+
+        The gauge goes up here and down in `observe`, which runs once the body is
+        sent; a cancelled handler never reaches `observe`, so it comes down here.
+        """
+
+        async def instrumented(request: Request) -> Response:
+            gauge = self._inflight_gauge(handler_label(request.path))
+            gauge.inc()
+            try:
+                return await handler(request)
+            except BaseException as exc:
+                if not isinstance(exc, Exception):
+                    gauge.dec()
+                raise
+
+        return instrumented
+
+    def observe(self, request: Request, response: Response, sent: int, seconds: float) -> None:
+        """`RegistryServer`'s observer: called once per response, after its body."""
+        self._inflight_gauge(handler_label(request.path)).dec()
+        method = request.method if request.method in _METHODS else "other"
+        status = response.status
+        key = (response.handler, method, status)
+        children = self._per_response.get(key)
+        if children is None:
+            labels = (response.handler, method, str(status))
+            children = (
+                self.request_duration.labels(*labels),
+                self.response_size.labels(*labels),
+            )
+            self._per_response[key] = children
+        children[0].observe(seconds)
+        children[1].observe(sent)
+        source = response.source
+        if not source and response.handler in _CONTENT and 200 <= status < 300:
+            source = "local"  # the registry handler marks only what a peer served
+        if sent and source in self._served:
+            self._served[source].inc(sent)
+        if response.handler not in _CONTENT:
+            return
+        registry = request.query_param("ns") or ""
+        peer = ""
+        if source == "peer":
+            peer = next((v for k, v in response.headers if k == PEER_HEADER), "")
+        if MIRRORED_HEADER in request.headers:
+            cache = "served"
+        else:
+            cache = "hit" if 200 <= status < 300 else "miss"
+            self.cache_counts[cache] += 1
+            self._mirror_counter(registry, cache).inc()
+            if cache == "hit":
+                now = self._clock()
+                self.last_success = now
+                self.last_success_gauge.set(now)
+        self.feed.publish(
+            FeedEvent(
+                self._clock(),
+                response.handler,
+                method,
+                request.path,
+                registry,
+                cache,
+                source,
+                peer,
+                status,
+                sent,
+                seconds,
+            )
+        )
+
+    def on_mirror_event(self, event: MirrorEvent) -> None:
+        """`PeerMirror`'s callback: one per local miss handed to the peers."""
+        self.peer_requests.labels(event.kind, event.outcome).inc()
+        if event.outcome == "miss":
+            return
+        self.peer_time_to_head.observe(event.time_to_head)
+        if event.kind == "blob" and event.method == "GET":
+            self.relayed_bodies.labels(self.relay_mode, event.outcome).inc()
+        if event.resumes:
+            self.relay_resumes.inc(event.resumes)
+
+    def resolved(self, seconds: float) -> None:
+        self._resolve.observe(seconds)
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _inflight_gauge(self, label: str) -> Any:
+        gauge = self._inflight.get(label)
+        if gauge is None:
+            gauge = self._inflight[label] = self.inflight.labels(label)
+        return gauge
+
+    def _mirror_counter(self, registry: str, cache: str) -> Any:
+        key = (registry, cache)
+        counter = self._mirror_requests.get(key)
+        if counter is None:
+            if len(self._mirror_requests) >= MAX_REGISTRY_LABELS:
+                key = ("other", cache)
+                registry = "other"
+                counter = self._mirror_requests.get(key)
+                if counter is not None:
+                    return counter
+            counter = self._mirror_requests[key] = self.mirror_requests.labels(registry, cache)
+        return counter
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus text format."""
+        return prometheus_client.generate_latest(self.registry)

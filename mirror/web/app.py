@@ -1,0 +1,147 @@
+"""The quart-trio app on `--metrics-addr`: `/metrics`, and the debug page under `/debug/web/`.
+
+It shares no code path with the registry port: it reads the node's state and
+follows the telemetry feed, nothing more. `debug_web=False` leaves `/metrics` only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from importlib import resources
+from typing import Any
+
+import trio
+from prometheus_client import CONTENT_TYPE_LATEST
+from quart import Response, redirect, request, websocket
+from quart_trio import QuartTrio
+
+from mirror.cli import VERSION
+from mirror.web.measure import InvalidReference, measure
+from mirror.web.stats import event_json, snapshot
+from mirror.web.view import NodeView
+
+log = logging.getLogger("mirror.web")
+
+STATIC_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+}
+# The websocket sends at most one batch of events per interval, so a burst of
+# requests costs one message, and at most this many events per batch.
+BATCH_INTERVAL = 0.1
+MAX_BATCH = 200
+STATS_INTERVAL = 2.0
+MAX_MEASURE_LIMIT = 300.0
+
+
+def load_assets() -> dict[str, tuple[bytes, str]]:
+    assets = {}
+    for entry in resources.files("mirror.web").joinpath("static").iterdir():
+        suffix = "." + entry.name.rpartition(".")[2]
+        if suffix in STATIC_TYPES:
+            assets[entry.name] = (entry.read_bytes(), STATIC_TYPES[suffix])
+    return assets
+
+
+def _json_response(document: Any, status: int = 200) -> Response:
+    return Response(
+        json.dumps(document), status=status, content_type="application/json; charset=utf-8"
+    )
+
+
+def create_app(view: NodeView, *, debug_web: bool = True, measure_limit: float = 30.0) -> QuartTrio:
+    app = QuartTrio(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(view.telemetry.exposition(), content_type=CONTENT_TYPE_LATEST)
+
+    if debug_web:
+        _add_debug_routes(app, view, measure_limit)
+    return app
+
+
+def _add_debug_routes(app: QuartTrio, view: NodeView, measure_limit: float) -> None:
+    assets = load_assets()
+
+    @app.get("/debug/web")
+    async def no_slash() -> Any:
+        return redirect("/debug/web/")
+
+    @app.get("/debug/web/")
+    async def index() -> Response:
+        body, content_type = assets["index.html"]
+        return Response(body, content_type=content_type)
+
+    @app.get("/debug/web/static/<name>")
+    async def static_asset(name: str) -> Response:
+        if name not in assets:
+            return _json_response({"error": f"no asset {name!r}"}, 404)
+        body, content_type = assets[name]
+        return Response(body, content_type=content_type, headers={"Cache-Control": "no-cache"})
+
+    @app.get("/debug/web/stats")
+    async def stats() -> Response:
+        return _json_response(await snapshot(view))
+
+    @app.get("/debug/web/metadata")
+    async def metadata() -> Response:
+        return _json_response(
+            {
+                "node_id": view.dht.node_id.hex(),
+                "router": "{}:{}".format(*view.dht.address),
+                "registry": [f"{h}:{p}" for h, p in view.registry.addresses],
+                "version": VERSION,
+            }
+        )
+
+    @app.post("/debug/web/measure")
+    async def measure_pull() -> Response:
+        document = await request.get_json(force=True, silent=True)
+        if not isinstance(document, dict):
+            return _json_response({"error": 'send a JSON object: {"image": "<reference>"}'}, 400)
+        limit = document.get("time_limit", measure_limit)
+        if not isinstance(limit, (int, float)) or not 0 < limit <= MAX_MEASURE_LIMIT:
+            return _json_response(
+                {"error": f"time_limit must be a number of seconds in (0, {MAX_MEASURE_LIMIT:g}]"},
+                400,
+            )
+        try:
+            result = await measure(
+                document.get("image"),
+                find=view.dht.get_providers,
+                is_self=lambda provider: provider.node_id == view.dht.node_id,
+                registry_endpoint=view.registry_endpoint(),
+                time_limit=float(limit),
+            )
+        except InvalidReference as exc:
+            return _json_response({"error": f"invalid image reference: {exc}"}, 400)
+        return _json_response(result)
+
+    @app.websocket("/debug/web/ws")
+    async def live() -> None:
+        await websocket.accept()
+        feed = view.telemetry.feed
+        cursor = feed.published
+        await websocket.send(json.dumps({"type": "stats", "stats": await snapshot(view)}))
+        next_stats = trio.current_time() + STATS_INTERVAL
+        while True:
+            with trio.move_on_at(next_stats):
+                await feed.wait(cursor)
+                await trio.sleep(BATCH_INTERVAL)
+            batch = feed.since(cursor, MAX_BATCH)
+            cursor = batch.cursor
+            if batch.events or batch.dropped:
+                message = {
+                    "type": "events",
+                    "events": [event_json(seq, event) for seq, event in batch.events],
+                    "dropped": batch.dropped,
+                }
+                await websocket.send(json.dumps(message))
+            if trio.current_time() >= next_stats:
+                stats = await snapshot(view, events=0)
+                await websocket.send(json.dumps({"type": "stats", "stats": stats}))
+                next_stats = trio.current_time() + STATS_INTERVAL

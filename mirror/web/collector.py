@@ -1,0 +1,136 @@
+"""Gauges and counters read from the node's state at scrape time, never on the hot path."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from dht import NodeStats
+from mirror.oci.reference import parse_image_name, split_registry
+from mirror.web.view import NodeView
+
+_DROP_REASONS = ("malformed", "oversized", "unauthenticated", "unsolicited")
+
+
+@dataclass
+class AdvertisedCounts:
+    """Spegel's per-registry counts: images, those named by tag or by digest, and their keys."""
+
+    images: Counter[str] = field(default_factory=Counter)
+    tags: Counter[str] = field(default_factory=Counter)
+    digests: Counter[str] = field(default_factory=Counter)
+    keys: Counter[str] = field(default_factory=Counter)
+
+    @classmethod
+    def of(cls, images: Mapping[str, frozenset[str]]) -> AdvertisedCounts:
+        counts = cls()
+        for name, keys in images.items():
+            try:
+                parsed = parse_image_name(name)
+                registry, tagged = parsed.registry, parsed.tag is not None
+            except ValueError:
+                registry, tagged = split_registry(name)[0], "@" not in name
+            counts.images[registry] += 1
+            (counts.tags if tagged else counts.digests)[registry] += 1
+            counts.keys[registry] += len(keys)
+        return counts
+
+
+def _per_registry(name: str, help_text: str, values: Counter[str]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, help_text, labels=["registry"])
+    for registry, value in sorted(values.items()):
+        family.add_metric([registry], value)
+    return family
+
+
+def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, help_text, value=value)
+
+
+def _counter(name: str, help_text: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, help_text, value=value)
+
+
+def families(
+    advertised: AdvertisedCounts, stats: NodeStats | None, open_connections: int
+) -> Iterator[Metric]:
+    yield _per_registry(
+        "spegel_advertised_images",
+        "Number of images advertised to be available.",
+        advertised.images,
+    )
+    yield _per_registry(
+        "spegel_advertised_image_tags",
+        "Number of image tags advertised to be available.",
+        advertised.tags,
+    )
+    yield _per_registry(
+        "spegel_advertised_image_digests",
+        "Number of image digests advertised to be available.",
+        advertised.digests,
+    )
+    yield _per_registry(
+        "spegel_advertised_keys", "Number of keys advertised to be available.", advertised.keys
+    )
+    yield _gauge(
+        "mirror_open_connections",
+        "Client connections open on the registry port.",
+        open_connections,
+    )
+    if stats is None:
+        return
+    yield _gauge(
+        "mirror_dht_routing_table_size",
+        "Contacts in the DHT routing table.",
+        stats.routing_table_size,
+    )
+    yield _counter("mirror_dht_lookups", "DHT provider lookups started.", stats.lookups)
+    datagrams = CounterMetricFamily(
+        "mirror_dht_datagrams", "DHT datagrams received and sent.", labels=["direction"]
+    )
+    datagrams.add_metric(["in"], stats.datagrams_in)
+    datagrams.add_metric(["out"], stats.datagrams_out)
+    yield datagrams
+    dropped = CounterMetricFamily(
+        "mirror_dht_datagrams_dropped",
+        "Received DHT datagrams dropped, by reason.",
+        labels=["reason"],
+    )
+    for reason in _DROP_REASONS:
+        dropped.add_metric([reason], getattr(stats, f"dropped_{reason}"))
+    yield dropped
+    yield _counter("mirror_dht_requests_sent", "DHT requests sent.", stats.requests_sent)
+    yield _counter(
+        "mirror_dht_request_timeouts", "DHT requests that got no reply in time.", stats.timeouts
+    )
+    yield _gauge(
+        "mirror_dht_records_stored",
+        "Provider records this node stores for others.",
+        stats.records_stored,
+    )
+    yield _gauge(
+        "mirror_dht_keys_provided",
+        "Keys this node provides (re-provided before their TTL).",
+        stats.keys_provided,
+    )
+
+
+class NodeCollector(Collector):
+    def __init__(self, view: NodeView) -> None:
+        self._view = view
+
+    def collect(self) -> Iterator[Metric]:
+        view = self._view
+        return families(
+            AdvertisedCounts.of(view.advertiser.images),
+            view.dht.stats,
+            view.registry.open_connections,
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        empty = NodeStats(**{name: 0 for name in NodeStats.__dataclass_fields__})
+        return families(AdvertisedCounts(), empty, 0)

@@ -1,0 +1,71 @@
+"""The debug page's state as one JSON document (`/debug/web/stats`, and the websocket)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any
+
+from mirror.metrics import FeedEvent
+from mirror.oci.reference import parse_image_name
+from mirror.web.view import NodeView
+
+
+def event_json(seq: int, event: FeedEvent) -> dict[str, Any]:
+    return {"seq": seq, **event.to_json()}
+
+
+def image_rows(images: dict[str, str], advertised: set[str]) -> list[dict[str, Any]]:
+    """One row per advertised image: registry/repository, tag, digest."""
+    rows = []
+    for name in sorted(advertised):
+        try:
+            parsed = parse_image_name(name)
+        except ValueError:
+            rows.append({"name": name, "registry": "", "repository": name, "tag": "", "digest": ""})
+            continue
+        rows.append(
+            {
+                "name": name,
+                "registry": parsed.registry,
+                "repository": parsed.repository,
+                "tag": parsed.tag or "",
+                "digest": images.get(name) or parsed.digest or "",
+            }
+        )
+    return rows
+
+
+async def snapshot(view: NodeView, *, events: int = 50) -> dict[str, Any]:
+    telemetry = view.telemetry
+    listed = dict(await view.images())
+    counts = view.advertiser.counts()
+    peers = view.dht.peers()
+    router_host, router_port = view.dht.address
+    return {
+        "now": time.time(),
+        "node_id": view.dht.node_id.hex(),
+        "ready": view.ready(),
+        "addresses": {
+            "registry": [f"{host}:{port}" for host, port in view.registry.addresses],
+            "router": f"{router_host}:{router_port}",
+            "metrics": list(view.metrics_addresses),
+        },
+        "last_success": telemetry.last_success,
+        "counts": {
+            "images": counts.get("images", 0),
+            "keys": counts.get("keys", 0),
+            "tags": counts.get("tags", 0),
+            "digests": counts.get("digests", 0),
+            "peers": len(peers),
+        },
+        "requests": dict(telemetry.cache_counts),
+        "open_connections": view.registry.open_connections,
+        "peers": [
+            {"node_id": peer.node_id.hex(), "address": f"{peer.host}:{peer.port}"}
+            for peer in sorted(peers, key=lambda p: (p.host, p.port))
+        ],
+        "images": image_rows(listed, set(view.advertiser.images)),
+        "dht": asdict(view.dht.stats),
+        "events": [event_json(seq, event) for seq, event in telemetry.feed.recent(events)],
+    }

@@ -1,0 +1,268 @@
+"""The front end in process: the real app and hot path in one trio.run, a fake DHT."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+from pathlib import Path
+
+import trio
+import wsproto
+import wsproto.events
+from prometheus_client.parser import text_string_to_metric_families
+from trio_websocket import open_websocket_url
+
+from mirror.server.io import send_all
+from tests.web.support import REGISTRY, http, in_process_node
+
+
+def _families(text: bytes) -> dict[str, object]:
+    return {family.name: family for family in text_string_to_metric_families(text.decode())}
+
+
+def _samples(text: bytes, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    out = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for sample in family.samples:
+            if sample.name == name:
+                out[tuple(sorted(sample.labels.items()))] = sample.value
+    return out
+
+
+async def test_metrics_count_a_local_hit_and_a_miss(tmp_path: Path) -> None:
+    async with in_process_node(tmp_path) as node:
+        host, port = node.registry_address
+        layer = node.image.layers[0]
+        hit = await http(f"http://{host}:{port}{node.image.blob_path(layer)}")
+        assert hit.status == 200 and len(hit.body) == layer.size
+        missing = "sha256:" + "0" * 64
+        miss = await http(f"http://{host}:{port}/v2/team/app/blobs/{missing}?ns={REGISTRY}")
+        assert miss.status == 404
+        reply = await http(node.web_url + "/metrics")
+        assert reply.status == 200
+        assert reply.headers["content-type"].startswith("text/plain")
+        families = _families(reply.body)
+        for name in (
+            "spegel_mirror_requests",
+            "spegel_mirror_last_success_timestamp_seconds",
+            "spegel_resolve_duration_seconds",
+            "spegel_advertised_images",
+            "spegel_advertised_image_tags",
+            "spegel_advertised_image_digests",
+            "spegel_advertised_keys",
+            "http_request_duration_seconds",
+            "http_response_size_bytes",
+            "http_requests_inflight",
+            "mirror_served_bytes",
+            "mirror_dht_routing_table_size",
+            "mirror_dht_datagrams_dropped",
+            "mirror_open_connections",
+        ):
+            assert name in families, name
+        requests = _samples(reply.body, "spegel_mirror_requests_total")
+        assert requests[(("cache", "hit"), ("registry", REGISTRY))] == 1
+        assert requests[(("cache", "miss"), ("registry", REGISTRY))] == 1
+        assert _samples(reply.body, "spegel_mirror_last_success_timestamp_seconds")[()] > 1e9
+        served = _samples(reply.body, "mirror_served_bytes_total")
+        assert served[(("source", "local"),)] == layer.size
+        sizes = _samples(reply.body, "http_response_size_bytes_count")
+        assert sizes[(("code", "200"), ("handler", "blob"), ("method", "GET"))] == 1
+        inflight = _samples(reply.body, "http_requests_inflight")
+        assert all(value == 0 for value in inflight.values()), inflight
+        advertised = _samples(reply.body, "spegel_advertised_images")
+        assert advertised == {(("registry", REGISTRY),): 1}
+        assert "_created" not in reply.body.decode()
+
+
+async def test_debug_page_assets_stats_and_metadata(tmp_path: Path) -> None:
+    async with in_process_node(tmp_path) as node:
+        page = await http(node.web_url + "/debug/web/")
+        assert page.status == 200 and b"Last Mirror Success" in page.body
+        assert b"http://" not in page.body and b"https://" not in page.body  # no CDN
+        for asset, kind in (("app.js", "javascript"), ("style.css", "css")):
+            reply = await http(f"{node.web_url}/debug/web/static/{asset}")
+            assert reply.status == 200 and kind in reply.headers["content-type"]
+        assert (await http(node.web_url + "/debug/web/static/nope.js")).status == 404
+        stats = (await http(node.web_url + "/debug/web/stats")).json()
+        assert stats["node_id"] == node.dht.node_id.hex()
+        assert stats["last_success"] is None
+        assert stats["counts"]["images"] == 1 and stats["counts"]["peers"] == 1
+        assert stats["images"] == [
+            {
+                "name": node.image.name,
+                "registry": REGISTRY,
+                "repository": "team/app",
+                "tag": "v1",
+                "digest": node.image.manifest.digest,
+            }
+        ]
+        metadata = (await http(node.web_url + "/debug/web/metadata")).json()
+        assert metadata["node_id"] == node.dht.node_id.hex()
+
+
+async def test_debug_web_disabled_keeps_metrics(tmp_path: Path) -> None:
+    async with in_process_node(tmp_path, debug_web=False) as node:
+        assert (await http(node.web_url + "/metrics")).status == 200
+        for path in ("/debug/web/", "/debug/web/stats", "/debug/web/metadata"):
+            assert (await http(node.web_url + path)).status == 404, path
+        reply = await http(node.web_url + "/debug/web/measure", method="POST", body={"image": "x"})
+        assert reply.status in (404, 405)
+
+
+async def test_measure_pulls_through_the_registry_port(tmp_path: Path) -> None:
+    async with in_process_node(tmp_path) as node:
+        reply = await http(
+            node.web_url + "/debug/web/measure",
+            method="POST",
+            body={"image": f"{REGISTRY}/team/app:v1"},
+        )
+        assert reply.status == 200, reply.body
+        result = reply.json()
+        assert result["error"] is None and result["pull"]["error"] is None
+        assert [lookup["key"] for lookup in result["lookups"]] == [
+            f"{REGISTRY}/team/app:v1",
+            node.image.manifest.digest,
+        ]
+        assert all(len(lookup["peers"]) == 1 for lookup in result["lookups"])
+        items = result["pull"]["items"]
+        assert [item["kind"] for item in items] == ["manifest", "config", "layer"]
+        assert items[2]["size"] == node.image.layers[0].size
+        assert items[2]["media_type"] == "application/vnd.oci.image.layer.v1.tar"
+        assert result["pull"]["total_bytes"] == sum(item["size"] for item in items)
+        assert result["pull"]["throughput"] > 0
+
+
+async def test_measure_rejects_bad_input_with_a_clear_400(tmp_path: Path) -> None:
+    async with in_process_node(tmp_path) as node:
+        url = node.web_url + "/debug/web/measure"
+        for body, words in (
+            ({"image": "Team/App:v1"}, "invalid image reference"),
+            ({"image": "team/app:bad tag"}, "invalid image reference"),
+            ({"image": "team/app:-v1"}, "invalid tag"),
+            ({"image": ""}, "empty"),
+            ({}, "empty"),
+            (b"not json", "JSON object"),
+            ({"image": "team/app", "time_limit": -1}, "time_limit"),
+        ):
+            reply = await http(url, method="POST", body=body)
+            assert reply.status == 400, (body, reply.body)
+            message = reply.json()["error"]
+            assert words in message, (body, message)
+        unknown = await http(url, method="POST", body={"image": f"{REGISTRY}/team/other:v9"})
+        assert unknown.status == 200
+        assert "404" in unknown.json()["pull"]["error"]
+
+
+async def test_websocket_streams_hot_path_events(tmp_path: Path) -> None:
+    async with in_process_node(tmp_path) as node:
+        host, port = node.registry_address
+        ws_url = node.web_url.replace("http://", "ws://") + "/debug/web/ws"
+        async with open_websocket_url(ws_url) as ws:
+            first = json.loads(await ws.get_message())
+            assert first["type"] == "stats"
+            assert first["stats"]["node_id"] == node.dht.node_id.hex()
+            layer = node.image.layers[0]
+            await http(f"http://{host}:{port}{node.image.blob_path(layer)}")
+            with trio.fail_after(5):
+                while True:
+                    message = json.loads(await ws.get_message())
+                    if message["type"] == "events":
+                        break
+        event = message["events"][0]
+        assert event["cache"] == "hit" and event["source"] == "local"
+        assert event["reference"] == layer.digest and event["bytes"] == layer.size
+        assert event["registry"] == REGISTRY and event["repository"] == "team/app"
+
+
+async def _raw_websocket(url: str) -> tuple[trio.socket.SocketType, wsproto.WSConnection]:
+    """A websocket whose reader reads nothing after the handshake (a tiny receive buffer)."""
+    host, _, port = url.removeprefix("http://").rpartition(":")
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect((host, int(port)))
+    ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    await sock.send(ws.send(wsproto.events.Request(host=host, target="/debug/web/ws")))
+    while True:
+        ws.receive_data(await sock.recv(4096))
+        if any(isinstance(e, wsproto.events.AcceptConnection) for e in ws.events()):
+            return sock, ws
+
+
+async def _pipelined_heads(host: str, port: int, path: str, count: int, burst: int = 200) -> None:
+    request = f"HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    with trio.socket.socket() as client:
+        await client.connect((host, port))
+        for start in range(0, count, burst):
+            n = min(burst, count - start)
+            await send_all(client, request * n)
+            answered, buffer = 0, b""
+            while answered < n:  # a HEAD answer is a head alone: one blank line each
+                buffer += await client.recv(1 << 20)
+                answered += buffer.count(b"\r\n\r\n")
+                buffer = (
+                    buffer[buffer.rfind(b"\r\n\r\n") + 4 :] if b"\r\n\r\n" in buffer else buffer
+                )
+
+
+async def test_slow_websocket_reader_never_blocks_the_hot_path(tmp_path: Path) -> None:
+    async with in_process_node(tmp_path) as node:
+        host, port = node.registry_address
+        layer = node.image.layers[0]
+        stalled, ws = await _raw_websocket(node.web_url)
+        with stalled:
+            with trio.fail_after(20):
+                await _pipelined_heads(host, port, node.image.blob_path(layer), 3000)
+                # (the last answers' events may land just after the client read them)
+                assert node.telemetry.feed.published > 2900
+                reply = await http(f"http://{host}:{port}{node.image.blob_path(layer)}")
+                digest = hashlib.sha256(reply.body).hexdigest()
+                assert digest == layer.digest.removeprefix("sha256:")
+            # The stalled reader now reads: it was told it fell behind.
+            dropped = received = 0
+            text = ""
+            with trio.move_on_after(3):
+                while not dropped:
+                    data = await stalled.recv(1 << 20)
+                    received += len(data)
+                    ws.receive_data(data)
+                    for event in ws.events():
+                        if isinstance(event, wsproto.events.TextMessage):
+                            text += event.data
+                            if event.message_finished:
+                                dropped += json.loads(text).get("dropped", 0)
+                                text = ""
+        assert dropped > 0, f"the stalled reader got {received} bytes and no drop notice"
+
+
+async def test_a_stalled_reader_is_cut_so_shutdown_never_hangs(tmp_path: Path) -> None:
+    with trio.fail_after(15):
+        async with in_process_node(tmp_path, stall_timeout=1.0) as node:
+            host, port = node.registry_address
+            path = node.image.blob_path(node.image.layers[0])
+            stalled, _ws = await _raw_websocket(node.web_url)
+            await _pipelined_heads(host, port, path, 3000)
+            await trio.sleep(0.5)  # the feed's batches are now stuck in the socket
+            started = trio.current_time()
+        # Leaving stopped both servers although `stalled` never read a byte.
+        assert trio.current_time() - started < 5
+        stalled.close()
+
+
+async def test_websocket_closed_mid_stream_leaves_the_node_serving(tmp_path: Path) -> None:
+    async with in_process_node(tmp_path) as node:
+        host, port = node.registry_address
+        layer = node.image.layers[0]
+        url = f"http://{host}:{port}{node.image.blob_path(layer)}"
+        ws_url = node.web_url.replace("http://", "ws://") + "/debug/web/ws"
+        for _ in range(3):
+            sock, _ws = await _raw_websocket(node.web_url)
+            await http(url)
+            sock.close()  # no close frame: the connection just goes away
+        for _ in range(3):
+            async with open_websocket_url(ws_url) as ws:
+                await ws.get_message()
+                await http(url)
+        reply = await http(url)
+        assert reply.status == 200 and len(reply.body) == layer.size
+        assert (await http(node.web_url + "/metrics")).status == 200
