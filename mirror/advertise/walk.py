@@ -14,7 +14,7 @@ from pathlib import Path
 from mirror.containerd.paths import blob_path
 from mirror.oci.digest import Digest, InvalidDigest, parse_digest
 from mirror.oci.filters import ReferenceFilter
-from mirror.oci.mediatypes import MAX_MANIFEST_SIZE
+from mirror.oci.mediatypes import MAX_MANIFEST_SIZE, referenced_digests
 from mirror.oci.reference import parse_image_name
 
 
@@ -27,22 +27,6 @@ def _read_json(content_root: Path, digest: Digest) -> dict[str, object] | None:
     except (OSError, ValueError):
         return None
     return document if isinstance(document, dict) else None
-
-
-def _children(document: dict[str, object]) -> list[str]:
-    found: list[str] = []
-    for field in ("manifests", "layers"):
-        entries = document.get(field)
-        if isinstance(entries, list):
-            found += [
-                e["digest"]
-                for e in entries
-                if isinstance(e, dict) and isinstance(e.get("digest"), str)
-            ]
-    config = document.get("config")
-    if isinstance(config, dict) and isinstance(config.get("digest"), str):
-        found.append(config["digest"])
-    return found
 
 
 def present_digests(content_root: Path, top: str, *, limit: int = 100_000) -> list[str]:
@@ -64,7 +48,7 @@ def present_digests(content_root: Path, top: str, *, limit: int = 100_000) -> li
         result.append(text)
         document = _read_json(content_root, digest)
         if document is not None:
-            queue += _children(document)
+            queue += referenced_digests(document)
     return result
 
 

@@ -25,7 +25,12 @@ from mirror.mirroring.peer import PeerError, PeerResponse, request_head
 from mirror.mirroring.providers import ProviderCache
 from mirror.mirroring.relay import RelayBody, RelayStats
 from mirror.oci.distribution import DistributionPath, Kind
-from mirror.oci.mediatypes import BLOB_CONTENT_TYPE, MAX_MANIFEST_SIZE
+from mirror.oci.mediatypes import (
+    BLOB_CONTENT_TYPE,
+    MAX_MANIFEST_SIZE,
+    parse_manifest,
+    referenced_digests,
+)
 from mirror.server.http import API_VERSION_HEADER
 from mirror.server.io import PeerStalled
 from mirror.server.registry import MIRRORED_HEADER
@@ -197,6 +202,10 @@ class PeerMirror:
                 )
             )
 
+        served_digest = peer.header("docker-content-digest")
+        if route.kind is Kind.MANIFEST and route.digest is None and served_digest:
+            # containerd asks for the manifest by this digest next.
+            self.cache.hint(served_digest, provider)
         if request.method == "HEAD":
             peer.close()
             finished("peer", 0)
@@ -221,6 +230,11 @@ class PeerMirror:
             finally:
                 peer.close()
             finished("peer", len(body))
+            document = parse_manifest(body) if peer.status == 200 else None
+            # The peer that holds a manifest almost surely holds what it names: the
+            # requests for those follow at once and need not wait for the DHT.
+            for child in referenced_digests(document) if document else ():
+                self.cache.hint(child, provider)
             return Response(peer.status, response_headers, body, handler=kind, source="peer")
         start = _range_start(content_range) if peer.status == 206 else 0
 

@@ -33,8 +33,13 @@ class _Lookup:
     expires: float = float("inf")
     changed: trio.Event = field(default_factory=trio.Event)
     started: float = 0.0
+    where: set[tuple[str, int]] = field(default_factory=set)
 
     def add(self, provider: Provider) -> None:
+        where = (provider.host, provider.registry_port)
+        if where in self.where:
+            return
+        self.where.add(where)
         self.providers.append(provider)
         self._wake()
 
@@ -68,6 +73,7 @@ class ProviderCache:
         self._lookups: dict[str, _Lookup] = {}
         self._nursery: trio.Nursery | None = None
         self.lookups_started = 0
+        self.hints = 0
         self.last_durations: dict[str, float] = {}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -97,19 +103,28 @@ class ProviderCache:
         self._nursery.start_soon(self._run_lookup, key, lookup)
         return lookup
 
+    def hint(self, key: str, provider: Provider) -> None:
+        """A provider known without the DHT (the peer that served the manifest naming `key`).
+
+        The DHT lookup still runs, so more providers follow for hedging and resuming.
+        """
+        if self._is_self(provider):
+            return
+        lookup = self._lookup_for(key)
+        lookup.add(provider)
+        if lookup.done:
+            lookup.expires = max(lookup.expires, trio.current_time() + self._ttl)
+        self.hints += 1
+
     async def _run_lookup(self, key: str, lookup: _Lookup) -> None:
-        seen: set[tuple[str, int]] = set()
         try:
             with trio.move_on_after(self._lookup_timeout):
                 async with contextlib.aclosing(
                     self._source.get_providers(key, self._limit)
                 ) as found:  # type: ignore[type-var]
                     async for provider in found:
-                        where = (provider.host, provider.registry_port)
-                        if self._is_self(provider) or where in seen:
-                            continue
-                        seen.add(where)
-                        lookup.add(provider)
+                        if not self._is_self(provider):
+                            lookup.add(provider)
         except Exception:
             log.exception("provider lookup failed", extra={"key": key})
         finally:

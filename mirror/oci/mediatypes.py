@@ -17,11 +17,8 @@ MAX_MANIFEST_SIZE = 4 * 1024 * 1024
 
 def detect_manifest_type(content: bytes) -> str | None:
     """The manifest media type of `content`, or None when it is not a manifest."""
-    try:
-        document = json.loads(content)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(document, dict):
+    document = parse_manifest(content)
+    if document is None:
         return None
     declared = document.get("mediaType")
     if isinstance(declared, str):
@@ -33,3 +30,28 @@ def detect_manifest_type(content: bytes) -> str | None:
     if isinstance(document.get("config"), dict) and isinstance(document.get("layers"), list):
         return OCI_MANIFEST
     return None
+
+
+def referenced_digests(document: dict[str, object]) -> list[str]:
+    """The digests a manifest or index points at: manifests, config, layers (pure)."""
+    found: list[str] = []
+    for field in ("manifests", "layers"):
+        entries = document.get(field)
+        if isinstance(entries, list):
+            found += [
+                e["digest"]
+                for e in entries
+                if isinstance(e, dict) and isinstance(e.get("digest"), str)
+            ]
+    config = document.get("config")
+    if isinstance(config, dict) and isinstance(config.get("digest"), str):
+        found.append(config["digest"])
+    return found
+
+
+def parse_manifest(content: bytes) -> dict[str, object] | None:
+    try:
+        document = json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return document if isinstance(document, dict) else None

@@ -227,3 +227,56 @@ async def test_splice_relay_resumes_too(tmp_path: Path) -> None:
         assert response is not None
         assert await _body_through(response) == BLOB
         nursery.cancel_scope.cancel()
+
+
+class ProvidersByKey:
+    def __init__(self, table: dict[str, list[Provider]]) -> None:
+        self.table = table
+        self.asked: list[str] = []
+
+    async def get_providers(self, key: str, limit: int = 20) -> AsyncIterator[Provider]:
+        self.asked.append(key)
+        for provider in self.table.get(key, []):
+            yield provider
+
+
+async def test_the_manifest_peer_is_hinted_for_what_it_names(tmp_path: Path) -> None:
+    import json
+
+    root = _content_store(tmp_path)
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": DIGEST,
+                "size": 1,
+            },
+            "layers": [],
+        }
+    ).encode()
+    manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+    (root / "blobs" / "sha256" / manifest_digest.removeprefix("sha256:")).write_bytes(manifest)
+    async with trio.open_nursery() as nursery:
+        server = RegistryServer(RegistryHandler(LocalStore(root, NoTags())))
+        await nursery.start(server.run, "127.0.0.1", 0)
+        good = _provider(server.addresses[0][1], b"good")
+        # The DHT knows the manifest's provider but (not yet) the blob's.
+        source = ProvidersByKey({manifest_digest: [good]})
+        cache = ProviderCache(source, is_self=lambda p: False)
+        await nursery.start(cache.run)
+        mirror = PeerMirror(cache, MirrorSettings())
+        request = Request("GET", f"/v2/team/app/manifests/{manifest_digest}", {}, True, False)
+        route = parse_distribution_path(request.path)
+        assert route is not None
+        response = await mirror.fetch(request, route, "example.com")
+        assert response is not None and response.body == manifest
+        blob = await _fetch(mirror)
+        assert blob is not None and await _body_through(blob) == BLOB
+        assert cache.hints == 1
+        # Without the hint the same DHT answer is a miss.
+        bare = PeerMirror(ProviderCache(source, is_self=lambda p: False), MirrorSettings())
+        await nursery.start(bare.cache.run)
+        assert await _fetch(bare) is None
+        nursery.cancel_scope.cancel()
