@@ -166,8 +166,8 @@ COMMANDS: dict[str, tuple[str, list[Flag]]] = {
             Flag(
                 "mirror-relay",
                 "str",
-                "copy",
-                "How a peer's body reaches the client: copy (1 MiB buffer) or splice.",
+                "splice",
+                "How a peer's body reaches the client: splice (in kernel) or copy (1 MiB buffer).",
             ),
             Flag("debug-web-enabled", "bool", True, "When true enables the debug web page."),
             Flag(
