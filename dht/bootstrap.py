@@ -68,6 +68,13 @@ def parse_peer_address(text: str, default_port: int | None = None) -> Address:
     raise ValueError(f"no port in {text!r}")
 
 
+def parse_listen_address(text: str) -> Address:
+    """Like parse_peer_address, where port 0 (any free port) is allowed: `:8080`, `host:0`."""
+    if text.endswith(":0"):
+        return parse_peer_address(text[:-2] + ":1")[0], 0
+    return parse_peer_address(text)
+
+
 def _canonical(host: str) -> str:
     try:
         return str(ipaddress.ip_address(host))
@@ -156,8 +163,9 @@ class HttpBootstrapper:
         self, peer_url: str | None, serve_addr: str | None = None, *, timeout: float = 5.0
     ) -> None:
         self.peer_url = peer_url
-        self.serve_addr = parse_peer_address(serve_addr) if serve_addr else None
+        self.serve_addr = parse_listen_address(serve_addr) if serve_addr else None
         self.timeout = timeout
+        self.bound_address: Address | None = None  # where the server listens, once started
 
     async def peers(self, own: Address) -> list[Address]:
         if not self.peer_url:
@@ -196,7 +204,9 @@ class HttpBootstrapper:
             text = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             return json.dumps([text]).encode()
 
-        await serve_http(self.serve_addr, body, task_status=task_status)
+        async with trio.open_nursery() as nursery:
+            self.bound_address = await nursery.start(serve_http, self.serve_addr, body)
+            task_status.started(self.bound_address)
 
 
 def parse_address_list(body: bytes) -> list[str]:

@@ -5,8 +5,11 @@ each outcome back with `on_reply` or `on_failure`, then asks again at once: a
 new request goes out as soon as any reply arrives, never in lockstep rounds,
 with at most `alpha` requests in flight.
 
-Each candidate moves FRESH -> WAITING -> SUCCEEDED | FAILED. The lookup is done
-when none of the `k` closest candidates not known to have failed is FRESH and
+Each candidate moves FRESH -> WAITING -> SUCCEEDED | FAILED, possibly through
+STALLED: a request slower than a soft deadline (a dead or overloaded node)
+stops counting against `alpha` and is passed over when deciding which are the
+k closest, but a late reply is still taken. The lookup is done when none of
+the `k` closest candidates that are neither failed nor stalled is FRESH and
 no request is in flight.
 """
 
@@ -24,6 +27,7 @@ from .messages import Contact
 class State(enum.Enum):
     FRESH = "fresh"
     WAITING = "waiting"
+    STALLED = "stalled"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
 
@@ -77,7 +81,7 @@ class Lookup:
         for _, node_id in self._order:
             candidate = self._candidates[node_id]
             state = candidate.state
-            if state is State.FAILED:
+            if state is State.FAILED or state is State.STALLED:
                 continue
             seen += 1
             if seen > self.k:
@@ -93,11 +97,18 @@ class Lookup:
 
     def _settle(self, node_id: bytes, state: State) -> _Candidate | None:
         candidate = self._candidates.get(node_id)
-        if candidate is None or candidate.state is not State.WAITING:
+        if candidate is None:
+            return None
+        if candidate.state is State.WAITING:
+            self.in_flight -= 1
+        elif candidate.state is not State.STALLED:
             return None
         candidate.state = state
-        self.in_flight -= 1
         return candidate
+
+    def on_stall(self, node_id: bytes) -> None:
+        """The request to `node_id` is slow: free its slot, keep waiting for it."""
+        self._settle(node_id, State.STALLED)
 
     def on_reply(self, node_id: bytes, closer: Iterable[Contact] = ()) -> None:
         candidate = self._settle(node_id, State.SUCCEEDED)
@@ -116,7 +127,7 @@ class Lookup:
         seen = 0
         for _, node_id in self._order:
             state = self._candidates[node_id].state
-            if state is State.FAILED:
+            if state is State.FAILED or state is State.STALLED:
                 continue
             if state is State.FRESH:
                 return False

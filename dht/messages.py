@@ -155,16 +155,29 @@ _pack = _packer.pack
 _array_header = _packer.pack_array_header
 
 
-@functools.lru_cache(maxsize=65536)
+# Keyed by plain tuples: comparing those runs in C, comparing dataclasses does not.
+_contact_wire: dict[tuple[bytes, str, int], bytes] = {}
+_provider_wire: dict[tuple[bytes, str, int, int], bytes] = {}
+
+
 def _contact_bytes(contact: Contact) -> bytes:
-    return _pack((contact.node_id, pack_ip(contact.host), contact.port))
+    key = (contact.node_id, contact.host, contact.port)
+    data = _contact_wire.get(key)
+    if data is None:
+        if len(_contact_wire) >= 65536:
+            _contact_wire.clear()
+        data = _contact_wire[key] = _pack((key[0], pack_ip(key[1]), key[2]))
+    return data
 
 
-@functools.lru_cache(maxsize=65536)
 def _provider_bytes(provider: Provider) -> bytes:
-    return _pack(
-        (provider.node_id, pack_ip(provider.host), provider.udp_port, provider.registry_port)
-    )
+    key = (provider.node_id, provider.host, provider.udp_port, provider.registry_port)
+    data = _provider_wire.get(key)
+    if data is None:
+        if len(_provider_wire) >= 65536:
+            _provider_wire.clear()
+        data = _provider_wire[key] = _pack((key[0], pack_ip(key[1]), key[2], key[3]))
+    return data
 
 
 def _fit(items: list[bytes], room: int) -> tuple[bytes, int]:
@@ -233,24 +246,47 @@ def _ip(value: object) -> str:
     return unpack_ip(value)
 
 
-def _list(value: object) -> list[object]:
-    if type(value) is not list:
+def _list(value: object) -> tuple[object, ...]:
+    if type(value) is not tuple:
         raise DecodeError("not a list")
     return value
 
 
+# The same contacts come back in reply after reply: decoded ones are kept,
+# keyed by their (hashable) wire tuple, so most are a dict hit.
+_CACHE_MAX = 65536
+_contacts: dict[tuple[object, ...], Contact] = {}
+_providers: dict[tuple[object, ...], Provider] = {}
+
+
 def _contact(value: object) -> Contact:
+    try:
+        return _contacts[value]  # type: ignore[index]
+    except (KeyError, TypeError):
+        pass
     fields = _list(value)
     if len(fields) != 3:
         raise DecodeError("bad contact")
-    return Contact(_node_id(fields[0]), _ip(fields[1]), _port(fields[2]))
+    contact = Contact(_node_id(fields[0]), _ip(fields[1]), _port(fields[2]))
+    if len(_contacts) >= _CACHE_MAX:
+        _contacts.clear()
+    _contacts[fields] = contact
+    return contact
 
 
 def _provider(value: object) -> Provider:
+    try:
+        return _providers[value]  # type: ignore[index]
+    except (KeyError, TypeError):
+        pass
     fields = _list(value)
     if len(fields) != 4:
         raise DecodeError("bad provider")
-    return Provider(_node_id(fields[0]), _ip(fields[1]), _port(fields[2]), _port(fields[3]))
+    provider = Provider(_node_id(fields[0]), _ip(fields[1]), _port(fields[2]), _port(fields[3]))
+    if len(_providers) >= _CACHE_MAX:
+        _providers.clear()
+    _providers[fields] = provider
+    return provider
 
 
 def _count(value: object) -> int:
@@ -276,10 +312,10 @@ def decode(data: bytes) -> Envelope:
     if len(data) > MAX_DATAGRAM:
         raise DecodeError("oversized")
     try:
-        obj = msgpack.unpackb(data, use_list=True, raw=False, strict_map_key=True)
+        obj = msgpack.unpackb(data, use_list=False, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises a zoo of types for malformed input
         raise DecodeError(str(exc)) from exc
-    if type(obj) is not list or len(obj) < 4:
+    if type(obj) is not tuple or len(obj) < 4:
         raise DecodeError("not an envelope")
     version, kind, request_id, sender = obj[0], obj[1], obj[2], obj[3]
     if version != VERSION or type(version) is not int:

@@ -29,7 +29,7 @@ from .auth import Authenticator
 from .bootstrap import Address, Bootstrapper
 from .handler import RequestHandler
 from .ids import ID_BITS, id_to_int, int_to_id, key_id, load_or_create_node_id, random_node_id
-from .lookup import Lookup
+from .lookup import Lookup, State
 from .messages import (
     MAX_KEYS_PER_ADD,
     AddProvider,
@@ -51,7 +51,7 @@ from .providers import (
     ReprovideSchedule,
 )
 from .routing import RoutingTable
-from .transport import RequestBatch, UdpTransport, is_wildcard, open_udp_socket
+from .transport import STALLED, RequestBatch, UdpTransport, is_wildcard, open_udp_socket
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,8 @@ class NodeConfig:
     record_ttl: float = DEFAULT_RECORD_TTL
     reprovide_interval: float = DEFAULT_REPROVIDE_INTERVAL
     request_timeout: float = 0.5
+    # A lookup request unanswered this long stops holding one of the alpha slots.
+    stall_timeout: float = 0.05
     advertise_host: str | None = None
     max_in_flight: int = 256
     refresh_interval: float = 10 * 60.0
@@ -234,6 +236,8 @@ class DhtNode:
 
         Close the iterator when stopping early (`contextlib.aclosing`): that
         forgets the requests still in flight at once."""
+        if limit < 1:
+            raise ValueError("limit must be positive")
         kid = key_id(key)
         self._lookups += 1
         seen: set[bytes] = set()
@@ -247,7 +251,7 @@ class DhtNode:
                     return
         lookup = self._new_lookup(kid)
         batch = self.transport.batch()
-        message = GetProviders(kid, limit)
+        message = GetProviders(kid, min(limit, self.store.max_per_key))
         try:
             while (step := await self._step(lookup, batch, message)) is not None:
                 contact, reply = step
@@ -263,7 +267,7 @@ class DhtNode:
                     if len(seen) >= limit:
                         return
         finally:
-            batch.close()
+            self._end_lookup(lookup, batch)
             if stats is not None:
                 stats.hops, stats.messages = lookup.hops, lookup.messages
 
@@ -330,12 +334,13 @@ class DhtNode:
 
     async def _step(
         self, lookup: Lookup, batch: RequestBatch, message: Message
-    ) -> tuple[Contact, Envelope] | None:
+    ) -> tuple[Contact, Message] | None:
         """Send what the lookup asks for, then wait for the next reply; None when done."""
-        timeout = self.config.request_timeout
+        timeout, stall = self.config.request_timeout, self.config.stall_timeout
         while True:
             for contact in lookup.next_requests():
-                if not await batch.send((contact.host, contact.port), message, timeout, contact):
+                address = (contact.host, contact.port)
+                if not await batch.send(address, message, timeout, contact, stall_after=stall):
                     lookup.on_failure(contact.node_id)
                     self._failed(contact)
             if lookup.done:
@@ -347,8 +352,11 @@ class DhtNode:
             if reply is None:
                 lookup.on_failure(tag.node_id)
                 self._failed(tag)
-                continue
-            return tag, reply.message  # type: ignore[return-value]
+            elif reply is STALLED:
+                lookup.on_stall(tag.node_id)
+            else:
+                assert isinstance(reply, Envelope)
+                return tag, reply.message
 
     async def _find_node(self, target: bytes) -> Lookup:
         self._lookups += 1
@@ -361,18 +369,27 @@ class DhtNode:
                 assert isinstance(reply, Nodes)
                 lookup.on_reply(contact.node_id, reply.contacts)
         finally:
-            batch.close()
+            self._end_lookup(lookup, batch)
         return lookup
+
+    def _end_lookup(self, lookup: Lookup, batch: RequestBatch) -> None:
+        # A lookup does not wait for stalled requests; it leaves them behind as
+        # failures, or a dead node would never leave the table through lookups.
+        for tag in batch.outstanding_tags():
+            assert isinstance(tag, Contact)
+            if lookup.state(tag.node_id) is State.STALLED:
+                self._failed(tag)
+        batch.close()
 
     # -- providing ----------------------------------------------------------------
 
     async def _announce(self, keys: Iterable[str]) -> None:
         """Store records for `keys` on the k nodes closest to each.
 
-        Keys are sorted along the keyspace and grouped by a prefix short enough
-        that a group's region holds a few times k nodes; one FIND_NODE lookup
-        per group finds the nodes around it, and each key goes to the k
-        closest of those. Then each node gets its keys in as few ADD_PROVIDER
+        Keys are sorted along the keyspace and grouped by a prefix long enough
+        that a group's region holds at most about k nodes; one FIND_NODE lookup
+        per group finds every node of the region and its surroundings, and each
+        key goes to the k closest of those. Then each node gets its keys in as few ADD_PROVIDER
         datagrams as fit (up to MAX_KEYS_PER_ADD keys each).
         """
         k = self.config.k
@@ -380,7 +397,7 @@ class DhtNode:
         if not ids:
             return
         size = self.routing.estimate_network_size()
-        bits = max(0, int(math.log2(max(size / (2 * k), 1))))
+        bits = max(0, math.ceil(math.log2(max(size / k, 1))))
         groups: dict[int, list[bytes]] = {}
         for kid in ids:
             groups.setdefault(id_to_int(kid) >> (ID_BITS - bits) if bits else 0, []).append(kid)
@@ -404,7 +421,7 @@ class DhtNode:
 
     async def _send_add_provider(self, plan: Iterable[tuple[Contact, list[bytes]]]) -> None:
         timeout = self.config.request_timeout
-        window = max(1, self.config.max_in_flight // 2)
+        window = min(32, self.config.max_in_flight)
         registry_port = self.config.registry_port
         batch = self.transport.batch()
         try:
@@ -433,6 +450,7 @@ class DhtNode:
 
     async def _reprovide_loop(self) -> None:
         tick = self.config.reprovide_interval / _TICKS_PER_INTERVAL
+        await trio.sleep(tick * random.random())  # nodes started together do not tick together
         while True:
             await trio.sleep(tick)
             due = self.schedule.pop_due(trio.current_time())

@@ -141,7 +141,8 @@ class ReprovideSchedule:
         return heap[0][0] if heap else None
 
     def pop_due(self, now: float) -> list[str]:
-        """Keys due at `now`, each rescheduled one interval after it was due."""
+        """Keys due at `now`, each rescheduled one interval after it was due
+        (or after `now`, if the caller fell more than an interval behind)."""
         out = []
         heap = self._heap
         while heap and heap[0][0] <= now:
@@ -149,6 +150,9 @@ class ReprovideSchedule:
             if self._due.get(key) != due:
                 continue
             out.append(key)
-            self._due[key] = due + self.interval
-            heapq.heappush(heap, (due + self.interval, key))
+            following = due + self.interval
+            if following <= now:
+                following = now + self.interval
+            self._due[key] = following
+            heapq.heappush(heap, (following, key))
         return out

@@ -11,6 +11,7 @@ in a row, so that a short outage does not flush the table.
 
 from __future__ import annotations
 
+import bisect
 import random
 from dataclasses import dataclass, field
 
@@ -48,7 +49,10 @@ class RoutingTable:
         self.questionable_after = questionable_after
         self._own = id_to_int(own_id)
         self._buckets: list[_Bucket | None] = [None] * ID_BITS
+        self._nonempty: list[int] = []  # sorted indexes of buckets holding contacts
+        self._nonempty_set: set[int] = set()
         self._where: dict[bytes, int] = {}  # node id -> bucket index, for contacts in buckets
+        self._at: dict[tuple[str, int], bytes] = {}  # address -> node id, for contacts in buckets
 
     def __len__(self) -> int:
         return len(self._where)
@@ -70,6 +74,12 @@ class RoutingTable:
         node_id = contact.node_id
         if node_id == self.own_id:
             return None
+        address = (contact.host, contact.port)
+        previous = self._at.get(address)
+        if previous is not None and previous != node_id:
+            # The address now answers with another id (a restart, or a liar):
+            # one address never holds more than one place in the table.
+            self.remove(previous)
         key = id_to_int(node_id)
         index = self._index(key)
         bucket = self._buckets[index]
@@ -78,22 +88,21 @@ class RoutingTable:
         bucket.last_touched = now
         entry = bucket.entries.pop(node_id, None)
         if entry is not None:
+            if entry.contact != contact:
+                self._at.pop((entry.contact.host, entry.contact.port), None)
+                self._at[address] = node_id
             entry.contact = contact
             entry.last_seen = now
             entry.failures = 0
             bucket.entries[node_id] = entry
             return None
         if len(bucket.entries) < self.k:
-            bucket.replacements.pop(node_id, None)
-            bucket.entries[node_id] = _Entry(contact, key, now)
-            self._where[node_id] = index
+            self._insert(bucket, index, _Entry(contact, key, now))
             return None
         head = next(iter(bucket.entries.values()))
         if head.failures > 0:
             self._evict(bucket, head.contact.node_id, promote=False)
-            bucket.replacements.pop(node_id, None)
-            bucket.entries[node_id] = _Entry(contact, key, now)
-            self._where[node_id] = index
+            self._insert(bucket, index, _Entry(contact, key, now))
             return None
         bucket.replacements.pop(node_id, None)
         bucket.replacements[node_id] = _Entry(contact, key, now)
@@ -115,14 +124,34 @@ class RoutingTable:
         if bucket.replacements or entry.failures >= self.max_failures:
             self._evict(bucket, node_id)
 
+    def _insert(self, bucket: _Bucket, index: int, entry: _Entry) -> None:
+        node_id = entry.contact.node_id
+        bucket.replacements.pop(node_id, None)
+        bucket.entries[node_id] = entry
+        self._where[node_id] = index
+        if index not in self._nonempty_set:
+            self._nonempty_set.add(index)
+            bisect.insort(self._nonempty, index)
+        address = (entry.contact.host, entry.contact.port)
+        stale = self._at.get(address)
+        if stale is not None and stale != node_id:
+            self.remove(stale)
+        self._at[address] = node_id
+
     def _evict(self, bucket: _Bucket, node_id: bytes, *, promote: bool = True) -> None:
-        del bucket.entries[node_id]
+        entry = bucket.entries.pop(node_id)
         del self._where[node_id]
+        address = (entry.contact.host, entry.contact.port)
+        if self._at.get(address) == node_id:
+            del self._at[address]
         if promote and bucket.replacements:
-            replacement_id, entry = bucket.replacements.popitem()
-            entry.failures = 0
-            bucket.entries[replacement_id] = entry
-            self._where[replacement_id] = self._index(entry.key)
+            _, replacement = bucket.replacements.popitem()
+            replacement.failures = 0
+            self._insert(bucket, self._index(replacement.key), replacement)
+        if not bucket.entries:
+            index = self._index(entry.key)
+            self._nonempty_set.discard(index)
+            self._nonempty.remove(index)
 
     def remove(self, node_id: bytes) -> None:
         index = self._where.get(node_id)
@@ -145,32 +174,41 @@ class RoutingTable:
     def replacement_contacts(self) -> list[Contact]:
         return [e.contact for b in self._buckets if b is not None for e in b.replacements.values()]
 
+    def _bucket_order(self, d: int, b: int) -> list[int]:
+        """Non-empty bucket indexes in order of increasing distance from a target
+        whose distance from us is `d` (bit length b + 1).
+
+        Every contact of a bucket is nearer the target than every contact of the
+        next one: first bucket b; then the buckets j < b where bit j of d is
+        set, from high j down; then those j < b where it is clear, from low j
+        up; then the buckets beyond b, nearest first.
+        """
+        near: list[int] = []
+        low: list[int] = []
+        far: list[int] = []
+        for j in self._nonempty:
+            if j < b:
+                (near if (d >> j) & 1 else low).append(j)
+            elif j > b:
+                far.append(j)
+        near.reverse()
+        head = [b] if b >= 0 and b in self._nonempty_set else []
+        return head + near + low + far
+
     def closest(self, target: bytes, count: int, exclude: bytes | None = None) -> list[Contact]:
         """The `count` contacts closest to `target`, closest first.
 
-        Buckets fall in whole groups of strictly increasing distance from the
-        target: the target's own bucket, then every closer-to-us bucket taken
-        together, then each farther bucket in turn. Only as many groups as
-        needed are gathered and sorted.
-        """
+        Whole buckets are taken in order of distance until there are enough;
+        only those are sorted."""
         t = id_to_int(target)
-        b = self._index(t)
+        d = t ^ self._own
+        want = count + (exclude is not None and exclude in self._where)
         buckets = self._buckets
         picked: list[_Entry] = []
-        if b >= 0 and buckets[b] is not None:
-            picked.extend(buckets[b].entries.values())  # type: ignore[union-attr]
-        want = count + (exclude is not None)
-        if len(picked) < want:
-            for i in range(b - 1, -1, -1):
-                bucket = buckets[i]
-                if bucket is not None:
-                    picked.extend(bucket.entries.values())
-            i = b + 1
-            while len(picked) < want and i < ID_BITS:
-                bucket = buckets[i]
-                if bucket is not None:
-                    picked.extend(bucket.entries.values())
-                i += 1
+        for j in self._bucket_order(d, d.bit_length() - 1):
+            picked.extend(buckets[j].entries.values())  # type: ignore[union-attr]
+            if len(picked) >= want:
+                break
         picked.sort(key=lambda e: e.key ^ t)
         if exclude is None:
             return [e.contact for e in picked[:count]]

@@ -11,6 +11,9 @@ Design notes:
 - A reply is matched on its request id *and* the address the request went to,
   and must be of the type that answers the request; anything else is counted
   and dropped. Nothing a peer sends can raise out of the receive loop.
+- A reply that comes after its request timed out or was abandoned is not
+  delivered, but it still proves the peer alive (the routing table hears of
+  it): a pause on our side (CPU, GC) must not cost peers their place.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ ReplyCallback = Callable[[Envelope, str, int], None]
 
 _REPLY_TO = {PING: PONG, FIND_NODE: NODES, ADD_PROVIDER: ADD_PROVIDER_ACK, GET_PROVIDERS: PROVIDERS}
 _BURST = 32  # datagrams handled back to back before letting other tasks run
+_RECENT = 4096  # timed-out or abandoned requests whose late replies are still recognised
 
 
 @dataclass(slots=True)
@@ -70,6 +74,7 @@ class TransportCounters:
     handler_errors: int = 0
     requests_sent: int = 0
     timeouts: int = 0
+    late_replies: int = 0
 
 
 @functools.lru_cache(maxsize=8192)
@@ -121,12 +126,17 @@ class UdpTransport:
         sweep_interval: float = 1.0,
     ) -> None:
         self._sock = sock
+        self._ipv4_only = sock.family == socket.AF_INET
+        self._random = b""
+        self._random_at = 0
         self.own_id = own_id
         self._on_request = on_request
         self._on_reply = on_reply
         self._auth = auth or Authenticator(None)
         self._budget = MAX_DATAGRAM - self._auth.overhead
         self._pending: dict[int, _Pending] = {}
+        # request id -> (address, reply type) of requests given up on, oldest first
+        self._recent: dict[int, tuple[Address, int]] = {}
         self._slots = trio.Semaphore(max_in_flight)
         self._send_lock = trio.Lock()
         self._sweep_interval = sweep_interval
@@ -154,7 +164,7 @@ class UdpTransport:
     # -- sending --------------------------------------------------------------
 
     def _sockaddr(self, host: str, port: int) -> tuple[str, int] | None:
-        if self._sock.family == socket.AF_INET:
+        if self._ipv4_only:
             return None if ":" in host else (host, port)
         return (host if ":" in host else "::ffff:" + host), port
 
@@ -170,22 +180,30 @@ class UdpTransport:
         self.counters.datagrams_out += 1
         return True
 
-    async def _send(self, data: bytes, sockaddr: tuple[str, int]) -> bool:
+    async def _send(self, data: bytes, sockaddr: tuple[str, int], deadline: float) -> bool:
+        """Send one datagram; False on error or if the socket stays full until `deadline`."""
         sent = self._send_now(data, sockaddr)
         if sent is not None:
             await trio.lowlevel.checkpoint_if_cancelled()
             return sent
-        async with self._send_lock:
-            while sent is None:
-                await trio.lowlevel.wait_writable(self._sock)
-                sent = self._send_now(data, sockaddr)
-        return sent
+        with trio.move_on_at(deadline):
+            async with self._send_lock:
+                while sent is None:
+                    await trio.lowlevel.wait_writable(self._sock)
+                    sent = self._send_now(data, sockaddr)
+        return bool(sent)
 
     def _seal(self, envelope: Envelope) -> bytes:
         return self._auth.seal(encode(envelope, self._budget))
 
     async def _send_request(
-        self, address: Address, message: Message, timeout: float, batch: RequestBatch, tag: object
+        self,
+        address: Address,
+        message: Message,
+        timeout: float,
+        batch: RequestBatch,
+        tag: object,
+        stall_after: float | None,
     ) -> bool:
         host, port = address
         sockaddr = self._sockaddr(host, port)
@@ -196,16 +214,18 @@ class UdpTransport:
             self._slots.acquire_nowait()
         except trio.WouldBlock:
             await self._slots.acquire()
-        request_id = int.from_bytes(os.urandom(8), "big")
+        request_id = self._request_id()
         while request_id in self._pending:
-            request_id = int.from_bytes(os.urandom(8), "big")
+            request_id = self._request_id()
         data = self._seal(Envelope(request_id, self.own_id, message))
-        deadline = trio.current_time() + timeout
+        now = trio.current_time()
+        deadline = now + timeout
+        stall = now + stall_after if stall_after is not None and stall_after < timeout else math.inf
         # Registered before sending: the reply may come back before this task runs again.
         self._pending[request_id] = _Pending((host, port), _REPLY_TO[message.TYPE], deadline, batch)
-        batch._outstanding[request_id] = (deadline, tag)
+        batch._outstanding[request_id] = [deadline, stall, tag]
         try:
-            sent = await self._send(data, sockaddr)
+            sent = await self._send(data, sockaddr, deadline)
         except BaseException:
             self._forget(request_id)
             batch._outstanding.pop(request_id, None)
@@ -217,14 +237,27 @@ class UdpTransport:
         self.counters.requests_sent += 1
         return True
 
-    def _forget(self, request_id: int) -> bool:
-        if self._pending.pop(request_id, None) is None:
+    def _request_id(self) -> int:
+        """An unpredictable 64-bit id; random bytes are fetched 256 ids at a time."""
+        at = self._random_at
+        if at >= len(self._random):
+            self._random, at = os.urandom(8 * 256), 0
+        self._random_at = at + 8
+        return int.from_bytes(self._random[at : at + 8], "big")
+
+    def _forget(self, request_id: int, *, unanswered: bool = False) -> bool:
+        pending = self._pending.pop(request_id, None)
+        if pending is None:
             return False
         self._slots.release()
+        if unanswered:
+            if len(self._recent) >= _RECENT:
+                del self._recent[next(iter(self._recent))]
+            self._recent[request_id] = (pending.address, pending.reply_type)
         return True
 
     def _expire(self, request_id: int) -> None:
-        if self._forget(request_id):
+        if self._forget(request_id, unanswered=True):
             self.counters.timeouts += 1
 
     def batch(self) -> RequestBatch:
@@ -286,16 +319,21 @@ class UdpTransport:
             host = canonical_host(source_host)
             message = envelope.message
             if message.IS_REPLY:
-                pending = self._pending.get(envelope.request_id)
-                if (
-                    pending is None
-                    or pending.address != (host, source_port)
-                    or pending.reply_type != message.TYPE
-                ):
+                request_id = envelope.request_id
+                pending = self._pending.get(request_id)
+                if pending is not None:
+                    expected = (pending.address, pending.reply_type)
+                else:
+                    expected = self._recent.get(request_id)
+                if expected != ((host, source_port), message.TYPE):
                     counters.dropped_unsolicited += 1
                     return
-                self._forget(envelope.request_id)
-                pending.batch._deliver(envelope.request_id, envelope)
+                if pending is None:
+                    del self._recent[request_id]
+                    counters.late_replies += 1
+                else:
+                    self._forget(request_id)
+                    pending.batch._deliver(request_id, envelope)
                 self._on_reply(envelope, host, source_port)
                 return
             reply = self._on_request(envelope, host, source_port)
@@ -318,6 +356,14 @@ class UdpTransport:
                 self._expire(request_id)
 
 
+class _Stalled:
+    def __repr__(self) -> str:
+        return "STALLED"
+
+
+STALLED = _Stalled()
+
+
 class RequestBatch:
     """A set of outstanding requests whose outcomes come back one at a time,
     as replies arrive or deadlines pass. Close it when done (it forgets what is
@@ -325,7 +371,8 @@ class RequestBatch:
 
     def __init__(self, transport: UdpTransport) -> None:
         self._transport = transport
-        self._outstanding: dict[int, tuple[float, object]] = {}  # request id -> (deadline, tag)
+        # request id -> [deadline, soft deadline (inf once reported), tag]
+        self._outstanding: dict[int, list] = {}
         self._ready: deque[tuple[int, Envelope]] = deque()
         self._lot = trio.lowlevel.ParkingLot()
         self._closed = False
@@ -335,44 +382,64 @@ class RequestBatch:
         return len(self._outstanding)
 
     async def send(
-        self, address: Address, message: Message, timeout: float, tag: object = None
+        self,
+        address: Address,
+        message: Message,
+        timeout: float,
+        tag: object = None,
+        *,
+        stall_after: float | None = None,
     ) -> bool:
-        """Send a request; False if it could not be sent (its outcome is not reported)."""
+        """Send a request; False if it could not be sent (its outcome is not reported).
+
+        With `stall_after`, `next()` also reports (tag, STALLED) once that much
+        time has passed without a reply; the request stays outstanding."""
         if self._closed:
             raise trio.ClosedResourceError("batch is closed")
-        return await self._transport._send_request(address, message, timeout, self, tag)
+        return await self._transport._send_request(
+            address, message, timeout, self, tag, stall_after
+        )
 
     def _deliver(self, request_id: int, envelope: Envelope) -> None:
         if not self._closed:
             self._ready.append((request_id, envelope))
             self._lot.unpark_all()
 
-    async def next(self) -> tuple[object, Envelope | None]:
-        """The tag of the next request settled, with its reply or None on timeout."""
+    async def next(self) -> tuple[object, Envelope | _Stalled | None]:
+        """The tag of the next request settled, with its reply, or None on timeout,
+        or STALLED when it passed its soft deadline."""
         while True:
             while self._ready:
                 request_id, envelope = self._ready.popleft()
                 entry = self._outstanding.pop(request_id, None)
                 if entry is not None:
                     await trio.lowlevel.checkpoint_if_cancelled()
-                    return entry[1], envelope
+                    return entry[2], envelope
             if not self._outstanding:
                 raise RuntimeError("no request outstanding")
             now = trio.current_time()
             deadline = math.inf
-            for request_id, (when, tag) in self._outstanding.items():
+            for request_id, entry in self._outstanding.items():
+                when, stall, tag = entry
                 if when <= now:
                     del self._outstanding[request_id]
                     self._transport._expire(request_id)
                     await trio.lowlevel.checkpoint_if_cancelled()
                     return tag, None
-                deadline = min(deadline, when)
+                if stall <= now:
+                    entry[1] = math.inf
+                    await trio.lowlevel.checkpoint_if_cancelled()
+                    return tag, STALLED
+                deadline = min(deadline, when, stall)
             with trio.move_on_at(deadline):
                 await self._lot.park()
+
+    def outstanding_tags(self) -> list[object]:
+        return [entry[2] for entry in self._outstanding.values()]
 
     def close(self) -> None:
         self._closed = True
         for request_id in self._outstanding:
-            self._transport._forget(request_id)
+            self._transport._forget(request_id, unanswered=True)
         self._outstanding.clear()
         self._ready.clear()

@@ -7,6 +7,7 @@ import inspect
 
 import pytest
 import trio
+import trio.testing
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -1,0 +1,299 @@
+"""The UDP shell: reply matching, hostile datagrams, cluster key, in-flight bound."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+
+import pytest
+import trio
+import trio.testing
+from dht_cluster import free_port, run_member
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dht import DhtNode, NodeConfig, StaticBootstrapper
+from dht.auth import Authenticator
+from dht.handler import RequestHandler
+from dht.messages import (
+    MAX_DATAGRAM,
+    AddProvider,
+    Envelope,
+    FindNode,
+    GetProviders,
+    Message,
+    Nodes,
+    Ping,
+    Pong,
+    decode,
+    encode,
+)
+from dht.providers import ProviderStore
+from dht.routing import RoutingTable
+from dht.transport import UdpTransport, canonical_host, open_udp_socket
+
+PEER_ID = bytes(range(100, 116))
+
+
+async def udp_socket(host: str, port: int) -> trio.socket.SocketType:
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await sock.bind((host, port))
+    return sock
+
+
+async def wait_until(predicate: object, timeout: float = 2.0) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():  # type: ignore[operator]
+            await trio.sleep(0.005)
+
+
+def envelope_bytes(request_id: int, message: Message, key: bytes | None = None) -> bytes:
+    return Authenticator(key).seal(encode(Envelope(request_id, PEER_ID, message)))
+
+
+async def test_replies_must_match_address_id_and_type() -> None:
+    port = free_port(3)
+    config = NodeConfig(bind_host="127.0.0.1", bind_port=port, request_timeout=3.0)
+    async with DhtNode.open(config) as node, trio.open_nursery() as nursery:
+        peer = await udp_socket("127.0.0.2", port)
+        impostor = await udp_socket("127.0.0.3", port)
+        result: list[bool] = []
+
+        async def ping() -> None:
+            result.append(await node.ping(("127.0.0.2", port)))
+
+        nursery.start_soon(ping)
+        with trio.fail_after(2):
+            data, source = await peer.recvfrom(2048)
+        request = decode(data)
+        assert isinstance(request.message, Ping)
+        rid = request.request_id
+
+        await peer.sendto(envelope_bytes(rid ^ 1, Pong("127.0.0.1", port)), source)  # wrong id
+        await impostor.sendto(envelope_bytes(rid, Pong("127.0.0.1", port)), source)  # wrong address
+        await peer.sendto(envelope_bytes(rid, Nodes(())), source)  # wrong type
+        await wait_until(lambda: node.stats.dropped_unsolicited == 3)
+        await trio.sleep(0.05)
+        assert result == []  # still waiting for the real answer
+        assert PEER_ID not in node.routing
+
+        await peer.sendto(envelope_bytes(rid, Pong("127.0.0.1", port)), source)
+        await wait_until(lambda: result)
+        assert result == [True]
+        assert node.routing.get(PEER_ID) is not None
+        await peer.sendto(envelope_bytes(rid, Pong("127.0.0.1", port)), source)  # replayed
+        await wait_until(lambda: node.stats.dropped_unsolicited == 4)
+        peer.close()
+        impostor.close()
+
+
+def garbage(rng: random.Random, valid: list[bytes]) -> bytes:
+    kind = rng.randrange(3)
+    if kind == 0:
+        return rng.randbytes(rng.randrange(0, MAX_DATAGRAM))
+    data = bytearray(rng.choice(valid))
+    for _ in range(rng.randrange(1, 4)):
+        pos = rng.randrange(len(data))
+        if kind == 1:
+            data[pos] ^= rng.randrange(1, 256)
+        else:
+            del data[pos:]
+            if not data:
+                break
+    return bytes(data)
+
+
+async def test_receive_loop_survives_hostile_datagrams() -> None:
+    port = free_port(2)
+    rng = random.Random(3)
+    valid = [
+        envelope_bytes(1, m)
+        for m in (Ping(), FindNode(bytes(16)), GetProviders(bytes(16), 5), Nodes(()))
+    ]
+    async with DhtNode.open(NodeConfig(bind_host="127.0.0.1", bind_port=port)) as node:
+        attacker = await udp_socket("127.0.0.2", port)
+        sent = 0
+        for _ in range(400):
+            await attacker.sendto(garbage(rng, valid), ("127.0.0.1", port))
+            sent += 1
+        await attacker.sendto(b"\x94" + b"\x00" * 1400, ("127.0.0.1", port))  # oversized
+        sent += 1
+        await wait_until(lambda: node.stats.datagrams_in == sent)
+        stats = node.stats
+        assert stats.dropped_oversized == 1
+        assert stats.dropped_malformed > 300
+        assert node.transport.counters.handler_errors == 0
+        assert len(node.routing) <= 1  # one address holds one contact, whatever ids it claims
+        # Still serving: a well-formed ping gets its pong.
+        with trio.fail_after(2):
+            while True:
+                await attacker.sendto(envelope_bytes(777, Ping()), ("127.0.0.1", port))
+                data, _ = await attacker.recvfrom(2048)
+                reply = decode(data)
+                if reply.request_id == 777:
+                    break
+        assert reply.message == Pong("127.0.0.2", port)
+        attacker.close()
+
+
+class _RecordingTransport:
+    """A transport on a real socket, with the pure handler behind it and fake time."""
+
+    def __init__(self) -> None:
+        self.sock = open_udp_socket("127.0.0.1", 0)
+        own = bytes(16)
+        table = RoutingTable(own)
+        handler = RequestHandler(table, ProviderStore(), lambda k: None)
+        self.requests = 0
+
+        def on_request(envelope: Envelope, host: str, port: int) -> Message | None:
+            self.requests += 1
+            return handler.handle(envelope, host, port, 0.0)
+
+        self.transport = UdpTransport(self.sock, own, on_request, lambda e, h, p: None)
+
+
+@pytest.fixture(scope="module")
+def recording() -> _RecordingTransport:
+    return _RecordingTransport()
+
+
+VALID = [
+    encode(Envelope(9, PEER_ID, m))
+    for m in (Ping(), FindNode(bytes(16)), AddProvider(5000, (bytes(16),)), Pong("::1", 1))
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=1400),
+        st.tuples(st.sampled_from(VALID), st.integers(0, 60), st.binary(max_size=4)).map(
+            lambda t: t[0][: t[1]] + t[2] + t[0][t[1] + len(t[2]) :]
+        ),
+    )
+)
+def test_receive_path_never_raises(recording: _RecordingTransport, data: bytes) -> None:
+    c = recording.transport.counters
+    before = (c.datagrams_in, c.dropped_malformed + c.dropped_oversized + c.dropped_unsolicited)
+    requests = recording.requests
+    recording.transport.handle_datagram(data, "127.0.0.9", 4000)  # the receive loop's entry
+    dropped = c.dropped_malformed + c.dropped_oversized + c.dropped_unsolicited
+    assert c.datagrams_in == before[0] + 1
+    # Each datagram is either dropped and counted, or handled as a request.
+    assert (dropped - before[1]) + (recording.requests - requests) == 1
+    assert c.handler_errors == 0
+    if len(data) > MAX_DATAGRAM:
+        assert dropped == before[1] + 1
+
+
+async def test_cluster_key_drops_unsigned_and_wrongly_signed_datagrams() -> None:
+    port = free_port(5)
+    key, other = b"cluster secret", b"another secret"
+    async with trio.open_nursery() as nursery:
+
+        def config(i: int, cluster_key: bytes | None) -> NodeConfig:
+            return NodeConfig(
+                bind_host=f"127.0.0.{i}",
+                bind_port=port,
+                cluster_key=cluster_key,
+                request_timeout=0.2,
+                bootstrap_backoff=0.05,
+                bootstrap_backoff_max=0.1,
+            )
+
+        seed = StaticBootstrapper([f"127.0.0.1:{port}"])
+        a = await nursery.start(run_member, config(1, key), None)
+        b = await nursery.start(run_member, config(2, key), seed)
+        stranger = await nursery.start(run_member, config(3, other), seed)
+        open_node = await nursery.start(run_member, config(4, None), seed)
+        with trio.fail_after(5):
+            await b.node.wait_ready()
+        await trio.sleep(0.5)
+        assert not stranger.node.ready()
+        assert not open_node.node.ready()
+        assert a.node.stats.dropped_unauthenticated >= 2
+        assert {c.node_id for c in a.node.peers()} == {b.node.node_id}
+
+        raw = await udp_socket("127.0.0.5", port)
+        before = a.node.stats.dropped_unauthenticated
+        await raw.sendto(envelope_bytes(1, Ping()), ("127.0.0.1", port))  # unsigned
+        await raw.sendto(envelope_bytes(2, Ping(), other), ("127.0.0.1", port))  # wrong key
+        await wait_until(lambda: a.node.stats.dropped_unauthenticated == before + 2)
+        await raw.sendto(envelope_bytes(3, Ping(), key), ("127.0.0.1", port))  # signed
+        with trio.fail_after(2):
+            data, _ = await raw.recvfrom(2048)
+        payload = Authenticator(key).open(data)
+        assert payload is not None
+        assert decode(payload).request_id == 3
+        raw.close()
+        nursery.cancel_scope.cancel()
+
+
+async def test_requests_in_flight_are_bounded() -> None:
+    port = free_port(2)
+    config = NodeConfig(bind_host="127.0.0.1", bind_port=port, max_in_flight=2, request_timeout=0.3)
+    async with DhtNode.open(config) as node:
+        black_hole = await udp_socket("127.0.0.2", port)
+        batch = node.transport.batch()
+        target = ("127.0.0.2", port)
+        assert await batch.send(target, Ping(), 0.3)
+        assert await batch.send(target, Ping(), 0.3)
+        with trio.move_on_after(0.1) as scope:
+            await batch.send(target, Ping(), 0.3)
+        assert scope.cancelled_caught  # the third waits for a slot
+        assert node.transport.in_flight == 2
+        _, reply = await batch.next()
+        assert reply is None  # timed out, slot freed
+        with trio.fail_after(1):
+            assert await batch.send(target, Ping(), 0.3)
+        batch.close()
+        assert node.transport.in_flight == 0
+        black_hole.close()
+
+
+def test_addresses_are_canonical() -> None:
+    assert canonical_host("::ffff:127.0.0.2") == "127.0.0.2"
+    assert canonical_host("0:0::1") == "::1"
+    assert canonical_host("127.0.0.1") == "127.0.0.1"
+
+
+def test_unique_request_ids() -> None:
+    # Request ids come from os.urandom: a reply cannot be guessed from a counter.
+    ids = {int.from_bytes(os.urandom(8), "big") for _ in range(1000)}
+    assert len(ids) == 1000
+
+
+def test_ipv6_socket_maps_ipv4_destinations() -> None:
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)  # never bound: no traffic
+    try:
+        transport = UdpTransport(sock, bytes(16), lambda e, h, p: None, lambda e, h, p: None)
+        assert transport._sockaddr("127.0.0.2", 5001) == ("::ffff:127.0.0.2", 5001)
+        assert transport._sockaddr("::1", 5001) == ("::1", 5001)
+    finally:
+        sock.close()
+    v4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        transport = UdpTransport(v4, bytes(16), lambda e, h, p: None, lambda e, h, p: None)
+        assert transport._sockaddr("::1", 5001) is None  # unreachable from an IPv4 socket
+    finally:
+        v4.close()
+
+
+async def test_late_reply_is_not_delivered_but_proves_the_peer_alive() -> None:
+    port = free_port(2)
+    config = NodeConfig(bind_host="127.0.0.1", bind_port=port, request_timeout=0.05)
+    async with DhtNode.open(config) as node:
+        peer = await udp_socket("127.0.0.2", port)
+        assert not await node.ping(("127.0.0.2", port))  # nobody answered in time
+        with trio.fail_after(2):
+            data, source = await peer.recvfrom(2048)
+        rid = decode(data).request_id
+        assert PEER_ID not in node.routing
+        await peer.sendto(envelope_bytes(rid, Pong("127.0.0.1", port)), source)
+        await wait_until(lambda: node.transport.counters.late_replies == 1)
+        assert node.routing.get(PEER_ID) is not None
+        await peer.sendto(envelope_bytes(rid, Pong("127.0.0.1", port)), source)  # once only
+        await wait_until(lambda: node.stats.dropped_unsolicited == 1)
+        peer.close()
