@@ -16,12 +16,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from bench.kit.containerd import ContainerdNode
 from bench.kit.mirror import MirrorNode
-from bench.kit.procs import KitError, free_port
+from bench.kit.procs import KitError, StartStop, free_port
 from bench.kit.registry import UpstreamRegistry
 
 
@@ -62,7 +60,7 @@ def configure_containerd(
         raise KitError(f"mirror configuration failed: {result.stderr}")
 
 
-class LocalCluster:
+class LocalCluster(StartStop):
     def __init__(
         self,
         n: int,
@@ -149,19 +147,3 @@ class LocalCluster:
             shutil.rmtree(self.base_dir, ignore_errors=True)
         if errors:
             raise errors[0]
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

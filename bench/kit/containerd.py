@@ -11,10 +11,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
-from bench.kit.procs import KitError, ManagedProcess, run, wait_for_unix_socket
+from bench.kit.procs import KitError, ManagedProcess, StartStop, run, wait_for_unix_socket
 
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
@@ -72,7 +70,7 @@ disabled_plugins = [{disabled}]
 """
 
 
-class ContainerdNode:
+class ContainerdNode(StartStop):
     """One containerd daemon living entirely under `base_dir / name`."""
 
     def __init__(
@@ -167,18 +165,6 @@ class ContainerdNode:
         for sock in (self.address, self.ttrpc_address):
             sock.unlink(missing_ok=True)
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def ctr(
         self,
         *args: str,
@@ -266,7 +252,7 @@ class ContainerdNode:
         return {f"sha256:{p.name}" for p in blob_dir.iterdir() if p.is_file()}
 
 
-class ContainerdCluster:
+class ContainerdCluster(StartStop):
     """`n` containerd nodes named node-1..node-n; stopped and removed on exit."""
 
     def __init__(
@@ -317,18 +303,6 @@ class ContainerdCluster:
                 shutil.rmtree(d, ignore_errors=True)
         if errors:
             raise errors[0]
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __iter__(self) -> Iterator[ContainerdNode]:
         return iter(self.nodes)

@@ -6,13 +6,11 @@ import sys
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
-from bench.kit.procs import ManagedProcess, wait_until
+from bench.kit.procs import ManagedProcess, StartStop, wait_until
 
 
-class MirrorNode:
+class MirrorNode(StartStop):
     """One `python -m mirror registry` bound to `host`, reading one containerd."""
 
     def __init__(
@@ -98,15 +96,3 @@ class MirrorNode:
 
     def tail(self, n: int = 40) -> str:
         return self.process.tail(n)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

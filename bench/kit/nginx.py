@@ -11,10 +11,8 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
-from bench.kit.procs import ManagedProcess, free_port, run, wait_for_tcp
+from bench.kit.procs import ManagedProcess, StartStop, free_port, run, wait_for_tcp
 
 
 @dataclass(frozen=True)
@@ -75,7 +73,7 @@ http {{
 """
 
 
-class NginxServer:
+class NginxServer(StartStop):
     """One nginx master (+ `workers` workers) serving files under `base_dir`'s config."""
 
     def __init__(
@@ -156,15 +154,3 @@ class NginxServer:
         self.stop()
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()

@@ -80,7 +80,37 @@ def _terminate(popen: subprocess.Popen[bytes], timeout: float) -> int | None:
     return popen.returncode
 
 
-class ManagedProcess:
+class StartStop:
+    """`with component:` starts it and always stops it; a failed start stops what began."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> object:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """What leaving the `with` block does; components that own files also remove them."""
+        self.stop()
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class ManagedProcess(StartStop):
     """One child process: started with Popen, output to a log file, stopped by pid."""
 
     def __init__(
@@ -172,18 +202,6 @@ class ManagedProcess:
                 f"{self.name} (pid {self.pid}) exited with {self.returncode}; log tail:\n"
                 + self.tail()
             )
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def wait_until(

@@ -11,8 +11,8 @@ import http.server
 import threading
 import urllib.parse
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Self
+
+from bench.kit.procs import StartStop
 
 HOP_BY_HOP = frozenset(
     ("connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade")
@@ -36,7 +36,7 @@ class RecordedRequest:
     status: int
 
 
-class RequestRecorder:
+class RequestRecorder(StartStop):
     """A threaded HTTP/1.1 server on a loopback address.
 
     With `upstream=None` every request gets a JSON 404 (a mirror that has
@@ -72,18 +72,6 @@ class RequestRecorder:
         self._server.server_close()
         if self._thread is not None:
             self._thread.join()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def recorded(self) -> list[RecordedRequest]:
         with self._lock:

@@ -6,11 +6,9 @@ import secrets
 import shutil
 import tempfile
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from bench.kit.distribution import request
-from bench.kit.procs import ManagedProcess, free_port, wait_until
+from bench.kit.procs import ManagedProcess, StartStop, free_port, wait_until
 
 
 def render_config(
@@ -37,7 +35,7 @@ http:
 """
 
 
-class UpstreamRegistry:
+class UpstreamRegistry(StartStop):
     """A Distribution registry with filesystem storage under its own directory.
 
     `log_level` is one of error, warn, info, debug. Even at "error",
@@ -124,22 +122,8 @@ class UpstreamRegistry:
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 
+    close = cleanup
+
     def restart(self, timeout: float = 15.0) -> None:
         self.stop()
         self.start(timeout)
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()

@@ -16,12 +16,10 @@ import contextlib
 import math
 import threading
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Self
 
 import trio
 
-from bench.kit.procs import KitError
+from bench.kit.procs import KitError, StartStop
 
 MB = 1_000_000
 CHUNK = 64 * 1024
@@ -92,7 +90,7 @@ class _Direction:
         self.bytes = 0
 
 
-class WanRelay:
+class WanRelay(StartStop):
     """Listens on `host:port` and relays each connection to `upstream` over the emulated link."""
 
     def __init__(
@@ -215,15 +213,3 @@ class WanRelay:
                     await dst.send_eof()
                     return
                 await dst.send_all(data)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
