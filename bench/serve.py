@@ -37,7 +37,6 @@ from bench.kit.hosts import write_hosts_toml
 from bench.kit.images import GeneratedImage, generate_image, push_image
 from bench.kit.mirror import MirrorNode
 from bench.kit.nginx import AliasLocation, NginxServer
-from bench.kit.procs import free_port
 from bench.kit.procs import run as run_command
 from bench.kit.registry import UpstreamRegistry
 from bench.measure import (
@@ -334,9 +333,6 @@ def servers(base: Path, blob_mib: int, nginx_workers: int) -> Iterator[Setup]:
             host=HOST,
             containerd_sock=node.address,
             workdir=base / "mirror",
-            registry_port=free_port(HOST),
-            router_port=free_port(HOST),
-            metrics_port=free_port(HOST),
             log_level="WARN",
         )
         stack.enter_context(mirror)

@@ -29,7 +29,6 @@ from bench.kit.containerd import ContainerdNode
 from bench.kit.hosts import write_hosts_toml
 from bench.kit.images import GeneratedImage, generate_image, push_image
 from bench.kit.mirror import MirrorNode
-from bench.kit.procs import free_port
 from bench.kit.registry import UpstreamRegistry
 from bench.measure import (
     MIB,
@@ -146,9 +145,6 @@ def _node(base: Path, blob_mib: int) -> Iterator[tuple[MirrorNode, GeneratedImag
             host=HOST,
             containerd_sock=containerd.address,
             workdir=base / "mirror",
-            registry_port=free_port(HOST),
-            router_port=free_port(HOST),
-            metrics_port=free_port(HOST),
             log_level="WARN",
         )
         stack.enter_context(mirror)

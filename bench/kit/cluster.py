@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bench.kit.containerd import ContainerdNode
 from bench.kit.mirror import MirrorNode
-from bench.kit.procs import KitError, StartStop, free_port
+from bench.kit.procs import KitError, StartStop
 from bench.kit.registry import UpstreamRegistry
 
 
@@ -82,14 +82,10 @@ class LocalCluster(StartStop):
         for i in range(n):
             ip = f"127.0.0.{i + 1}"
             containerd = ContainerdNode(f"node-{i + 1}", self.base_dir)
-            ports = [free_port(ip) for _ in range(3)]
             mirror = MirrorNode(
                 host=ip,
                 containerd_sock=containerd.address,
                 workdir=self.base_dir / f"mirror-{i + 1}",
-                registry_port=ports[0],
-                router_port=ports[1],
-                metrics_port=ports[2],
                 log_level=log_level,
                 name=f"mirror-{i + 1}",
                 extra_args=list(mirror_args),

@@ -7,7 +7,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.kit.procs import ManagedProcess, StartStop, wait_until
+from bench.kit.procs import ManagedProcess, StartStop, free_port, wait_until
 
 
 class MirrorNode(StartStop):
@@ -19,9 +19,9 @@ class MirrorNode(StartStop):
         host: str,
         containerd_sock: Path,
         workdir: Path,
-        registry_port: int = 5000,
-        router_port: int = 5001,
-        metrics_port: int = 9090,
+        registry_port: int | None = None,
+        router_port: int | None = None,
+        metrics_port: int | None = None,
         namespace: str = "k8s.io",
         content_path: Path | str = "",
         extra_args: Sequence[str] = (),
@@ -29,9 +29,10 @@ class MirrorNode(StartStop):
         name: str | None = None,
     ) -> None:
         self.host = host
-        self.registry_port = registry_port
-        self.router_port = router_port
-        self.metrics_port = metrics_port
+        # Unset ports are free ones, so several nodes can share a host address.
+        self.registry_port = registry_port or free_port(host)
+        self.router_port = router_port or free_port(host)
+        self.metrics_port = metrics_port or free_port(host)
         self.workdir = Path(workdir)
         self.name = name or f"mirror-{host}"
         argv = [
@@ -40,9 +41,9 @@ class MirrorNode(StartStop):
             "mirror",
             "registry",
             f"--log-level={log_level}",
-            f"--registry-addr={host}:{registry_port}",
-            f"--router-addr={host}:{router_port}",
-            f"--metrics-addr={host}:{metrics_port}",
+            f"--registry-addr={host}:{self.registry_port}",
+            f"--router-addr={host}:{self.router_port}",
+            f"--metrics-addr={host}:{self.metrics_port}",
             f"--containerd-sock={containerd_sock}",
             f"--containerd-namespace={namespace}",
             f"--containerd-content-path={content_path}",

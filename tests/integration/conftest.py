@@ -12,7 +12,6 @@ from bench.kit.containerd import ContainerdNode
 from bench.kit.hosts import write_hosts_toml
 from bench.kit.images import GeneratedImage, generate_image, push_image
 from bench.kit.mirror import MirrorNode
-from bench.kit.procs import free_port
 from bench.kit.registry import UpstreamRegistry
 
 MIB = 1024 * 1024
@@ -76,9 +75,6 @@ def start_mirror(
         host=host,
         containerd_sock=env.containerd.address,
         workdir=env.workdir / name,
-        registry_port=free_port(host),
-        router_port=free_port(host),
-        metrics_port=free_port(host),
         extra_args=extra_args,
         name=name,
     )

@@ -16,7 +16,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.kit.cluster import LocalCluster
 from bench.kit.images import GeneratedImage, generate_image, push_image
 from bench.kit.mirror import MirrorNode
-from bench.kit.procs import free_port
 from tests.httpclient import fetch
 from tests.web.browser import chromium_binary, open_page
 from tests.web.support import http_sync
@@ -201,9 +200,6 @@ def test_debug_web_disabled_keeps_metrics(
         host=host,
         containerd_sock=cluster[0].containerd.address,
         workdir=tmp_path / "mirror",
-        registry_port=free_port(host),
-        router_port=free_port(host),
-        metrics_port=free_port(host),
         extra_args=["--debug-web-enabled=false"],
     )
     node.start(wait_ready=False)
