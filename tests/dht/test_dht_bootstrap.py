@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import json
+import socket
 
 import pytest
 import trio
 from dht_cluster import free_port, run_member
 
+import dht.bootstrap
 from dht import (
     DhtNode,
     DnsBootstrapper,
@@ -88,7 +90,16 @@ async def test_dns_bootstrap_uses_own_router_port() -> None:
     peers = await bootstrapper.peers(("127.0.0.2", port))
     assert ("127.0.0.1", port) in peers
     await _joins(bootstrapper, port)
-    assert await DnsBootstrapper("does-not-exist.invalid").peers(("127.0.0.2", port)) == []
+
+
+async def test_dns_bootstrap_survives_a_failed_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A name that really fails would send a query to the machine's resolver; tests
+    # send nothing beyond 127.0.0.x, so the failure is the resolver's answer, stubbed.
+    async def no_such_name(host: str, port: int) -> list[tuple[str, int]]:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(dht.bootstrap, "resolve", no_such_name)
+    assert await DnsBootstrapper("mirror-bootstrap.example").peers(("127.0.0.2", 5001)) == []
 
 
 async def test_http_bootstrap_server_and_client() -> None:
