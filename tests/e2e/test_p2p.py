@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import socket
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.kit.cluster import LocalCluster
 from bench.kit.images import GeneratedImage, generate_image, push_image
@@ -52,6 +54,18 @@ def _wait_served_by_peer(
                 f"{path} not served through a peer of node {node + 1} in {timeout}s"
             )
         time.sleep(0.2)
+
+
+def _advertised(cluster: LocalCluster, node: int, registry: str) -> dict[str, float]:
+    with urllib.request.urlopen(cluster[node].mirror.metrics_url + "/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name in ("spegel_advertised_images", "spegel_advertised_keys")
+        and sample.labels.get("registry") == registry
+    }
 
 
 def _assert_blobs_match(cluster: LocalCluster, node: int, image: GeneratedImage) -> None:
@@ -172,7 +186,18 @@ def test_deleted_image_stops_being_served_and_pull_falls_back(cluster: LocalClus
     ns = f"?ns={cluster.upstream.host}"
     path = f"/v2/{image.name}/blobs/{image.layers[0].digest}{ns}"
     _wait_served_by_peer(cluster, 1, path)
+    registry = cluster.upstream.host
+    before = _advertised(cluster, 0, registry)
     cluster[0].containerd.remove_image(ref)
+    deadline = time.monotonic() + 15
+    while _advertised(cluster, 0, registry) == before:
+        assert time.monotonic() < deadline, "the advertised gauges never dropped"
+        time.sleep(0.2)
+    after = _advertised(cluster, 0, registry)
+    # A registry with nothing left advertised has no sample at all.
+    assert after.get("spegel_advertised_images", 0) == before["spegel_advertised_images"] - 1
+    # The deleted image's manifest, config, layer and tag.
+    assert after.get("spegel_advertised_keys", 0) == before["spegel_advertised_keys"] - 4
     deadline = time.monotonic() + 15
     while fetch(cluster[1].mirror.address, path, method="HEAD").status != 404:
         assert time.monotonic() < deadline, "deleted image still served through a peer"
