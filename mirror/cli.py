@@ -306,6 +306,8 @@ def parse_args(argv: Sequence[str], environ: dict[str, str] | None = None) -> Si
             values[flag.dest] = _convert(flag, parsed[flag.dest], from_env=False)
         elif flag.env in environ:
             values[flag.dest] = _convert(flag, environ[flag.env], from_env=True)
+        elif flag.required and flag.kind == "positional":
+            raise UsageError(f"give one or more {flag.name} (or set {flag.env})")
         elif flag.required:
             raise UsageError(f"--{flag.name} is required (or set {flag.env})")
         else:

@@ -109,3 +109,10 @@ def test_console_script_reports_usage_errors_cleanly() -> None:
     assert result.returncode == 2
     assert "mirror-resolve-timeout" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_watch_takes_node_urls_as_positional_arguments() -> None:
+    options = parse_args(["watch", "http://127.0.0.1:9090", "http://127.0.0.2:9090"], environ={})
+    assert options.nodes == ["http://127.0.0.1:9090", "http://127.0.0.2:9090"]
+    with pytest.raises(UsageError, match="give one or more nodes"):
+        parse_args(["watch"], environ={})
