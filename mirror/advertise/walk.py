@@ -7,48 +7,66 @@ that was never pulled is not advertised.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from mirror.containerd.paths import blob_path
 from mirror.oci.digest import Digest, InvalidDigest, parse_digest
 from mirror.oci.filters import ReferenceFilter
-from mirror.oci.mediatypes import MAX_MANIFEST_SIZE, referenced_digests
+from mirror.oci.mediatypes import (
+    MAX_MANIFEST_SIZE,
+    child_blobs,
+    child_manifests,
+    parse_manifest,
+)
 from mirror.oci.reference import parse_image_name
 
 
-def _read_json(content_root: Path, digest: Digest) -> dict[str, object] | None:
+def _read_manifest(content_root: Path, digest: Digest) -> dict[str, object] | None:
     path = blob_path(content_root, digest)
     try:
         if os.stat(path).st_size > MAX_MANIFEST_SIZE:
             return None
-        document = json.loads(path.read_bytes())
-    except (OSError, ValueError):
+        return parse_manifest(path.read_bytes())
+    except OSError:
         return None
-    return document if isinstance(document, dict) else None
+
+
+def _present(content_root: Path, text: str) -> Digest | None:
+    try:
+        digest = parse_digest(text)
+    except InvalidDigest:
+        return None
+    return digest if blob_path(content_root, digest).is_file() else None
 
 
 def present_digests(content_root: Path, top: str, *, limit: int = 100_000) -> list[str]:
-    """Digests reachable from `top` whose blobs this node holds, `top` first."""
+    """Digests reachable from `top` whose blobs this node holds, `top` first.
+
+    Only indexes and manifests are read; a config or layer is a leaf whose
+    presence is all that matters, so a resync never reads layer content.
+    """
     result: list[str] = []
     seen: set[str] = set()
-    queue = [top]
-    while queue and len(result) < limit:
-        text = queue.pop(0)
+    documents = [top]
+    while documents and len(result) < limit:
+        text = documents.pop(0)
         if text in seen:
             continue
         seen.add(text)
-        try:
-            digest = parse_digest(text)
-        except InvalidDigest:
-            continue
-        if not blob_path(content_root, digest).is_file():
+        digest = _present(content_root, text)
+        if digest is None:
             continue
         result.append(text)
-        document = _read_json(content_root, digest)
-        if document is not None:
-            queue += referenced_digests(document)
+        document = _read_manifest(content_root, digest)
+        if document is None:
+            continue
+        documents += child_manifests(document)
+        for leaf in child_blobs(document):
+            if leaf not in seen:
+                seen.add(leaf)
+                if _present(content_root, leaf) is not None:
+                    result.append(leaf)
     return result
 
 

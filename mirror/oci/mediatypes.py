@@ -32,21 +32,27 @@ def detect_manifest_type(content: bytes) -> str | None:
     return None
 
 
+def _digests_in(document: dict[str, object], field: str) -> list[str]:
+    value = document.get(field)
+    entries = value if isinstance(value, list) else [value]
+    return [
+        e["digest"] for e in entries if isinstance(e, dict) and isinstance(e.get("digest"), str)
+    ]
+
+
+def child_manifests(document: dict[str, object]) -> list[str]:
+    """What an index points at: manifests (or nested indexes), documents to read in turn."""
+    return _digests_in(document, "manifests")
+
+
+def child_blobs(document: dict[str, object]) -> list[str]:
+    """What a manifest points at: its config and layers, blobs that are never walked."""
+    return _digests_in(document, "config") + _digests_in(document, "layers")
+
+
 def referenced_digests(document: dict[str, object]) -> list[str]:
-    """The digests a manifest or index points at: manifests, config, layers (pure)."""
-    found: list[str] = []
-    for field in ("manifests", "layers"):
-        entries = document.get(field)
-        if isinstance(entries, list):
-            found += [
-                e["digest"]
-                for e in entries
-                if isinstance(e, dict) and isinstance(e.get("digest"), str)
-            ]
-    config = document.get("config")
-    if isinstance(config, dict) and isinstance(config.get("digest"), str):
-        found.append(config["digest"])
-    return found
+    """Every digest a manifest or index points at (pure)."""
+    return child_manifests(document) + child_blobs(document)
 
 
 def parse_manifest(content: bytes) -> dict[str, object] | None:
