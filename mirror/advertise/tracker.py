@@ -56,13 +56,7 @@ class Advertiser:
         self._max_backoff = max_backoff
         self.images: dict[str, frozenset[str]] = {}
         self._refs: Counter[str] = Counter()
-        self.synced = trio.Event()
-        self.resyncs = 0
         self.connected = False
-
-    @property
-    def keys(self) -> list[str]:
-        return list(self._refs)
 
     def counts(self) -> dict[str, int]:
         tags = sum(1 for k in self._refs if not k.startswith("sha"))
@@ -111,10 +105,8 @@ class Advertiser:
                 await self._set(name, frozenset())
         for name, keys in fresh.items():
             await self._set(name, keys)
-        self.resyncs += 1
         counts = self.counts()
         log.info("advertised state synced with containerd", extra=counts)
-        self.synced.set()
 
     async def _handle(self, event: ImageEvent | ContentEvent) -> None:
         if isinstance(event, ImageEvent):

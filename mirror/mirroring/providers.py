@@ -32,7 +32,6 @@ class _Lookup:
     done: bool = False
     expires: float = float("inf")
     changed: trio.Event = field(default_factory=trio.Event)
-    started: float = 0.0
     where: set[tuple[str, int]] = field(default_factory=set)
 
     def add(self, provider: Provider) -> None:
@@ -72,18 +71,13 @@ class ProviderCache:
         self._limit = limit
         self._lookups: dict[str, _Lookup] = {}
         self._nursery: trio.Nursery | None = None
-        self.lookups_started = 0
         self.hints = 0
-        self.last_durations: dict[str, float] = {}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
             await trio.sleep_forever()
-
-    def forget(self, key: str) -> None:
-        self._lookups.pop(key, None)
 
     def _lookup_for(self, key: str) -> _Lookup:
         now = trio.current_time()
@@ -94,12 +88,11 @@ class ProviderCache:
             self._lookups = {
                 k: v for k, v in self._lookups.items() if not v.done or v.expires > now
             }
-        lookup = _Lookup(started=now)
+        lookup = _Lookup()
         self._lookups[key] = lookup
         if self._nursery is None:  # Not started yet (or stopping): nobody to ask.
             lookup.finish(now, 0.0, 0.0)
             return lookup
-        self.lookups_started += 1
         self._nursery.start_soon(self._run_lookup, key, lookup)
         return lookup
 
@@ -128,9 +121,7 @@ class ProviderCache:
         except Exception:
             log.exception("provider lookup failed", extra={"key": key})
         finally:
-            now = trio.current_time()
-            self.last_durations[key] = now - lookup.started
-            lookup.finish(now, self._ttl, self._negative_ttl)
+            lookup.finish(trio.current_time(), self._ttl, self._negative_ttl)
 
     async def providers(self, key: str) -> AsyncIterator[Provider]:
         """Providers of `key` as they become known; ends when the lookup is done."""

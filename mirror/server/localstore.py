@@ -130,9 +130,6 @@ class LocalStore:
             raise
         return OpenBlob(fd, size)
 
-    def has_blob(self, digest: Digest) -> bool:
-        return blob_path(self.content_root, digest).is_file()
-
     def manifest(self, digest: Digest) -> Manifest | None:
         cached = self._manifests.get(digest)
         if cached is not None:
@@ -162,10 +159,6 @@ class LocalStore:
 
     def forget_tag(self, image_name: str) -> None:
         self._tag_cache.pop(image_name)
-        self.generation += 1
-
-    def forget_all_tags(self) -> None:
-        self._tag_cache.clear()
         self.generation += 1
 
 
