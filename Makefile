@@ -39,6 +39,7 @@ test-fast: venv
 	$(PY) -m pytest -q -m "not integration" $(ARGS)
 
 lint: venv
+	$(VENV)/bin/mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 

@@ -15,11 +15,11 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import SimpleNamespace
 
 import trio
 
 from mirror.containerd.hosts import add_mirror_configuration, cleanup_mirror_configuration
+from mirror.options import CleanupOptions, CleanupWaitOptions, ConfigurationOptions
 from mirror.server.listener import RegistryServer, parse_listen_address
 from mirror.server.request import Request
 from mirror.server.response import Response
@@ -27,7 +27,7 @@ from mirror.server.response import Response
 log = logging.getLogger("mirror.cleanup")
 
 
-def run_configuration(options: SimpleNamespace) -> int:
+def run_configuration(options: ConfigurationOptions) -> int:
     add_mirror_configuration(
         Path(options.containerd_registry_config_path),
         options.mirrored_registries,
@@ -44,7 +44,7 @@ async def _readiness(request: Request) -> Response:
     return Response(404, [("Content-Type", "text/plain")], b"not found\n")
 
 
-async def run_cleanup(options: SimpleNamespace) -> int:
+async def run_cleanup(options: CleanupOptions) -> int:
     cleanup_mirror_configuration(Path(options.containerd_registry_config_path))
     host, port = parse_listen_address(options.addr)
     server = RegistryServer(_readiness, grace_period=1.0)
@@ -73,12 +73,13 @@ def probe_addresses(endpoint: str) -> list[str]:
 def _ready(address: str, timeout: float) -> bool:
     try:
         with urllib.request.urlopen(f"http://{address}/readyz", timeout=timeout) as response:
-            return response.status == 200
+            status: int = response.status
+            return status == 200
     except (urllib.error.URLError, OSError):
         return False
 
 
-def run_cleanup_wait(options: SimpleNamespace) -> int:
+def run_cleanup_wait(options: CleanupWaitOptions) -> int:
     successes = 0
     while True:
         try:

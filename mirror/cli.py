@@ -14,21 +14,18 @@ import csv
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from types import SimpleNamespace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, dataclass, fields
 
 from mirror.durations import format_duration, parse_duration
 from mirror.logs import LEVELS
-
-VERSION = "0.1.0"
+from mirror.options import OPTIONS_BY_COMMAND, Options
 
 
 @dataclass(frozen=True)
 class Flag:
     name: str
-    kind: str  # str | int | bool | duration | list | regex-list | positional (a list)
-    default: object
+    kind: str  # str | int | bool | duration | level | list | regex-list | positional (a list)
     help: str
     required: bool = False
     aliases: tuple[str, ...] = ()
@@ -73,33 +70,28 @@ _SCALAR: dict[str, Callable[[str], object]] = {
     "level": _parse_level,
 }
 
-LOG_LEVEL = Flag("log-level", "level", "INFO", "Minimum log level: DEBUG, INFO, WARN or ERROR.")
+LOG_LEVEL = Flag("log-level", "level", "Minimum log level: DEBUG, INFO, WARN or ERROR.")
 CONFIG_PATH = Flag(
     "containerd-registry-config-path",
     "str",
-    "/etc/containerd/certs.d",
     "Directory where mirror configuration is written.",
 )
 MIRRORED_REGISTRIES = Flag(
     "mirrored-registries",
     "list",
-    [],
     "Registries that are mirrored; empty mirrors all registries.",
 )
 BOOTSTRAP = [
-    Flag("bootstrap-kind", "str", "", "Kind of bootstrapper: static, dns or http."),
-    Flag("dns-bootstrap-domain", "str", "", "Domain whose A/AAAA records are the peers (dns)."),
-    Flag(
-        "http-bootstrap-addr", "str", "", "Address to serve this node's router address on (http)."
-    ),
+    Flag("bootstrap-kind", "str", "Kind of bootstrapper: static, dns or http."),
+    Flag("dns-bootstrap-domain", "str", "Domain whose A/AAAA records are the peers (dns)."),
+    Flag("http-bootstrap-addr", "str", "Address to serve this node's router address on (http)."),
     Flag(
         "http-bootstrap-peer",
         "str",
-        "",
         "URL to fetch bootstrap peers from (http).",
         aliases=("http-bootstrap-url",),
     ),
-    Flag("static-bootstrap-peers", "list", [], "Peers to bootstrap with (host:port or multiaddr)."),
+    Flag("static-bootstrap-peers", "list", "Peers to bootstrap with (host:port or multiaddr)."),
 ]
 
 COMMANDS: dict[str, tuple[str, list[Flag]]] = {
@@ -108,76 +100,60 @@ COMMANDS: dict[str, tuple[str, list[Flag]]] = {
         [
             *BOOTSTRAP,
             CONFIG_PATH,
-            Flag("metrics-addr", "str", ":9090", "Address to serve metrics and the debug web UI."),
+            Flag("metrics-addr", "str", "Address to serve metrics and the debug web UI."),
             Flag(
                 "containerd-config-file",
                 "str",
-                "/etc/containerd/config.toml",
                 "containerd's config, read at start to warn about settings that defeat the mirror.",
             ),
             Flag(
                 "containerd-sock",
                 "str",
-                "/run/containerd/containerd.sock",
                 "Endpoint of the containerd service.",
             ),
-            Flag(
-                "containerd-namespace", "str", "k8s.io", "Containerd namespace to serve images of."
-            ),
+            Flag("containerd-namespace", "str", "Containerd namespace to serve images of."),
             Flag(
                 "containerd-content-path",
                 "str",
-                "/var/lib/containerd/io.containerd.content.v1.content",
                 "Path to containerd's content store; empty asks containerd (introspection).",
             ),
-            Flag(
-                "data-dir", "str", "/var/lib/spegel", "Directory where the node keeps its identity."
-            ),
-            Flag("router-addr", "str", ":5001", "Address of the DHT router (UDP)."),
-            Flag("registry-addr", "str", ":5000", "Address to serve the registry on."),
+            Flag("data-dir", "str", "Directory where the node keeps its identity."),
+            Flag("router-addr", "str", "Address of the DHT router (UDP)."),
+            Flag("registry-addr", "str", "Address to serve the registry on."),
             Flag(
                 "registry-head-timeout",
                 "duration",
-                10.0,
                 "Time a client has to send a whole request head.",
             ),
             Flag(
                 "router-key-file",
                 "str",
-                "",
                 "File with a shared cluster key that signs DHT traffic.",
             ),
-            Flag(
-                "otel-endpoint", "str", "", "Accepted for compatibility; tracing is not exported."
-            ),
-            Flag("otel-service-name", "str", "spegel", "Accepted for compatibility."),
-            Flag("otel-sampler", "str", "parentbased_always_off", "Accepted for compatibility."),
+            Flag("otel-endpoint", "str", "Accepted for compatibility; tracing is not exported."),
+            Flag("otel-service-name", "str", "Accepted for compatibility."),
+            Flag("otel-sampler", "str", "Accepted for compatibility."),
             MIRRORED_REGISTRIES,
             Flag(
                 "registry-filters",
                 "regex-list",
-                [],
                 "Regular expressions; matching registries/tags are neither served nor advertised.",
             ),
-            Flag(
-                "mirror-resolve-timeout", "duration", 0.020, "Max duration spent finding a mirror."
-            ),
-            Flag("mirror-resolve-retries", "int", 3, "Max amount of mirrors to attempt."),
+            Flag("mirror-resolve-timeout", "duration", "Max duration spent finding a mirror."),
+            Flag("mirror-resolve-retries", "int", "Max amount of mirrors to attempt."),
             Flag(
                 "mirror-relay",
                 "str",
-                "splice",
                 "How a peer's body reaches the client: splice (in kernel) or copy (1 MiB buffer).",
             ),
-            Flag("debug-web-enabled", "bool", True, "When true enables the debug web page."),
+            Flag("debug-web-enabled", "bool", "When true enables the debug web page."),
             Flag(
                 "resolve-latest-tag",
                 "bool",
-                True,
                 "Deprecated in Spegel: false adds the filter ':latest$'.",
             ),
-            Flag("otel-enabled", "bool", False, "Accepted for compatibility."),
-            Flag("otel-insecure", "bool", False, "Accepted for compatibility."),
+            Flag("otel-enabled", "bool", "Accepted for compatibility."),
+            Flag("otel-insecure", "bool", "Accepted for compatibility."),
         ],
     ),
     "configuration": (
@@ -185,33 +161,29 @@ COMMANDS: dict[str, tuple[str, list[Flag]]] = {
         [
             CONFIG_PATH,
             MIRRORED_REGISTRIES,
-            Flag("mirror-targets", "list", [], "Registries that act as mirrors.", required=True),
-            Flag("resolve-tags", "bool", True, "When true tags are resolved through the mirror."),
-            Flag(
-                "prepend-existing", "bool", False, "Keep existing mirror configuration after ours."
-            ),
+            Flag("mirror-targets", "list", "Registries that act as mirrors.", required=True),
+            Flag("resolve-tags", "bool", "When true tags are resolved through the mirror."),
+            Flag("prepend-existing", "bool", "Keep existing mirror configuration after ours."),
         ],
     ),
     "cleanup": (
         "Restore containerd's mirror configuration, then serve readiness until stopped.",
         [
-            Flag("addr", "str", "", "Address to run the readiness probe on.", required=True),
+            Flag("addr", "str", "Address to run the readiness probe on.", required=True),
             CONFIG_PATH,
         ],
     ),
     "cleanup-wait": (
         "Wait until the cleanup pods report done.",
         [
-            Flag(
-                "probe-endpoint", "str", "", "Endpoint to probe cleanup jobs from.", required=True
-            ),
-            Flag("threshold", "int", 3, "Consecutive successful probes that mean done."),
-            Flag("period", "duration", 2.0, "Time between probes."),
+            Flag("probe-endpoint", "str", "Endpoint to probe cleanup jobs from.", required=True),
+            Flag("threshold", "int", "Consecutive successful probes that mean done."),
+            Flag("period", "duration", "Time between probes."),
         ],
     ),
     "version": (
         "Print the version.",
-        [Flag("format", "str", "text", "Output format: text or json.")],
+        [Flag("format", "str", "Output format: text or json.")],
     ),
     "watch": (
         "Follow the live mirror events of one or several nodes, one line per event.",
@@ -219,7 +191,6 @@ COMMANDS: dict[str, tuple[str, list[Flag]]] = {
             Flag(
                 "nodes",
                 "positional",
-                [],
                 "Metrics URLs of the nodes, e.g. http://127.0.0.1:9090.",
                 required=True,
             )
@@ -232,32 +203,59 @@ class UsageError(Exception):
     """A flag value that cannot be used; exits with status 2 and the message."""
 
 
-def _show_default(flag: Flag) -> str:
-    if flag.kind == "duration":
-        return format_duration(float(flag.default))  # type: ignore[arg-type]
+def flag_default(command: str, flag: Flag) -> object:
+    """The default of a flag: its field's default in the command's options class."""
+    for field in fields(OPTIONS_BY_COMMAND[command]):
+        if field.name == flag.dest:
+            return None if field.default is MISSING else field.default
+    raise KeyError(f"{command} has no option {flag.dest}")
+
+
+def _show_default(flag: Flag, default: object) -> str:
+    if flag.kind == "duration" and isinstance(default, float):
+        return format_duration(default)
     if flag.kind == "bool":
-        return str(flag.default).lower()
-    if isinstance(flag.default, list):
-        return " ".join(flag.default) or "none"
-    return repr(flag.default) if flag.default == "" else str(flag.default)
+        return str(default).lower()
+    if isinstance(default, tuple):
+        return " ".join(default) or "none"
+    return repr(default) if default == "" else str(default)
 
 
-def _add_flag(parser: argparse.ArgumentParser, flag: Flag) -> None:
+def _add_flag(parser: argparse.ArgumentParser, flag: Flag, default: object) -> None:
     names = [f"--{flag.name}", *(f"--{alias}" for alias in flag.aliases)]
-    help_text = f"{flag.help} [env {flag.env}; default {_show_default(flag)}]"
-    kwargs: dict[str, object] = {"dest": flag.dest, "default": argparse.SUPPRESS, "help": help_text}
+    help_text = f"{flag.help} [env {flag.env}; default {_show_default(flag, default)}]"
     if flag.kind == "positional":
         parser.add_argument(
             flag.dest, nargs="*", default=argparse.SUPPRESS, help=help_text, metavar="URL"
         )
-        return
-    if flag.kind in ("list", "regex-list"):
-        kwargs.update(nargs="*", action="extend", metavar="VALUE")
+    elif flag.kind in ("list", "regex-list"):
+        parser.add_argument(
+            *names,
+            dest=flag.dest,
+            default=argparse.SUPPRESS,
+            help=help_text,
+            nargs="*",
+            action="extend",
+            metavar="VALUE",
+        )
     elif flag.kind == "bool":
-        kwargs.update(nargs="?", const="true", metavar="BOOL")
+        parser.add_argument(
+            *names,
+            dest=flag.dest,
+            default=argparse.SUPPRESS,
+            help=help_text,
+            nargs="?",
+            const="true",
+            metavar="BOOL",
+        )
     else:
-        kwargs.update(metavar=flag.kind.upper())
-    parser.add_argument(*names, **kwargs)  # type: ignore[arg-type]
+        parser.add_argument(
+            *names,
+            dest=flag.dest,
+            default=argparse.SUPPRESS,
+            help=help_text,
+            metavar=flag.kind.upper(),
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -266,58 +264,71 @@ def build_parser() -> argparse.ArgumentParser:
         description="Peer-to-peer OCI registry mirror, a drop-in for Spegel.",
         allow_abbrev=False,
     )
-    _add_flag(parser, LOG_LEVEL)
+    _add_flag(parser, LOG_LEVEL, flag_default("registry", LOG_LEVEL))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (description, flags) in COMMANDS.items():
         command = sub.add_parser(
             name, help=description, description=description, allow_abbrev=False
         )
         for flag in [*flags, LOG_LEVEL]:
-            _add_flag(command, flag)
+            _add_flag(command, flag, flag_default(name, flag))
     return parser
 
 
 def _convert(flag: Flag, raw: object, *, from_env: bool) -> object:
     try:
         if flag.kind in ("list", "regex-list", "positional"):
-            if from_env:
-                assert isinstance(raw, str)
+            if isinstance(raw, str):
                 items = [item.strip() for row in csv.reader([raw]) for item in row]
+            elif isinstance(raw, list):
+                items = [str(item) for item in raw]
             else:
-                assert isinstance(raw, list)
-                items = list(raw)
+                raise ValueError(f"expected a list, got {raw!r}")
             items = [item for item in items if item]
-            return [_parse_regex(i) for i in items] if flag.kind == "regex-list" else items
-        assert isinstance(raw, str)
+            return (
+                tuple(_parse_regex(i) for i in items) if flag.kind == "regex-list" else tuple(items)
+            )
+        if not isinstance(raw, str):
+            raise ValueError(f"expected one value, got {raw!r}")
         return _SCALAR[flag.kind](raw)
     except ValueError as exc:
         source = f"environment variable {flag.env}" if from_env else f"--{flag.name}"
         raise UsageError(f"{source}: {exc}") from None
 
 
-def parse_args(argv: Sequence[str], environ: dict[str, str] | None = None) -> SimpleNamespace:
-    """Parse the command line and the environment into one namespace of typed values."""
-    environ = dict(os.environ) if environ is None else environ
+def _value(
+    command: str, flag: Flag, parsed: dict[str, object], environ: Mapping[str, str]
+) -> object:
+    if flag.dest in parsed:
+        return _convert(flag, parsed[flag.dest], from_env=False)
+    if flag.env in environ:
+        return _convert(flag, environ[flag.env], from_env=True)
+    if flag.required and flag.kind == "positional":
+        raise UsageError(f"give one or more {flag.name} (or set {flag.env})")
+    if flag.required:
+        raise UsageError(f"--{flag.name} is required (or set {flag.env})")
+    return flag_default(command, flag)
+
+
+def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Options:
+    """Parse the command line and the environment into the command's typed options."""
+    environ = os.environ if environ is None else environ
     parsed = vars(build_parser().parse_args(list(argv)))
-    command = parsed.pop("command")
-    values: dict[str, object] = {"command": command}
-    for flag in [*COMMANDS[command][1], LOG_LEVEL]:
-        if flag.dest in parsed:
-            values[flag.dest] = _convert(flag, parsed[flag.dest], from_env=False)
-        elif flag.env in environ:
-            values[flag.dest] = _convert(flag, environ[flag.env], from_env=True)
-        elif flag.required and flag.kind == "positional":
-            raise UsageError(f"give one or more {flag.name} (or set {flag.env})")
-        elif flag.required:
-            raise UsageError(f"--{flag.name} is required (or set {flag.env})")
-        else:
-            default = flag.default
-            values[flag.dest] = list(default) if isinstance(default, list) else default
-    if command == "registry" and values["mirror_relay"] not in ("copy", "splice"):
-        raise UsageError("--mirror-relay: use copy or splice")
-    if command == "registry" and not values["resolve_latest_tag"]:
-        values["registry_filters"] = [*values["registry_filters"], ":latest$"]  # type: ignore[list-item]
-    return SimpleNamespace(**values)
+    command = str(parsed.pop("command"))
+    values = {
+        flag.dest: _value(command, flag, parsed, environ)
+        for flag in [*COMMANDS[command][1], LOG_LEVEL]
+    }
+    if command == "registry":
+        if values["mirror_relay"] not in ("copy", "splice"):
+            raise UsageError("--mirror-relay: use copy or splice")
+        if not values["resolve_latest_tag"]:
+            filters = values["registry_filters"]
+            assert isinstance(filters, tuple)
+            values["registry_filters"] = (*filters, ":latest$")
+    # Each value was converted by its flag's kind, which matches the field's type
+    # (tests/unit/test_options.py checks the table against the dataclasses).
+    return OPTIONS_BY_COMMAND[command](**values)  # type: ignore[arg-type]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

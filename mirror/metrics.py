@@ -40,7 +40,7 @@ _CONTENT = frozenset({"blob", "manifest"})
 MAX_REGISTRY_LABELS = 256
 
 # Go's client emits no `_created` series; neither should we (process-wide switch).
-prometheus_client.disable_created_metrics()
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 def handler_label(path: str) -> str:

@@ -1,10 +1,12 @@
 """`mirror registry`: one node, every subsystem in one `trio.run`.
 
-Start order: containerd's content path, the DHT socket, the registry hot path,
-then the background work (advertising, provider lookups, health). On SIGTERM or
-SIGINT the hot path stops accepting and finishes in-flight responses while
-everything else is cancelled. Nothing is withdrawn from the DHT on the way
-out: records expire on their own.
+`Node.run` starts each part once what it needs is running: containerd's
+content path, the DHT socket, the provider cache and the background work
+(health, advertising), then the registry hot path, then the metrics front end;
+only then does it report itself started. `Node.stop` (SIGTERM or SIGINT under
+`run_registry`) makes the hot path stop accepting and finish in-flight
+responses while everything else is cancelled. Nothing is withdrawn from the
+DHT on the way out: records expire on their own.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import trio
 
@@ -30,10 +32,12 @@ from dht import (
 from mirror.advertise.tracker import Advertiser
 from mirror.containerd.client import ContainerdClient, ContainerdError, ContainerdUnavailable
 from mirror.containerd.config import ConfigError, config_warnings, load_config
+from mirror.errors import StartupError
 from mirror.metrics import Telemetry, TimedProviders
 from mirror.mirroring.mirror import MirrorSettings, PeerMirror
 from mirror.mirroring.providers import ProviderCache
 from mirror.oci.filters import ReferenceFilter
+from mirror.options import RegistryOptions
 from mirror.server.connection import ConnectionConfig
 from mirror.server.listener import RegistryServer, parse_listen_address
 from mirror.server.localstore import LocalStore, TagTarget, target_from
@@ -115,7 +119,7 @@ class ContainerdHealth:
 
 async def resolve_content_root(client: ContainerdClient, configured: str) -> Path:
     """The content store to read: the flag's path, else what containerd reports."""
-    if configured and Path(configured, "blobs").is_dir():
+    if configured and await trio.Path(configured, "blobs").is_dir():
         return Path(configured)
     delay = 0.2
     while True:
@@ -127,7 +131,7 @@ async def resolve_content_root(client: ContainerdClient, configured: str) -> Pat
             delay = min(delay * 2, 5.0)
             continue
         if discovered is None:
-            raise SystemExit("containerd reports no content store; set --containerd-content-path")
+            raise StartupError("containerd reports no content store; set --containerd-content-path")
         if configured and Path(configured) != discovered:
             log.warning(
                 "content path not found, using containerd's",
@@ -136,7 +140,7 @@ async def resolve_content_root(client: ContainerdClient, configured: str) -> Pat
         return discovered
 
 
-def make_bootstrapper(options: SimpleNamespace) -> Bootstrapper | None:
+def make_bootstrapper(options: RegistryOptions) -> Bootstrapper | None:
     kind = options.bootstrap_kind
     if kind == "":
         return None
@@ -144,13 +148,13 @@ def make_bootstrapper(options: SimpleNamespace) -> Bootstrapper | None:
         return StaticBootstrapper(options.static_bootstrap_peers)
     if kind == "dns":
         if not options.dns_bootstrap_domain:
-            raise SystemExit("--bootstrap-kind=dns needs --dns-bootstrap-domain")
+            raise StartupError("--bootstrap-kind=dns needs --dns-bootstrap-domain")
         return DnsBootstrapper(options.dns_bootstrap_domain)
     if kind == "http":
         return HttpBootstrapper(
             options.http_bootstrap_peer or None, options.http_bootstrap_addr or None
         )
-    raise SystemExit(f"unknown --bootstrap-kind {kind!r}: use static, dns or http")
+    raise StartupError(f"unknown --bootstrap-kind {kind!r}: use static, dns or http")
 
 
 def usable_data_dir(path: str) -> Path | None:
@@ -164,9 +168,14 @@ def usable_data_dir(path: str) -> Path | None:
     return Path(path)
 
 
-def dht_config(options: SimpleNamespace, registry_port: int) -> NodeConfig:
+def dht_config(options: RegistryOptions, registry_port: int) -> NodeConfig:
     host, port = parse_listen_address(options.router_addr)
-    key = load_cluster_key(Path(options.router_key_file)) if options.router_key_file else None
+    key = None
+    if options.router_key_file:
+        try:
+            key = load_cluster_key(Path(options.router_key_file))
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"--router-key-file={options.router_key_file}: {exc}") from None
     return NodeConfig(
         bind_host=host or "0.0.0.0",
         bind_port=port,
@@ -176,7 +185,7 @@ def dht_config(options: SimpleNamespace, registry_port: int) -> NodeConfig:
     )
 
 
-def warn_about_containerd_config(options: SimpleNamespace) -> None:
+def warn_about_containerd_config(options: RegistryOptions) -> None:
     path = Path(options.containerd_config_file)
     if not options.containerd_config_file or not path.is_file():
         return
@@ -189,107 +198,156 @@ def warn_about_containerd_config(options: SimpleNamespace) -> None:
         log.warning(warning, extra={"containerd_config": str(path)})
 
 
-async def run_registry(options: SimpleNamespace) -> int:
-    host, port = parse_listen_address(options.registry_addr)
-    warn_about_containerd_config(options)
-    bootstrapper = make_bootstrapper(options)
-    client = ContainerdClient(options.containerd_sock, options.containerd_namespace)
-    health = ContainerdHealth(client)
-    content_root = await resolve_content_root(client, options.containerd_content_path)
-    store = LocalStore(content_root, ContainerdTags(client))
-    reference_filter = ReferenceFilter.build(options.mirrored_registries, options.registry_filters)
+@dataclass(frozen=True)
+class NodeAddresses:
+    """Where a started node listens."""
+
+    registry: list[tuple[str, int]]
+    router: tuple[str, int]
+    metrics: list[str]
+
+
+class Node:
+    """One `mirror registry` node."""
+
+    def __init__(self, options: RegistryOptions) -> None:
+        self.options = options
+        self._stop = trio.Event()
+
+    def stop(self) -> None:
+        """Stop accepting, finish in-flight responses, cancel the rest; safe before start."""
+        self._stop.set()
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[NodeAddresses] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        options = self.options
+        host, port = parse_listen_address(options.registry_addr)
+        await trio.to_thread.run_sync(warn_about_containerd_config, options)
+        bootstrapper = make_bootstrapper(options)
+        config = dht_config(options, port)
+        client = ContainerdClient(options.containerd_sock, options.containerd_namespace)
+        try:
+            content_root = await resolve_content_root(client, options.containerd_content_path)
+            async with DhtNode.open(config, bootstrapper) as dht:
+                await self._serve(client, content_root, dht, bootstrapper, host, port, task_status)
+        finally:
+            await client.aclose()
+
+    async def _serve(
+        self,
+        client: ContainerdClient,
+        content_root: Path,
+        dht: DhtNode,
+        bootstrapper: Bootstrapper | None,
+        host: str | None,
+        port: int,
+        task_status: trio.TaskStatus[NodeAddresses],
+    ) -> None:
+        options = self.options
+        health = ContainerdHealth(client)
+        alone = AloneCheck(bootstrapper, dht)
+        store = LocalStore(content_root, ContainerdTags(client))
+        reference_filter = ReferenceFilter.build(
+            options.mirrored_registries, options.registry_filters
+        )
+
+        def ready() -> bool:
+            return health.reachable and (dht.ready() or alone.alone)
+
+        def is_self(p: Provider) -> bool:
+            return p.node_id == dht.node_id
+
+        telemetry = Telemetry(relay_mode=options.mirror_relay)
+        cache = ProviderCache(TimedProviders(dht, telemetry, is_self=is_self), is_self=is_self)
+        settings = MirrorSettings(
+            resolve_timeout=options.mirror_resolve_timeout,
+            resolve_retries=options.mirror_resolve_retries,
+            use_splice=options.mirror_relay == "splice",
+        )
+        handler = RegistryHandler(
+            store,
+            reference_filter,
+            ready=ready,
+            miss=PeerMirror(cache, settings, on_event=telemetry.on_mirror_event),
+        )
+        advertiser = Advertiser(
+            client,
+            dht,
+            content_root,
+            reference_filter,
+            namespace=options.containerd_namespace,
+            on_image_change=store.forget_tag,
+        )
+        server = RegistryServer(
+            telemetry.instrument(handler),
+            ConnectionConfig(head_timeout=options.registry_head_timeout),
+            observe=telemetry.observe,
+        )
+
+        async def list_images() -> dict[str, str]:
+            return {image.name: image.target.digest for image in await client.list_images()}
+
+        web = metrics_front_end(
+            options.metrics_addr,
+            telemetry,
+            dht=dht,
+            advertiser=advertiser,
+            registry=server,
+            images=list_images,
+            ready=ready,
+            debug_web=options.debug_web_enabled,
+        )
+        background = trio.CancelScope()
+
+        async def run_background(*, task_status: trio.TaskStatus[None]) -> None:
+            with background:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(cache.run)
+                    nursery.start_soon(health.watch)
+                    nursery.start_soon(advertiser.run)
+                    nursery.start_soon(alone.watch)
+                    task_status.started()
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_background)
+            await nursery.start(server.run, host, port)
+            metrics_urls = await nursery.start(web.run)
+            addresses = NodeAddresses(list(server.addresses), dht.address, list(metrics_urls))
+            log.info(
+                "running",
+                extra={
+                    "registry": ",".join(f"{h}:{p}" for h, p in addresses.registry),
+                    "router": "{}:{}".format(*addresses.router),
+                    "node_id": dht.node_id.hex(),
+                    "content_path": str(content_root),
+                    "namespace": options.containerd_namespace,
+                    "bootstrap": options.bootstrap_kind or "none",
+                },
+            )
+            task_status.started(addresses)
+            await self._stop.wait()
+            log.info("stopping: draining in-flight requests")
+            server.stop()
+            web.stop()
+            background.cancel()
+
+
+async def run_registry(options: RegistryOptions) -> int:
+    node = Node(options)
     try:
-        async with DhtNode.open(dht_config(options, port), bootstrapper) as dht:
-            alone = AloneCheck(bootstrapper, dht)
-
-            def ready() -> bool:
-                return health.reachable and (dht.ready() or alone.alone)
-
-            def is_self(p: Provider) -> bool:
-                return p.node_id == dht.node_id
-
-            telemetry = Telemetry(relay_mode=options.mirror_relay)
-            cache = ProviderCache(TimedProviders(dht, telemetry, is_self=is_self), is_self=is_self)
-            settings = MirrorSettings(
-                resolve_timeout=options.mirror_resolve_timeout,
-                resolve_retries=options.mirror_resolve_retries,
-                use_splice=options.mirror_relay == "splice",
-            )
-            handler = RegistryHandler(
-                store,
-                reference_filter,
-                ready=ready,
-                miss=PeerMirror(cache, settings, on_event=telemetry.on_mirror_event),
-            )
-            advertiser = Advertiser(
-                client,
-                dht,
-                content_root,
-                reference_filter,
-                namespace=options.containerd_namespace,
-                on_image_change=lambda name: store.forget_tag(name),
-            )
-            server = RegistryServer(
-                telemetry.instrument(handler),
-                ConnectionConfig(head_timeout=options.registry_head_timeout),
-                observe=telemetry.observe,
-            )
-
-            async def list_images() -> dict[str, str]:
-                return {image.name: image.target.digest for image in await client.list_images()}
-
-            web = metrics_front_end(
-                options.metrics_addr,
-                telemetry,
-                dht=dht,
-                advertiser=advertiser,
-                registry=server,
-                images=list_images,
-                ready=ready,
-                debug_web=options.debug_web_enabled,
-            )
-            async with trio.open_nursery() as nursery:
-                await nursery.start(server.run, host, port)
-                await nursery.start(web.run)
-                log.info(
-                    "running",
-                    extra={
-                        "registry": ",".join(f"{h}:{p}" for h, p in server.addresses),
-                        "router": "{}:{}".format(*dht.address),
-                        "node_id": dht.node_id.hex(),
-                        "content_path": str(content_root),
-                        "namespace": options.containerd_namespace,
-                        "bootstrap": options.bootstrap_kind or "none",
-                    },
-                )
-                background = trio.CancelScope()
-                nursery.start_soon(
-                    _run_background,
-                    background,
-                    health.watch,
-                    cache.run,
-                    advertiser.run,
-                    alone.watch,
-                )
-                await _wait_for_stop_signal()
-                log.info("stopping: draining in-flight requests")
-                server.stop()
-                web.stop()
-                background.cancel()
-    finally:
-        await client.aclose()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signal, node)
+            await node.run()
+            nursery.cancel_scope.cancel()
+    except* StartupError as group:
+        raise group.exceptions[0] from None
     log.info("gracefully shutdown")
     return 0
 
 
-async def _run_background(scope: trio.CancelScope, *tasks: object) -> None:
-    with scope:
-        async with trio.open_nursery() as nursery:
-            for task in tasks:
-                nursery.start_soon(task)  # type: ignore[arg-type]
-
-
-async def _wait_for_stop_signal() -> None:
+async def _stop_on_signal(node: Node) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for _ in signals:
+            node.stop()
             return

@@ -119,18 +119,23 @@ class Advertiser:
             if image is None:
                 await self._set(event.name, frozenset())
                 return
-            keys = image_keys(self._content_root, image.name, image.target.digest, self._filter)
-            await self._set(image.name, keys)
+            await self._set(image.name, await self._keys(image.name, image.target.digest))
         elif event.kind == "delete" and event.digest in self._refs:
             for name, keys in list(self.images.items()):
                 if event.digest in keys:
                     image = await self._client.get_image(name)
                     fresh = (
-                        image_keys(self._content_root, name, image.target.digest, self._filter)
+                        await self._keys(name, image.target.digest)
                         if image is not None
                         else frozenset()
                     )
                     await self._set(name, fresh)
+
+    async def _keys(self, name: str, digest: str) -> frozenset[str]:
+        """The walk reads manifests from disk: in a worker thread, off the event loop."""
+        return await trio.to_thread.run_sync(
+            image_keys, self._content_root, name, digest, self._filter
+        )
 
     async def _set(self, name: str, keys: frozenset[str]) -> None:
         old = self.images.get(name, frozenset())

@@ -54,10 +54,9 @@ are the same; 2.x also emits ContentCreate events, 1.x only ContentDelete.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import grpc
 import trio
@@ -220,7 +219,7 @@ class ContainerdClient:
                 nursery.start_soon(self._pump_events, call, send, stream)
                 try:
                     yield stream
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001
                     # Re-raised below, outside the nursery, which would wrap it
                     # in an ExceptionGroup: callers catch ContainerdUnavailable.
                     body_error = exc
@@ -234,7 +233,7 @@ class ContainerdClient:
 
     async def _pump_events(
         self,
-        call: grpc.Call,
+        call: grpc._CallIterator[events_pb2.Envelope],
         send: trio.MemorySendChannel[Event],
         stream: EventStream,
     ) -> None:
@@ -273,7 +272,9 @@ class ContainerdClient:
             self._stubs = rpc.Stubs(self._channel)
         return self._stubs
 
-    async def _call(self, what: str, method: grpc.UnaryUnaryMultiCallable, request: Message) -> Any:
+    async def _call(
+        self, what: str, method: rpc.Unary[rpc.ResponseT], request: Message
+    ) -> rpc.ResponseT:
         future = method.future(request, timeout=self.timeout, metadata=self._metadata)
         try:
             return await trio.to_thread.run_sync(future.result, abandon_on_cancel=True)
@@ -283,8 +284,8 @@ class ContainerdClient:
             future.cancel()
 
     async def _call_stream(
-        self, what: str, method: grpc.UnaryStreamMultiCallable, request: Message
-    ) -> list[Any]:
+        self, what: str, method: rpc.Stream[rpc.ResponseT], request: Message
+    ) -> list[rpc.ResponseT]:
         call = method(request, timeout=self.timeout, metadata=self._metadata)
         try:
             return await trio.to_thread.run_sync(list, call, abandon_on_cancel=True)
@@ -294,7 +295,7 @@ class ContainerdClient:
             call.cancel()
 
 
-def _read_events(call: grpc.Call, send: trio.MemorySendChannel[Event]) -> None:
+def _read_events(call: Iterable[events_pb2.Envelope], send: trio.MemorySendChannel[Event]) -> None:
     """Worker thread: decode the stream into `send` until it ends or fails."""
     try:
         for envelope in call:

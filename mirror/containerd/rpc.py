@@ -7,7 +7,7 @@ our own message classes. Blocking: callers run these in worker threads.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.protobuf.empty_pb2 import Empty
@@ -35,21 +35,23 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
 )
 
 
+ResponseT = TypeVar("ResponseT", bound=Message)
+if TYPE_CHECKING:  # grpc's classes are generic only in its type stubs
+    Unary = grpc.UnaryUnaryMultiCallable[Message, ResponseT]
+    Stream = grpc.UnaryStreamMultiCallable[Message, ResponseT]
+
+
 def _serialize(message: Message) -> bytes:
     return message.SerializeToString()
 
 
-def _unary(
-    channel: grpc.Channel, path: str, response: type[Message]
-) -> grpc.UnaryUnaryMultiCallable:
+def _unary(channel: grpc.Channel, path: str, response: type[ResponseT]) -> Unary[ResponseT]:
     return channel.unary_unary(
         path, request_serializer=_serialize, response_deserializer=response.FromString
     )
 
 
-def _stream(
-    channel: grpc.Channel, path: str, response: type[Message]
-) -> grpc.UnaryStreamMultiCallable:
+def _stream(channel: grpc.Channel, path: str, response: type[ResponseT]) -> Stream[ResponseT]:
     return channel.unary_stream(
         path, request_serializer=_serialize, response_deserializer=response.FromString
     )

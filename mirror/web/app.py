@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from quart import Response, redirect, request, websocket
 from quart_trio import QuartTrio
 
-from mirror.cli import VERSION
+from mirror.version import VERSION
 from mirror.web.measure import InvalidReference, measure
 from mirror.web.stats import event_json, snapshot
 from mirror.web.view import NodeView
@@ -65,6 +65,12 @@ def create_app(view: NodeView, *, debug_web: bool = True, measure_limit: float =
 
 
 def _add_debug_routes(app: QuartTrio, view: NodeView, measure_limit: float) -> None:
+    _add_page_routes(app, view)
+    _add_measure_route(app, view, measure_limit)
+    _add_live_route(app, view)
+
+
+def _add_page_routes(app: QuartTrio, view: NodeView) -> None:
     assets = load_assets()
 
     @app.get("/debug/web")
@@ -98,6 +104,8 @@ def _add_debug_routes(app: QuartTrio, view: NodeView, measure_limit: float) -> N
             }
         )
 
+
+def _add_measure_route(app: QuartTrio, view: NodeView, measure_limit: float) -> None:
     @app.post("/debug/web/measure")
     async def measure_pull() -> Response:
         document = await request.get_json(force=True, silent=True)
@@ -121,6 +129,8 @@ def _add_debug_routes(app: QuartTrio, view: NodeView, measure_limit: float) -> N
             return _json_response({"error": f"invalid image reference: {exc}"}, 400)
         return _json_response(result)
 
+
+def _add_live_route(app: QuartTrio, view: NodeView) -> None:
     @app.websocket("/debug/web/ws")
     async def live() -> None:
         await websocket.accept()

@@ -86,7 +86,7 @@ class MetricsServer:
             urls = await nursery.start(
                 functools.partial(
                     hypercorn.trio.serve,
-                    self._app,  # type: ignore[arg-type]
+                    self._app,
                     self._config,
                     shutdown_trigger=self._stop.wait,
                 )

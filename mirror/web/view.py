@@ -14,6 +14,7 @@ from typing import Protocol
 import trio
 
 from dht import Contact, NodeStats, Provider
+from mirror.containerd.errors import ContainerdError
 from mirror.metrics import Telemetry
 
 log = logging.getLogger("mirror.web")
@@ -34,14 +35,18 @@ class DhtView(Protocol):
 
 
 class AdvertiserView(Protocol):
-    images: Mapping[str, frozenset[str]]
+    @property
+    def images(self) -> Mapping[str, frozenset[str]]: ...
 
     def counts(self) -> dict[str, int]: ...
 
 
 class RegistryView(Protocol):
-    addresses: list[tuple[str, int]]
-    open_connections: int
+    @property
+    def addresses(self) -> list[tuple[str, int]]: ...
+
+    @property
+    def open_connections(self) -> int: ...
 
 
 # Image name -> the digest its tag points to, as containerd lists them.
@@ -64,7 +69,7 @@ class CachedImages:
                 try:
                     with trio.fail_after(5.0):
                         self._value = await self._lister()
-                except Exception as exc:
+                except (ContainerdError, trio.TooSlowError) as exc:
                     log.warning("cannot list images", extra={"error": repr(exc)})
                 self._expires = trio.current_time() + self._ttl
             return self._value

@@ -62,9 +62,9 @@ async def wait_live(
                         return
 
 
-async def next_events(events: EventStream, n: int, timeout: float = 10.0) -> list[Event]:
+async def next_events(events: EventStream, n: int) -> list[Event]:
     got: list[Event] = []
-    with trio.fail_after(timeout):
+    with trio.fail_after(10):
         async for event in events:
             if isinstance(event, ImageEvent) and event.name.startswith(PROBE_PREFIX):
                 continue

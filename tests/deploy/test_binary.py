@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from bench.kit.procs import free_port
-from mirror.cli import VERSION
+from mirror.version import VERSION
 from tests.deploy.conftest import NodeWithImage, free_udp_port, http_status, start_mirror_process
 
 pytestmark = pytest.mark.integration

@@ -38,15 +38,15 @@ def test_registry_defaults_parse_as_spegel_means_them() -> None:
     assert options.containerd_sock == "/run/containerd/containerd.sock"
     assert options.containerd_namespace == "k8s.io"
     assert options.debug_web_enabled is True
-    assert options.mirrored_registries == []
+    assert options.mirrored_registries == ()
     assert options.data_dir == ""  # DATA_DIR="" from the chart's env
 
 
 def test_registry_with_options_parse() -> None:
     options = parse_args(spegel.REGISTRY_WITH_OPTIONS, environ=ENV)
     assert options.log_level == "DEBUG"
-    assert options.mirrored_registries == ["https://docker.io", "https://ghcr.io"]
-    assert options.registry_filters == [".*:latest$", "^docker\\.io/library/"]
+    assert options.mirrored_registries == ("https://docker.io", "https://ghcr.io")
+    assert options.registry_filters == (".*:latest$", "^docker\\.io/library/")
     assert options.otel_insecure is True
     assert options.otel_endpoint == "otel-collector:4318"
     assert options.containerd_content_path.endswith("io.containerd.content.v1.content")
@@ -54,10 +54,10 @@ def test_registry_with_options_parse() -> None:
 
 def test_configuration_and_cleanup_args_parse() -> None:
     configuration = parse_args(spegel.with_node_ip(spegel.CONFIGURATION), environ=ENV)
-    assert configuration.mirror_targets == ["http://127.0.0.1:30020", "http://127.0.0.1:30021"]
+    assert configuration.mirror_targets == ("http://127.0.0.1:30020", "http://127.0.0.1:30021")
     assert (configuration.resolve_tags, configuration.prepend_existing) == (True, False)
     with_options = parse_args(spegel.with_node_ip(spegel.CONFIGURATION_WITH_OPTIONS), environ={})
-    assert with_options.mirrored_registries == ["https://docker.io", "https://ghcr.io"]
+    assert with_options.mirrored_registries == ("https://docker.io", "https://ghcr.io")
     assert with_options.mirror_targets[-1] == "https://mirror.example.com"
     assert (with_options.resolve_tags, with_options.prepend_existing) == (False, True)
     cleanup = parse_args(spegel.CLEANUP, environ={})

@@ -58,8 +58,8 @@ def test_commands_parse_with_the_environment_file() -> None:
     (start,) = unit["ExecStart"]
     configuration = parse_args(command(pre), environ=env)
     assert configuration.command == "configuration"
-    assert configuration.mirror_targets == ["http://127.0.0.1:5000"]
-    assert configuration.mirrored_registries == []
+    assert configuration.mirror_targets == ("http://127.0.0.1:5000",)
+    assert configuration.mirrored_registries == ()
     registry = parse_args(command(start), environ=env)
     assert registry.command == "registry"
     assert (registry.registry_addr, registry.router_addr, registry.metrics_addr) == (
@@ -68,7 +68,7 @@ def test_commands_parse_with_the_environment_file() -> None:
         ":9090",
     )
     assert registry.bootstrap_kind == "static"
-    assert registry.static_bootstrap_peers == ["10.0.0.11:5001", "10.0.0.12:5001", "10.0.0.13:5001"]
+    assert registry.static_bootstrap_peers == ("10.0.0.11:5001", "10.0.0.12:5001", "10.0.0.13:5001")
     assert registry.data_dir == "/var/lib/trio-mirror"
     assert unit["StateDirectory"] == ["trio-mirror"]
     # The registry's own port is what containerd is pointed at.

@@ -21,7 +21,7 @@ def test_defaults_match_spegel() -> None:
     assert options.mirror_resolve_timeout == pytest.approx(0.020)
     assert options.mirror_resolve_retries == 3
     assert options.debug_web_enabled is True
-    assert options.mirrored_registries == []
+    assert options.mirrored_registries == ()
     assert options.log_level == "INFO"
 
 
@@ -43,7 +43,7 @@ def test_flag_syntax_forms() -> None:
     )
     assert options.registry_addr == "127.0.0.2:5000"
     assert options.router_addr == "127.0.0.2:5001"
-    assert options.mirrored_registries == ["https://docker.io", "https://ghcr.io"]
+    assert options.mirrored_registries == ("https://docker.io", "https://ghcr.io")
     assert options.debug_web_enabled is False
     assert options.mirror_resolve_timeout == pytest.approx(0.05)
     assert options.log_level == "DEBUG"
@@ -59,7 +59,7 @@ def test_environment_fills_unset_flags_only() -> None:
     }
     options = parse_args(["registry", "--registry-addr=:7000"], environ=environ)
     assert options.registry_addr == ":7000"
-    assert options.mirrored_registries == ["https://docker.io", "https://ghcr.io"]
+    assert options.mirrored_registries == ("https://docker.io", "https://ghcr.io")
     assert options.debug_web_enabled is False
     assert options.mirror_resolve_retries == 5
 
@@ -113,6 +113,6 @@ def test_console_script_reports_usage_errors_cleanly() -> None:
 
 def test_watch_takes_node_urls_as_positional_arguments() -> None:
     options = parse_args(["watch", "http://127.0.0.1:9090", "http://127.0.0.2:9090"], environ={})
-    assert options.nodes == ["http://127.0.0.1:9090", "http://127.0.0.2:9090"]
+    assert options.nodes == ("http://127.0.0.1:9090", "http://127.0.0.2:9090")
     with pytest.raises(UsageError, match="give one or more nodes"):
         parse_args(["watch"], environ={})

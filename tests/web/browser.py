@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -21,6 +22,9 @@ from typing import Any
 
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
+
+START_SECONDS = 20.0  # for the browser to write its DevTools port
+WAIT_FOR_SECONDS = 15.0  # for a page expression to become truthy
 
 QUIET_SWITCHES = (
     "--headless",
@@ -78,10 +82,16 @@ class Page:
             raise CdpError(f"{expression!r} threw: {result['exceptionDetails']}")
         return result["result"].get("value")
 
-    async def wait_for(self, expression: str, timeout: float = 15.0) -> Any:
-        """Poll `expression` until it is truthy; its last value in the error otherwise."""
+    async def wait_for(self, expression: str) -> Any:
+        """Poll `expression` until it is truthy; its last value in the error otherwise.
+
+        Gives up at the caller's deadline (a little before, to say why), else after
+        WAIT_FOR_SECONDS.
+        """
         value: Any = None
-        with trio.move_on_after(timeout):
+        outer = trio.current_effective_deadline()
+        give_up = outer - 0.2 if outer != math.inf else trio.current_time() + WAIT_FOR_SECONDS
+        with trio.move_on_at(give_up):
             while True:
                 try:
                     value = await self.evaluate(expression)
@@ -90,12 +100,13 @@ class Page:
                 if value and not isinstance(value, CdpError):
                     return value
                 await trio.sleep(0.1)
-        raise AssertionError(f"{expression!r} still {value!r} after {timeout}s")
+        raise AssertionError(f"{expression!r} still {value!r} when giving up")
 
     async def screenshot(self, path: Path) -> None:
         result = await self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(base64.b64decode(result["data"]))
+        target = trio.Path(path)
+        await target.parent.mkdir(parents=True, exist_ok=True)
+        await target.write_bytes(base64.b64decode(result["data"]))
 
 
 def _start(binary: str, profile: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -122,9 +133,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def open_page(
-    width: int = 1400, height: int = 1100, timeout: float = 20.0
-) -> AsyncIterator[Page]:
+async def open_page(width: int = 1400, height: int = 1100) -> AsyncIterator[Page]:
     binary = chromium_binary()
     if binary is None:
         raise RuntimeError("chromium is not installed (apt-get install chromium)")
@@ -133,7 +142,7 @@ async def open_page(
         proc = _start(binary, profile, Path(tmp) / "chromium.log")
         try:
             active = profile / "DevToolsActivePort"
-            deadline = time.monotonic() + timeout
+            deadline = time.monotonic() + START_SECONDS
             while not (active.is_file() and len(active.read_text().splitlines()) >= 2):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     log = (Path(tmp) / "chromium.log").read_text(errors="replace")

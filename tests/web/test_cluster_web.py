@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.kit.cluster import LocalCluster
@@ -120,9 +121,8 @@ async def test_the_page_in_a_real_browser(mirrored: tuple[LocalCluster, Generate
             f"document.getElementById('measure-image').value = {json.dumps(ref)};"
             "document.getElementById('measure-form').requestSubmit(); true"
         )
-        totals = await page.wait_for(
-            "document.getElementById('measure-totals')?.textContent", timeout=30
-        )
+        with trio.fail_after(30):
+            totals = await page.wait_for("document.getElementById('measure-totals')?.textContent")
         assert re.match(r"^\d+ items, ", totals), totals
         assert "no peer found" not in await page.evaluate(
             "document.getElementById('measure-result').textContent"

@@ -73,6 +73,6 @@ def test_watch_urls_and_lines() -> None:
 
 def test_watch_takes_node_urls_as_positional_arguments() -> None:
     options = parse_args(["watch", "http://127.0.0.1:9090", "http://127.0.0.2:9090"], environ={})
-    assert options.nodes == ["http://127.0.0.1:9090", "http://127.0.0.2:9090"]
+    assert options.nodes == ("http://127.0.0.1:9090", "http://127.0.0.2:9090")
     from_env = parse_args(["watch"], environ={"NODES": "http://a:1,http://b:2"})
-    assert from_env.nodes == ["http://a:1", "http://b:2"]
+    assert from_env.nodes == ("http://a:1", "http://b:2")

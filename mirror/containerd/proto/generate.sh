@@ -1,5 +1,5 @@
 #!/bin/sh
-# Regenerates the *_pb2.py modules next to their .proto sources.
+# Regenerates the *_pb2.py modules (and their .pyi type stubs) next to their .proto sources.
 #
 # Protos are compiled from the repository root so that they import each other
 # as "mirror/containerd/proto/x.proto": the generated code then imports
@@ -12,4 +12,5 @@ PYTHON="${PYTHON:-.venv/bin/python}"
     -I . \
     -I "$("$PYTHON" -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"))')" \
     --python_out=. \
+    --pyi_out=. \
     mirror/containerd/proto/*.proto

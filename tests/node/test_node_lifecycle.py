@@ -1,0 +1,117 @@
+"""`Node.run` in this process against a real containerd: start order, stop, startup errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from bench.kit.containerd import ContainerdNode
+from bench.kit.procs import free_port
+from mirror.node import Node, NodeAddresses
+from mirror.options import RegistryOptions
+from tests.httpclient import fetch
+
+pytestmark = pytest.mark.integration
+
+UNKNOWN = "sha256:" + "ab" * 32
+
+
+@pytest.fixture(scope="module")
+def containerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ContainerdNode]:
+    with ContainerdNode("node-1", tmp_path_factory.mktemp("lifecycle")) as node:
+        yield node
+
+
+def _options(containerd: ContainerdNode, data_dir: Path) -> RegistryOptions:
+    return RegistryOptions(
+        registry_addr=f"127.0.0.1:{free_port()}",
+        router_addr=f"127.0.0.1:{free_port()}",
+        metrics_addr=f"127.0.0.1:{free_port()}",
+        containerd_sock=str(containerd.address),
+        containerd_content_path=str(containerd.content_path),
+        containerd_config_file="",
+        data_dir=str(data_dir),
+    )
+
+
+async def test_started_node_answers_and_stops_cleanly(
+    containerd: ContainerdNode, tmp_path: Path
+) -> None:
+    node = Node(_options(containerd, tmp_path / "data"))
+    async with trio.open_nursery() as nursery:
+        addresses = await nursery.start(node.run)
+        assert isinstance(addresses, NodeAddresses)
+        host, port = addresses.registry[0]
+        registry = f"{host}:{port}"
+        # Every part is up once run() reports started: the hot path answers a miss
+        # (nobody provides it) with the spec's 404, and the metrics port serves.
+        miss = await trio.to_thread.run_sync(
+            fetch, registry, f"/v2/team/app/blobs/{UNKNOWN}?ns=docker.io"
+        )
+        assert miss.status == 404 and miss.error_code() == "BLOB_UNKNOWN"
+        metrics = await trio.to_thread.run_sync(
+            fetch, addresses.metrics[0].removeprefix("http://"), "/metrics"
+        )
+        assert metrics.status == 200 and b"spegel_mirror_requests_total" in metrics.body
+        assert (tmp_path / "data").is_dir()
+        node.stop()
+    # run() returned on its own after stop(): the nursery closed without a cancel.
+    with pytest.raises(OSError):
+        await trio.to_thread.run_sync(fetch, registry, "/v2/")
+
+
+async def test_stop_before_start_returns_once_started(
+    containerd: ContainerdNode, tmp_path: Path
+) -> None:
+    node = Node(_options(containerd, tmp_path / "data"))
+    node.stop()
+    with trio.fail_after(30):
+        await node.run()
+
+
+def _run_mirror(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mirror", "registry", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["--bootstrap-kind=dns"], "--dns-bootstrap-domain"),
+        (["--bootstrap-kind=gossip"], "--bootstrap-kind"),
+        (["--router-key-file=/nonexistent/cluster.key"], "--router-key-file"),
+    ],
+)
+def test_startup_error_is_one_log_line_naming_the_flag(
+    args: list[str], names: str, tmp_path: Path
+) -> None:
+    result = _run_mirror(
+        *args,
+        f"--containerd-sock={tmp_path / 'none.sock'}",
+        "--containerd-config-file=",
+        f"--containerd-content-path={tmp_path}",
+        f"--data-dir={tmp_path / 'data'}",
+        f"--registry-addr=127.0.0.1:{free_port()}",
+        f"--router-addr=127.0.0.1:{free_port()}",
+        f"--metrics-addr=127.0.0.1:{free_port()}",
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [
+        line
+        for line in result.stderr.splitlines()
+        if line.startswith("{") and json.loads(line)["level"] == "ERROR"
+    ]
+    assert len(errors) == 1, result.stderr
+    assert names in json.loads(errors[0])["msg"]
