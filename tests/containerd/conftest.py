@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench.kit.containerd import ContainerdNode
+from bench.kit.releases import SERIES, ContainerdRelease, containerd_release
 
 from .oci_archive import OciArchive, build_oci_archive
 
@@ -18,19 +19,30 @@ def require_containerd() -> None:
         pytest.skip("containerd and ctr binaries are needed")
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ContainerdNode]:
-    """One containerd daemon shared by a test module (tests must leave it running)."""
+@pytest.fixture(scope="module", params=SERIES)
+def release(request: pytest.FixtureRequest) -> ContainerdRelease:
+    """Every client test runs on containerd 1.6, 1.7 and 2.1 (see bench/kit/releases.py)."""
     require_containerd()
-    with ContainerdNode("node", tmp_path_factory.mktemp("ctd")) as daemon:
+    return containerd_release(str(request.param))
+
+
+def _daemon(name: str, base: Path, release: ContainerdRelease) -> ContainerdNode:
+    return ContainerdNode(name, base, containerd_binary=release.containerd, ctr_binary=release.ctr)
+
+
+@pytest.fixture(scope="module")
+def node(
+    tmp_path_factory: pytest.TempPathFactory, release: ContainerdRelease
+) -> Iterator[ContainerdNode]:
+    """One containerd daemon shared by a test module (tests must leave it running)."""
+    with _daemon("node", tmp_path_factory.mktemp("ctd"), release) as daemon:
         yield daemon
 
 
 @pytest.fixture
-def own_node(tmp_path: Path) -> Iterator[ContainerdNode]:
+def own_node(tmp_path: Path, release: ContainerdRelease) -> Iterator[ContainerdNode]:
     """A containerd daemon for one test, which may stop and restart it."""
-    require_containerd()
-    with ContainerdNode("own", tmp_path) as daemon:
+    with _daemon("own", tmp_path, release) as daemon:
         yield daemon
 
 
