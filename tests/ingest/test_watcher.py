@@ -15,6 +15,7 @@ from bench.kit.containerd import ContainerdNode
 from bench.kit.hosts import write_hosts_toml
 from bench.kit.images import GeneratedImage, generate_image, push_image
 from bench.kit.registry import UpstreamRegistry
+from bench.kit.releases import SERIES, containerd_release
 from bench.kit.wan import MB, LinkSpec, WanRelay
 from mirror.ingest.records import IngestChange, IngestEnded, IngestProgressed, IngestStarted
 from mirror.ingest.watcher import IngestWatcher
@@ -89,15 +90,18 @@ class SlowUpstream:
     image: GeneratedImage
 
 
-@pytest.fixture
-def slow_upstream(tmp_path: Path) -> Iterator[SlowUpstream]:
+@pytest.fixture(params=SERIES)
+def slow_upstream(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SlowUpstream]:
+    release = containerd_release(str(request.param))
     image = generate_image(
         tmp_path / "layout", name="team/slow", tag="v1", seed=7, total_size=12 * MIB, layers=3
     )
     with (
         UpstreamRegistry(tmp_path / "registry") as upstream,
         WanRelay((upstream.ip, upstream.port), LinkSpec(rate=8 * MB, rtt=0.002)) as relay,
-        ContainerdNode("node-1", tmp_path) as node,
+        ContainerdNode(
+            "node-1", tmp_path, containerd_binary=release.containerd, ctr_binary=release.ctr
+        ) as node,
     ):
         push_image(image.layout_dir, "v1", f"{upstream.host}/team/slow:v1")
         write_hosts_toml(node.config_path, upstream.host, relay.url)
