@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import difflib
 import os
 import re
 import sys
@@ -20,6 +21,7 @@ from dataclasses import MISSING, dataclass, fields
 from mirror.durations import format_duration, parse_duration
 from mirror.logs import LEVELS
 from mirror.options import OPTIONS_BY_COMMAND, Options
+from mirror.version import VERSION
 
 
 @dataclass(frozen=True)
@@ -265,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     _add_flag(parser, LOG_LEVEL, flag_default("registry", LOG_LEVEL))
+    parser.add_argument("--version", action="version", version=f"mirror {VERSION}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (description, flags) in COMMANDS.items():
         command = sub.add_parser(
@@ -310,11 +313,26 @@ def _value(
     return flag_default(command, flag)
 
 
+def _unknown_message(command: str, unknown: Sequence[str]) -> str:
+    """Name what was not understood and, for a near miss, the flag that was meant."""
+    first = unknown[0]
+    if not first.startswith("--"):
+        return f"{command}: unexpected argument {first!r}"
+    name = first[2:].split("=", 1)[0]
+    flags = [f for flag in [*COMMANDS[command][1], LOG_LEVEL] for f in (flag.name, *flag.aliases)]
+    close = difflib.get_close_matches(name, flags, n=1, cutoff=0.6)
+    hint = f"; did you mean --{close[0]}?" if close else f"; see mirror {command} --help"
+    return f"{command}: unknown flag --{name}{hint}"
+
+
 def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Options:
     """Parse the command line and the environment into the command's typed options."""
     environ = os.environ if environ is None else environ
-    parsed = vars(build_parser().parse_args(list(argv)))
+    namespace, unknown = build_parser().parse_known_args(list(argv))
+    parsed = vars(namespace)
     command = str(parsed.pop("command"))
+    if unknown:
+        raise UsageError(_unknown_message(command, unknown))
     values = {
         flag.dest: _value(command, flag, parsed, environ)
         for flag in [*COMMANDS[command][1], LOG_LEVEL]

@@ -27,6 +27,10 @@ from mirror.web.view import (
 )
 
 log = logging.getLogger("mirror.web")
+# Hypercorn's own messages: warnings and errors only. Its INFO banner ("Running on
+# ... (CTRL + C to quit)") says nothing our "listening" line does not.
+hypercorn_log = logging.getLogger("mirror.web.hypercorn")
+hypercorn_log.setLevel(logging.WARNING)
 
 
 class _Config(Config):
@@ -64,7 +68,7 @@ def hypercorn_config(
     else:
         config.bind = [f"{host}:{port}"]
     config.accesslog = None
-    config.errorlog = log
+    config.errorlog = hypercorn_log
     config.graceful_timeout = graceful_timeout
     config.keep_alive_timeout = 30.0
     return config

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -41,8 +42,9 @@ def _options(containerd: ContainerdNode, data_dir: Path) -> RegistryOptions:
 
 
 async def test_started_node_answers_and_stops_cleanly(
-    containerd: ContainerdNode, tmp_path: Path
+    containerd: ContainerdNode, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO)
     node = Node(_options(containerd, tmp_path / "data"))
     async with trio.open_nursery() as nursery:
         addresses = await nursery.start(node.run)
@@ -61,6 +63,9 @@ async def test_started_node_answers_and_stops_cleanly(
         assert metrics.status == 200 and b"spegel_mirror_requests_total" in metrics.body
         assert (tmp_path / "data").is_dir()
         node.stop()
+    messages = [record.getMessage() for record in caplog.records]
+    assert "running" in messages
+    assert not [m for m in messages if "CTRL + C" in m]  # hypercorn's banner stays out
     # run() returned on its own after stop(): the nursery closed without a cancel.
     with pytest.raises(OSError):
         await trio.to_thread.run_sync(fetch, registry, "/v2/")

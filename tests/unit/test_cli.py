@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -116,3 +117,30 @@ def test_watch_takes_node_urls_as_positional_arguments() -> None:
     assert options.nodes == ("http://127.0.0.1:9090", "http://127.0.0.2:9090")
     with pytest.raises(UsageError, match="give one or more nodes"):
         parse_args(["watch"], environ={})
+
+
+def test_version_flag_exits_zero() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "mirror", "--version"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0 and result.stdout.startswith("mirror ")
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["registry", "--registy-addr=:7000"],
+            "unknown flag --registy-addr; did you mean --registry-addr?",
+        ),
+        (["registry", "--mirror-resolve-timout", "50ms"], "did you mean --mirror-resolve-timeout?"),
+        (
+            ["registry", "--no-such-thing"],
+            "unknown flag --no-such-thing; see mirror registry --help",
+        ),
+        (["cleanup-wait", "--probe-endpoint=x:1", "stray"], "unexpected argument 'stray'"),
+    ],
+)
+def test_unknown_flags_are_named_with_a_suggestion(argv: list[str], expected: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(expected)):
+        parse_args(argv, environ={})
