@@ -11,6 +11,7 @@ DHT on the way out: records expire on their own.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -198,6 +199,11 @@ def warn_about_containerd_config(options: RegistryOptions) -> None:
         log.warning(warning, extra={"containerd_config": str(path)})
 
 
+def listen_error(flag: str, value: str, exc: OSError) -> StartupError:
+    """A listener that cannot bind, as one line naming the flag."""
+    return StartupError(f"cannot listen on {flag}={value}: {exc.strerror or exc}")
+
+
 @dataclass(frozen=True)
 class NodeAddresses:
     """Where a started node listens."""
@@ -229,7 +235,11 @@ class Node:
         client = ContainerdClient(options.containerd_sock, options.containerd_namespace)
         try:
             content_root = await resolve_content_root(client, options.containerd_content_path)
-            async with DhtNode.open(config, bootstrapper) as dht:
+            async with contextlib.AsyncExitStack() as stack:
+                try:
+                    dht = await stack.enter_async_context(DhtNode.open(config, bootstrapper))
+                except OSError as exc:
+                    raise listen_error("--router-addr", options.router_addr, exc) from None
                 await self._serve(client, content_root, dht, bootstrapper, host, port, task_status)
         finally:
             await client.aclose()
@@ -311,8 +321,14 @@ class Node:
 
         async with trio.open_nursery() as nursery:
             await nursery.start(run_background)
-            await nursery.start(server.run, host, port)
-            metrics_urls = await nursery.start(web.run)
+            try:
+                await nursery.start(server.run, host, port)
+            except OSError as exc:
+                raise listen_error("--registry-addr", options.registry_addr, exc) from None
+            try:
+                metrics_urls = await nursery.start(web.run)
+            except OSError as exc:
+                raise listen_error("--metrics-addr", options.metrics_addr, exc) from None
             addresses = NodeAddresses(list(server.addresses), dht.address, list(metrics_urls))
             log.info(
                 "running",
@@ -341,9 +357,15 @@ async def run_registry(options: RegistryOptions) -> int:
             await node.run()
             nursery.cancel_scope.cancel()
     except* StartupError as group:
-        raise group.exceptions[0] from None
+        raise _first_leaf(group) from None
     log.info("gracefully shutdown")
     return 0
+
+
+def _first_leaf(group: BaseExceptionGroup[StartupError]) -> StartupError:
+    """The first StartupError of a group that nurseries may have nested."""
+    first = group.exceptions[0]
+    return first if isinstance(first, StartupError) else _first_leaf(first)
 
 
 async def _stop_on_signal(node: Node) -> None:

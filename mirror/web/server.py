@@ -44,8 +44,18 @@ class _Config(Config):
     """
 
     stall_timeout: float = 10.0
+    _bound: Sockets | None = None
+
+    def bind_now(self) -> None:
+        """Bind before hypercorn starts, so a busy address fails as a plain OSError."""
+        if self._bound is None:
+            self._bound = self._make_sockets()
 
     def create_sockets(self) -> Sockets:
+        sockets, self._bound = self._bound or self._make_sockets(), None
+        return sockets
+
+    def _make_sockets(self) -> Sockets:
         sockets = super().create_sockets()
         for sock in (*sockets.insecure_sockets, *sockets.secure_sockets):
             with contextlib.suppress(OSError, AttributeError):
@@ -57,7 +67,7 @@ class _Config(Config):
 
 def hypercorn_config(
     addr: str, *, graceful_timeout: float = 1.0, stall_timeout: float = 10.0
-) -> Config:
+) -> _Config:
     host, port = parse_listen_address(addr)
     config = _Config()
     config.stall_timeout = stall_timeout
@@ -86,6 +96,7 @@ class MetricsServer:
     async def run(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
     ) -> None:
+        self._config.bind_now()
         async with trio.open_nursery() as nursery:
             urls = await nursery.start(
                 functools.partial(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -120,3 +121,35 @@ def test_startup_error_is_one_log_line_naming_the_flag(
     ]
     assert len(errors) == 1, result.stderr
     assert names in json.loads(errors[0])["msg"]
+
+
+@pytest.mark.parametrize("flag", ["--registry-addr", "--router-addr", "--metrics-addr"])
+def test_an_address_in_use_is_one_line_naming_the_flag(
+    containerd: ContainerdNode, tmp_path: Path, flag: str
+) -> None:
+    taken = socket.socket(
+        socket.AF_INET, socket.SOCK_DGRAM if flag == "--router-addr" else socket.SOCK_STREAM
+    )
+    with taken:
+        taken.bind(("127.0.0.1", 0))
+        if flag != "--router-addr":
+            taken.listen()
+        busy = f"127.0.0.1:{taken.getsockname()[1]}"
+        addresses = {
+            "--registry-addr": f"127.0.0.1:{free_port()}",
+            "--router-addr": f"127.0.0.1:{free_port()}",
+            "--metrics-addr": f"127.0.0.1:{free_port()}",
+            flag: busy,
+        }
+        result = _run_mirror(
+            f"--containerd-sock={containerd.address}",
+            f"--containerd-content-path={containerd.content_path}",
+            "--containerd-config-file=",
+            f"--data-dir={tmp_path / 'data'}",
+            *(f"{name}={value}" for name, value in addresses.items()),
+        )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [json.loads(line) for line in result.stderr.splitlines() if '"ERROR"' in line]
+    assert len(errors) == 1, result.stderr
+    assert f"{flag}={busy}" in errors[0]["msg"]
