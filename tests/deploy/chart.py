@@ -7,7 +7,9 @@ hooks included, one `# Source:` comment per template as Helm prints them.
 
 from __future__ import annotations
 
+import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,22 +22,76 @@ RELEASE = "spegel"
 NAMESPACE = "spegel"
 
 
-def render(values: dict[str, Any] | None = None) -> dict[str, str]:
-    """Template path -> rendered text, for templates that render to something."""
+# APIs a cluster with the Vertical Pod Autoscaler and the Prometheus Operator serves
+# (`helm template --api-versions ...`).
+CRD_APIS = ("autoscaling.k8s.io/v1", "monitoring.coreos.com/v1")
+
+
+def render_all(
+    values: dict[str, Any] | None = None,
+    *,
+    api_versions: Sequence[str] = (),
+    kube_version: str | None = None,
+) -> dict[str, str]:
+    """Template path -> rendered text, every template (NOTES.txt too).
+
+    `api_versions` and `kube_version` are the render's `.Capabilities`, as
+    `helm template --api-versions/--kube-version` set them: helm-python-sdk's
+    engine takes them in its render options, its Python wrapper does not expose them.
+    """
     import helm_python as helm
+    from helm_python import _native
 
+    opts: dict[str, Any] = {"name": RELEASE, "namespace": NAMESPACE, "is_install": True}
+    if api_versions:
+        opts["api_versions"] = list(api_versions)
+    if kube_version:
+        opts["kube_version"] = kube_version
     with helm.Chart.load(CHART_DIR) as chart:
-        out = chart.render(values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
-    return {
-        path: text for path, text in sorted(out.items()) if path.endswith(".yaml") and text.strip()
-    }
+        rendered = _native.call_string(
+            "helm_render", chart._raw(), json.dumps(values or {}), json.dumps(opts)
+        )
+    out: dict[str, str] = json.loads(rendered)
+    return dict(sorted(out.items()))
 
 
-def render_set(expression: str) -> dict[str, str]:
+def render(
+    values: dict[str, Any] | None = None,
+    *,
+    api_versions: Sequence[str] = (),
+    kube_version: str | None = None,
+) -> dict[str, str]:
+    """Template path -> rendered text, for templates that render to manifests."""
+    out = render_all(values, api_versions=api_versions, kube_version=kube_version)
+    return {path: text for path, text in out.items() if path.endswith(".yaml") and text.strip()}
+
+
+def render_set(expression: str, *, api_versions: Sequence[str] = ()) -> dict[str, str]:
     """Render with a `helm --set` expression (`a.b=1,c=x`)."""
     import helm_python as helm
 
-    return render(helm.parse_set_string(expression))
+    return render(helm.parse_set_string(expression), api_versions=api_versions)
+
+
+def render_file(path: Path, *, set_expression: str = "") -> dict[str, str]:
+    """Render with a values file (`helm template -f path [--set ...]`), coalesced by Helm."""
+    import helm_python as helm
+
+    values = helm.values_from_yaml(path.read_text())
+    if set_expression:
+        values = merge_values(values, helm.parse_set_string(set_expression))
+    return render(values)
+
+
+def merge_values(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` on top of `base`, maps merged key by key (as Helm layers -f and --set)."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_values(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def documents(rendered: dict[str, str]) -> list[dict[str, Any]]:

@@ -14,12 +14,15 @@ import yaml
 
 from tests.deploy.chart import CHART_DIR, RENDERED_DEFAULT
 
+FIXTURES = Path(__file__).parent / "fixtures"
+
 VALUES = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
 SCHEMA = json.loads((CHART_DIR / "values.schema.json").read_text())
 VALUES_REF = re.compile(r"\.Values((?:\.[A-Za-z_][A-Za-z0-9_]*)+)")
 
-# Every value of Spegel's chart (charts/spegel/values.yaml, and the dataDir keys
-# of its newer revisions) that a Spegel user's values file or --set line may name.
+# Every value of Spegel's chart (charts/spegel/values.yaml of v0.7.x and main) that
+# a Spegel user's values file or --set line may name; the files themselves, kept as
+# fixtures, are checked leaf by leaf below.
 SPEGEL_VALUES = [
     "image.repository",
     "image.pullPolicy",
@@ -83,9 +86,19 @@ SPEGEL_VALUES = [
     "spegel.otel.insecure",
     "spegel.otel.serviceName",
     "spegel.otel.sampler",
-    "spegel.dataDir.enabled",
-    "spegel.dataDir.hostPath",
-    "spegel.dataDir.path",
+    "spegel.persistence.enabled",
+    "spegel.persistence.hostPath",
+    "spegel.persistence.path",
+    "service.registry.internalTrafficLocal",
+    "grafanaDashboard.mode",
+    "grafanaDashboard.labels",
+    "grafanaDashboard.annotations",
+    "grafanaDashboard.grafanaOperator.allowCrossNamespaceImport",
+    "grafanaDashboard.grafanaOperator.folder",
+    "grafanaDashboard.grafanaOperator.resyncPeriod",
+    "grafanaDashboard.grafanaOperator.matchLabels",
+    "extraVolumes",
+    "extraInitContainers",
     "verticalPodAutoscaler.enabled",
     "verticalPodAutoscaler.recommenders",
     "verticalPodAutoscaler.controlledResources",
@@ -100,6 +113,9 @@ SPEGEL_VALUES = [
 ]
 # Where the seed's commands use a top-level name.
 SEED_ALIASES = ["mirrorResolveTimeout"]
+# Accepted by the schema, no default of their own (they override spegel.persistence).
+DEPRECATED_ALIASES = ["spegel.dataDir.enabled", "spegel.dataDir.hostPath", "spegel.dataDir.path"]
+SPEGEL_VALUES_FILES = sorted(FIXTURES.glob("spegel-*-values.yaml"))
 
 YAMLLINT_CONFIG = """
 extends: default
@@ -186,11 +202,51 @@ def test_spegel_value_names_exist(name: str) -> None:
     schema_for(name)
 
 
+@pytest.mark.parametrize("name", DEPRECATED_ALIASES)
+def test_deprecated_aliases_are_in_the_schema(name: str) -> None:
+    schema_for(name)
+    with pytest.raises(KeyError):
+        lookup(VALUES, name)
+
+
+@pytest.mark.parametrize("path", SPEGEL_VALUES_FILES, ids=lambda p: p.name)
+def test_every_value_of_spegels_values_files_is_ours(path: Path) -> None:
+    """Down to the free-form maps (labels, resources), whose keys are the user's."""
+
+    def names(tree: dict[str, Any], schema: dict[str, Any], prefix: str = "") -> Iterator[str]:
+        for key, value in tree.items():
+            sub = schema.get("properties", {}).get(key, {})
+            if isinstance(value, dict) and value and "properties" in sub:
+                yield from names(value, sub, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}"
+
+    found = list(names(yaml.safe_load(path.read_text()), SCHEMA))
+    assert len(found) > 60
+    missing = []
+    for name in found:
+        try:
+            lookup(VALUES, name)
+            schema_for(name)
+        except KeyError:
+            missing.append(name)
+    assert missing == []
+
+
+def test_both_spegel_values_files_are_kept() -> None:
+    assert [p.name for p in SPEGEL_VALUES_FILES] == [
+        "spegel-main-values.yaml",
+        "spegel-v0.7.4-values.yaml",
+    ]
+
+
 def test_default_values_pass_the_schema() -> None:
     jsonschema = pytest.importorskip("jsonschema")
     jsonschema.validate(VALUES, SCHEMA)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({**VALUES, "spegel": {**VALUES["spegel"], "logLevel": "x"}}, SCHEMA)
+    with pytest.raises(jsonschema.ValidationError, match="mirrorResolveTimout"):
+        jsonschema.validate({**VALUES, "mirrorResolveTimout": "50ms"}, SCHEMA)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
-{{/* Name of the chart, or nameOverride. */}}
+{{/* The objects' base name: Spegel's, so that its selectors, dashboards and an
+in-place `helm upgrade` of a Spegel release work; or nameOverride. */}}
 {{- define "mirror.name" -}}
-{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- default "spegel" .Values.nameOverride | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
 {{/* Fully qualified app name; the release name alone when it already contains the chart name. */}}
@@ -8,7 +9,7 @@
 {{- if .Values.fullnameOverride }}
 {{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
 {{- else }}
-{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- $name := default "spegel" .Values.nameOverride }}
 {{- if contains $name .Release.Name }}
 {{- .Release.Name | trunc 63 | trimSuffix "-" }}
 {{- else }}
@@ -79,4 +80,22 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if .Values.grafanaDashboard.enabled }}
 {{- fail "grafanaDashboard.enabled: no dashboard is shipped; import Spegel's dashboard (same metric names)" }}
 {{- end }}
+{{- end }}
+
+{{/* The registry's host port, or nothing in the node-port-only layout (see values.yaml):
+hostPort 0, hostPort equal to nodePort (Spegel main's values), or PreferSameNode asked. */}}
+{{- define "mirror.hostPort" -}}
+{{- $registry := .Values.service.registry }}
+{{- if and $registry.hostPort (ne (int $registry.hostPort) (int $registry.nodePort)) (not $registry.usePreferSameNodeTrafficDistribution) }}
+{{- int $registry.hostPort }}
+{{- end }}
+{{- end }}
+
+{{/* spegel.persistence, with the keys of its deprecated alias spegel.dataDir on top, as JSON. */}}
+{{- define "mirror.persistence" -}}
+{{- $persistence := deepCopy .Values.spegel.persistence }}
+{{- range $key, $value := .Values.spegel.dataDir | default dict }}
+{{- $_ := set $persistence $key $value }}
+{{- end }}
+{{- toJson $persistence }}
 {{- end }}
