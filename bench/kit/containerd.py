@@ -48,12 +48,38 @@ def check_digest(digest: str) -> str:
     return digest
 
 
+# With the CRI plugin on: NRI's socket is machine-wide (/var/run/nri), so
+# daemons side by side would fight over it; the kit never runs containers.
+CRI_DISABLED_PLUGINS = (
+    *(p for p in DISABLED_PLUGINS if p != "io.containerd.grpc.v1.cri"),
+    "io.containerd.nri.v1.nri",
+)
+
+
 def render_config(
-    *, root: Path, state: Path, temp: Path, address: Path, ttrpc_address: Path, log_level: str
+    *,
+    root: Path,
+    state: Path,
+    temp: Path,
+    address: Path,
+    ttrpc_address: Path,
+    log_level: str,
+    cri: bool = False,
+    registry_config_path: Path | None = None,
+    snapshotter: str = DEFAULT_SNAPSHOTTER,
+    discard_unpacked_layers: bool = False,
+    version: int = 2,
 ) -> str:
-    disabled = ", ".join(f'"{p}"' for p in DISABLED_PLUGINS)
-    return f"""\
-version = 2
+    """containerd's config.toml, schema `version` 2 (1.x; 2.x migrates it) or 3 (2.x).
+
+    With `cri`, the CRI plugin stays on (it serves runtime.v1 on the main gRPC
+    socket) and reads `registry_config_path` for `<host>/hosts.toml`; it starts
+    without CNI, and image pulls do not need it. containerd 2.1 drops a version 2
+    file's `discard_unpacked_layers` when it migrates the file: 2.x gets version 3.
+    """
+    disabled = ", ".join(f'"{p}"' for p in (CRI_DISABLED_PLUGINS if cri else DISABLED_PLUGINS))
+    text = f"""\
+version = {version}
 root = "{root}"
 state = "{state}"
 temp = "{temp}"
@@ -68,6 +94,23 @@ disabled_plugins = [{disabled}]
 [debug]
   level = "{log_level}"
 """
+    if cri and version >= 3:
+        text += f"""
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "{snapshotter}"
+  discard_unpacked_layers = {"true" if discard_unpacked_layers else "false"}
+[plugins."io.containerd.cri.v1.images".registry]
+  config_path = "{registry_config_path or ""}"
+"""
+    elif cri:
+        text += f"""
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  snapshotter = "{snapshotter}"
+  discard_unpacked_layers = {"true" if discard_unpacked_layers else "false"}
+[plugins."io.containerd.grpc.v1.cri".registry]
+  config_path = "{registry_config_path or ""}"
+"""
+    return text
 
 
 class ContainerdNode(StartStop):
@@ -83,7 +126,11 @@ class ContainerdNode(StartStop):
         log_level: str = "warn",
         containerd_binary: str = "containerd",
         ctr_binary: str = "ctr",
+        cri: bool = False,
+        discard_unpacked_layers: bool = False,
     ) -> None:
+        """`cri` keeps the CRI plugin on, reading this node's hosts dir
+        (`config_path`); `discard_unpacked_layers` is its setting of that name."""
         self.name = name
         self.dir = Path(base_dir).absolute() / name
         self.root = self.dir / "root"
@@ -99,6 +146,9 @@ class ContainerdNode(StartStop):
         self.snapshotter = snapshotter
         self.log_level = log_level
         self.ctr_binary = ctr_binary
+        self.cri = cri
+        self.discard_unpacked_layers = discard_unpacked_layers
+        self._schema: int | None = None
         if len(str(self.ttrpc_address)) > MAX_SOCKET_PATH:
             raise KitError(f"socket path too long for AF_UNIX, use a shorter base dir: {self.dir}")
         self.process = ManagedProcess(
@@ -131,8 +181,23 @@ class ContainerdNode(StartStop):
                 address=self.address,
                 ttrpc_address=self.ttrpc_address,
                 log_level=self.log_level,
+                cri=self.cri,
+                registry_config_path=self.config_path,
+                snapshotter=self.snapshotter,
+                discard_unpacked_layers=self.discard_unpacked_layers,
+                version=self._config_version(),
             )
         )
+
+    def _config_version(self) -> int:
+        """3 for a CRI node on containerd 2.x (asked once), else 2."""
+        if not self.cri:
+            return 2
+        if self._schema is None:
+            out = run([self.process.argv[0], "--version"], check=True, timeout=30).stdout.split()
+            major = out[2].lstrip("v").split(".")[0] if len(out) >= 3 else "1"
+            self._schema = 3 if major.isdigit() and int(major) >= 2 else 2
+        return self._schema
 
     def start(self, timeout: float = 20.0) -> None:
         self.launch()

@@ -8,6 +8,8 @@ that was never pulled is not advertised.
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from mirror.containerd.paths import blob_path
@@ -20,6 +22,20 @@ from mirror.oci.mediatypes import (
     parse_manifest,
 )
 from mirror.oci.reference import parse_image_name
+
+# CRI records every image a second time under its ID, `sha256:<config hex>`: a
+# name that is not a reference (it would parse as docker.io/sha256 with that tag).
+_IMAGE_ID = re.compile(r"sha(256|384|512):[0-9a-f]{32,128}")
+
+
+def is_image_id(name: str) -> bool:
+    """True for CRI's image-ID records (`sha256:<hex>`), which are not image references."""
+    return _IMAGE_ID.fullmatch(name) is not None
+
+
+def missing_digests(content_root: Path, digests: Iterable[str]) -> list[str]:
+    """Those of `digests` whose blob is not (or no longer) in the content store: a stat each."""
+    return [text for text in digests if _present(content_root, text) is None]
 
 
 def _read_manifest(content_root: Path, digest: Digest) -> dict[str, object] | None:
@@ -73,7 +89,13 @@ def present_digests(content_root: Path, top: str, *, limit: int = 100_000) -> li
 def image_keys(
     content_root: Path, name: str, target_digest: str, reference_filter: ReferenceFilter
 ) -> frozenset[str]:
-    """The keys to provide for one containerd image record; empty when filtered out."""
+    """The keys to provide for one containerd image record; empty when filtered out.
+
+    CRI's image-ID records are skipped: the same digests are provided through
+    the image's real names.
+    """
+    if is_image_id(name):
+        return frozenset()
     try:
         image = parse_image_name(name)
     except ValueError:

@@ -12,6 +12,14 @@ serve). Their keys depend on the config schema version:
     version 3 (containerd 2.x): plugins."io.containerd.cri.v1.images".registry.config_path
                                plugins."io.containerd.cri.v1.images".discard_unpacked_layers
 
+Version 3 also has `plugins."io.containerd.cri.v1.images".use_local_image_pull`:
+false (the default) makes containerd 2.x pull CRI images through the transfer
+service, whose hosts lookup takes `config_path` as one directory; a
+':'-separated list then matches no directory and mirrors are silently ignored.
+(`discard_unpacked_layers = true` makes 2.x fall back to local pulls, too. A
+version 2 file's `discard_unpacked_layers` is dropped when containerd 2.1
+migrates the file.)
+
 `parse_config` reads a parsed document; `load_config` reads a file, following
 its `imports` the way containerd does (globs, relative to the importing file,
 later files replacing earlier ones per top-level key and per plugin).
@@ -54,6 +62,8 @@ class ContainerdConfig:
     # None when unset or empty: containerd then uses no hosts directory at all.
     config_path: str | None
     discard_unpacked_layers: bool
+    # Version 3 only: true makes CRI pull without the transfer service.
+    use_local_image_pull: bool = False
 
     @property
     def config_dirs(self) -> tuple[Path, ...]:
@@ -76,10 +86,14 @@ def parse_config(doc: Mapping[str, Any]) -> ContainerdConfig:
         raise ConfigError(f"registry.config_path is not a string: {config_path!r}")
     if discard is not None and not isinstance(discard, bool):
         raise ConfigError(f"discard_unpacked_layers is not a boolean: {discard!r}")
+    local_pull = _dig(plugin, ("use_local_image_pull",)) if version >= 3 else None
+    if local_pull is not None and not isinstance(local_pull, bool):
+        raise ConfigError(f"use_local_image_pull is not a boolean: {local_pull!r}")
     return ContainerdConfig(
         version=version,
         config_path=config_path or None,
         discard_unpacked_layers=bool(discard),
+        use_local_image_pull=bool(local_pull),
     )
 
 
@@ -120,8 +134,22 @@ def _dig(doc: Any, keys: tuple[str, ...]) -> Any:
     return doc
 
 
-def config_warnings(config: ContainerdConfig, registry_config_path: str) -> list[str]:
-    """What in containerd's configuration keeps the mirror from working, in words."""
+def _major(version: str | None) -> int | None:
+    """The major number of a containerd version string ("v2.1.4", "1.6.20~ds1"), if any."""
+    head = (version or "").lstrip("v").split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def config_warnings(
+    config: ContainerdConfig, registry_config_path: str, containerd_version: str | None = None
+) -> list[str]:
+    """What in containerd's configuration keeps the mirror from working, in words.
+
+    `containerd_version` (the daemon's, from its Version service) makes the
+    transfer-service warning exact for a version 2 file, which 2.x also reads;
+    without it, that warning is given for version 3 files and, worded as a
+    condition, for version 2 files.
+    """
     warnings = []
     if not config.config_dirs:
         warnings.append(
@@ -133,9 +161,33 @@ def config_warnings(config: ContainerdConfig, registry_config_path: str) -> list
             f"containerd's registry config_path is {config.config_path!r}, which does not "
             f"include {registry_config_path!r} where the mirror configuration is written"
         )
+    if len(config.config_dirs) > 1:
+        warning = _path_list_warning(config, registry_config_path, _major(containerd_version))
+        if warning:
+            warnings.append(warning)
     if config.discard_unpacked_layers:
         warnings.append(
             "discard_unpacked_layers = true: containerd deletes layers after unpacking, "
             "so this node cannot serve them to its peers; set it to false"
         )
     return warnings
+
+
+def _path_list_warning(
+    config: ContainerdConfig, registry_config_path: str, major: int | None
+) -> str | None:
+    if config.use_local_image_pull or (major is not None and major < 2):
+        return None
+    if config.version >= 3 and config.discard_unpacked_layers:
+        # containerd 2.x falls back to local pulls for it ("incompatible with transfer service").
+        return None
+    problem = (
+        f"containerd's registry config_path {config.config_path!r} lists several "
+        "directories separated by ':', but the transfer service, through which "
+        "containerd 2.x pulls CRI images, takes config_path as a single directory: "
+        "no hosts.toml is found and the mirror is silently skipped; set config_path to "
+        f"{registry_config_path!r} alone, or use_local_image_pull = true"
+    )
+    if major is None and config.version < 3:
+        return "if this containerd is 2.x: " + problem
+    return problem

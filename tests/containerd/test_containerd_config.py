@@ -130,3 +130,65 @@ def test_config_warnings_name_each_problem() -> None:
     elsewhere = config_warnings(ContainerdConfig(3, "/other", True), "/etc/containerd/certs.d")
     assert len(elsewhere) == 2
     assert "does not include" in elsewhere[0] and "discard_unpacked_layers" in elsewhere[1]
+
+
+def test_version_3_use_local_image_pull() -> None:
+    doc = tomllib.loads(V3)
+    doc["plugins"]["io.containerd.cri.v1.images"]["use_local_image_pull"] = True
+    assert parse_config(doc).use_local_image_pull is True
+    assert parse_config(tomllib.loads(V3)).use_local_image_pull is False
+    # Not a version 2 key: ignored there, as containerd 1.x has no such setting.
+    v2 = {"version": 2, "plugins": {"io.containerd.grpc.v1.cri": {"use_local_image_pull": 1}}}
+    assert parse_config(v2).use_local_image_pull is False
+    with pytest.raises(ConfigError):
+        parse_config(
+            {"version": 3, "plugins": {"io.containerd.cri.v1.images": {"use_local_image_pull": 1}}}
+        )
+
+
+def test_path_list_with_the_transfer_service_is_named() -> None:
+    from mirror.containerd.config import config_warnings
+
+    ours = "/etc/containerd/certs.d"
+    listed = f"{ours}:/etc/docker/certs.d"
+    v3 = config_warnings(ContainerdConfig(3, listed, False), ours)
+    assert len(v3) == 1
+    assert "separated by ':'" in v3[0] and "transfer service" in v3[0]
+    assert "use_local_image_pull" in v3[0] and not v3[0].startswith("if ")
+    # Local pulls split the list: nothing to say.
+    assert config_warnings(ContainerdConfig(3, listed, False, True), ours) == []
+    # A version 2 file: 1.x splits the list; 2.x migrates the file and uses the transfer service.
+    v2 = config_warnings(ContainerdConfig(2, listed, False), ours)
+    assert len(v2) == 1 and v2[0].startswith("if this containerd is 2.x")
+    assert config_warnings(ContainerdConfig(2, listed, False), ours, "1.6.20~ds1") == []
+    exact = config_warnings(ContainerdConfig(2, listed, False), ours, "v2.2.0")
+    assert len(exact) == 1 and exact[0].startswith("containerd's registry config_path")
+    # discard_unpacked_layers makes containerd 2.x pull locally, which splits the list.
+    discarding = config_warnings(ContainerdConfig(3, listed, True), ours)
+    assert len(discarding) == 1 and "discard_unpacked_layers" in discarding[0]
+    # One directory: no list problem whatever the version.
+    assert config_warnings(ContainerdConfig(3, ours, False), ours, "v2.2.0") == []
+
+
+def test_all_three_problems_at_once() -> None:
+    from mirror.containerd.config import config_warnings
+
+    warnings = config_warnings(ContainerdConfig(2, "/a:/b", True), "/etc/containerd/certs.d")
+    assert len(warnings) == 3
+    assert "does not include" in warnings[0]
+    assert "separated by ':'" in warnings[1]
+    assert "discard_unpacked_layers" in warnings[2]
+
+
+def test_version_3_file_as_containerd_2_writes_it(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text(
+        "version = 3\n"
+        "[plugins.'io.containerd.cri.v1.images']\n"
+        "  discard_unpacked_layers = true\n"
+        "  use_local_image_pull = false\n"
+        "  [plugins.'io.containerd.cri.v1.images'.registry]\n"
+        "    config_path = '/etc/containerd/certs.d'\n"
+    )
+    assert load_config(tmp_path / "config.toml") == ContainerdConfig(
+        3, "/etc/containerd/certs.d", True, False
+    )

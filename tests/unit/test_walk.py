@@ -56,3 +56,39 @@ def test_walk_reads_manifests_and_only_checks_leaves(tmp_path: Path) -> None:
         image_keys(tmp_path, "registry.example/team/app:v1", arm64_missing, ReferenceFilter())
         == frozenset()
     )
+
+
+def test_cri_image_id_records_give_no_keys(tmp_path: Path) -> None:
+    from mirror.advertise.walk import is_image_id, missing_digests
+
+    config = _put(tmp_path, b'{"architecture":"amd64"}')
+    layer = _put(tmp_path, b"layer")
+    manifest = _put(tmp_path, _manifest(config, [layer]))
+    # CRI names the image a third time by its ID: not a reference (it would be
+    # docker.io/sha256:<hex>), so nothing is advertised under it.
+    assert is_image_id(config)
+    assert image_keys(tmp_path, config, manifest, ReferenceFilter()) == frozenset()
+    for name in ("registry.example/sha256:v1", "sha256", f"registry.example/app@{manifest}"):
+        assert not is_image_id(name)
+    by_digest = image_keys(
+        tmp_path, f"registry.example/app@{manifest}", manifest, ReferenceFilter()
+    )
+    assert by_digest == {manifest, config, layer}
+    gone = "sha256:" + "b" * 64
+    assert missing_digests(tmp_path, [manifest, gone, "not-a-digest", layer]) == [
+        gone,
+        "not-a-digest",
+    ]
+
+
+def test_kubelet_normalised_names_are_their_own_tag_keys(tmp_path: Path) -> None:
+    # kubelet hands CRI `docker.io/library/x:tag` for `x:tag`; containerd records that
+    # name, and a pull asks the mirror for /v2/library/x/manifests/tag?ns=docker.io.
+    config = _put(tmp_path, b'{"architecture":"arm64"}')
+    manifest = _put(tmp_path, _manifest(config, []))
+    for name in ("docker.io/library/x:1.2", "127.0.0.1:5000/library/x:1.2"):
+        assert image_keys(tmp_path, name, manifest, ReferenceFilter()) == {
+            manifest,
+            config,
+            name,
+        }
