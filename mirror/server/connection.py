@@ -1,8 +1,11 @@
-"""One client connection: read heads, hand them to the handler, write responses.
+"""One client connection's Trio shell: reads, writes, timers around `core.py`.
 
-HTTP/1.1 keep-alive and pipelining, in order; one writer per socket. A head must
-arrive within `head_timeout` of its first byte; an idle connection is closed after
-`idle_timeout`; a response whose reader accepts nothing for `stall_timeout` is cut.
+The core decides keep-alive, pipelining, deadlines, drain and error answers; this
+module only reads (try once, then wait readable until the core's deadline), calls
+the handler, and writes heads and bodies (`io.py`), one writer per socket. Every
+response reaches at least one schedule point, so a pipelined burst yields to other
+connections between responses. A response whose reader accepts nothing for
+`stall_timeout` is cut.
 """
 
 from __future__ import annotations
@@ -10,16 +13,25 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
 
+from mirror.server.core import (
+    Close,
+    ConnectionConfig,
+    ConnectionCore,
+    NeedData,
+    RequestReady,
+    SendError,
+)
 from mirror.server.http import response_head
 from mirror.server.io import PeerStalled, SourceShort, send_all
-from mirror.server.request import HeadError, Limits, Request, RequestParser
+from mirror.server.request import Request
 from mirror.server.response import Response, error_response
+
+__all__ = ["ConnectionConfig", "Drain", "Handler", "Observer", "serve_connection"]
 
 log = logging.getLogger("mirror.server")
 
@@ -28,26 +40,25 @@ Handler = Callable[[Request], Awaitable[Response]]
 Observer = Callable[[Request, Response, int, float], None]
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectionConfig:
-    limits: Limits = field(default_factory=Limits)
-    head_timeout: float = 10.0
-    idle_timeout: float = 60.0
-    stall_timeout: float = 30.0
-    recv_size: int = 64 * 1024
-
-
 @dataclass(slots=True)
 class Drain:
-    """Graceful stop: idle connections close now, busy ones after their response."""
+    """Graceful stop: tells every live core, and wakes the connections waiting idle."""
 
     draining: bool = False
+    cores: set[ConnectionCore] = field(default_factory=set)
     idle_scopes: set[trio.CancelScope] = field(default_factory=set)
 
     def start(self) -> None:
         self.draining = True
+        for core in self.cores:
+            core.drain()
         for scope in self.idle_scopes:
             scope.cancel()
+
+    def add(self, core: ConnectionCore) -> None:
+        self.cores.add(core)
+        if self.draining:
+            core.drain()
 
 
 _CONNECTION_ERRORS = (OSError, PeerStalled, SourceShort)
@@ -60,117 +71,112 @@ async def serve_connection(
     drain: Drain,
     observe: Observer | None = None,
 ) -> None:
-    parser = RequestParser(config.limits)
-    pending: deque[Request] = deque()
-    head_deadline: float | None = None
-    fd = sock.fileno()
-    with sock:
-        while True:
-            if pending:
-                request = pending.popleft()
-                keep_open = await _respond(sock, handler, request, config, drain, observe)
-                if not keep_open:
+    core = ConnectionCore(config, trio.current_time())
+    drain.add(core)
+    try:
+        with sock:
+            while True:
+                event = core.next_event(trio.current_time())
+                if isinstance(event, RequestReady):
+                    if not await _respond(sock, core, handler, event.request, config, observe):
+                        return
+                elif isinstance(event, NeedData):
+                    await _receive(sock, core, event, config, drain)
+                elif isinstance(event, SendError):
+                    await _send_error_quietly(sock, event)
+                else:
+                    assert isinstance(event, Close)
                     return
-                continue
-            if drain.draining and not parser.in_head:
-                return
-            try:
-                data = os.read(fd, config.recv_size)
-            except BlockingIOError:
-                if not await _wait_readable(sock, parser.in_head, head_deadline, config, drain):
-                    return
-                continue
-            except _CONNECTION_ERRORS:
-                return
-            # The bytes were already there: still yield once per read, for fairness and
-            # so that cancellation is seen.
-            await trio.lowlevel.checkpoint()
-            if not data:
-                return
-            try:
-                pending.extend(parser.feed(data))
-            except HeadError as exc:
-                code = "NAME_INVALID" if exc.status == 414 else "UNSUPPORTED"
-                await _send_error_quietly(sock, exc.status, code, exc.reason)
-                return
-            if parser.in_head and head_deadline is None:
-                head_deadline = trio.current_time() + config.head_timeout
-            elif not parser.in_head:
-                head_deadline = None
+    finally:
+        drain.cores.discard(core)
 
 
-async def _wait_readable(
+async def _receive(
     sock: trio.socket.SocketType,
-    in_head: bool,
-    head_deadline: float | None,
+    core: ConnectionCore,
+    need: NeedData,
     config: ConnectionConfig,
     drain: Drain,
-) -> bool:
-    """Wait for bytes; False when the connection is to close (idle, head timeout, drain)."""
-    deadline = head_deadline if in_head else trio.current_time() + config.idle_timeout
-    with trio.CancelScope(deadline=deadline) as scope:
-        if not in_head:
-            drain.idle_scopes.add(scope)
-        try:
-            await trio.lowlevel.wait_readable(sock)
-        finally:
-            drain.idle_scopes.discard(scope)
-    if scope.cancelled_caught:
-        if in_head:
-            await _send_error_quietly(sock, 408, "UNSUPPORTED", "request head timed out")
-        return False
-    return True
+) -> None:
+    """Read once; when nothing is there, wait until readable, the deadline, or a drain."""
+    try:
+        data = os.read(sock.fileno(), config.recv_size)
+    except BlockingIOError:
+        with trio.CancelScope(deadline=need.deadline) as scope:
+            if need.idle:
+                drain.idle_scopes.add(scope)
+            try:
+                await trio.lowlevel.wait_readable(sock)
+            finally:
+                drain.idle_scopes.discard(scope)
+        return
+    except OSError:
+        data = b""  # reset by the peer: the same end as a close
+    # The bytes were already there: still yield once per read, for fairness and so
+    # that cancellation is seen.
+    await trio.lowlevel.checkpoint()
+    core.receive(data)
 
 
 async def _respond(
     sock: trio.socket.SocketType,
+    core: ConnectionCore,
     handler: Handler,
     request: Request,
     config: ConnectionConfig,
-    drain: Drain,
     observe: Observer | None,
 ) -> bool:
-    """Answer one request; False when the connection must close afterwards."""
+    """Answer one request; False when the write failed and the connection is dead."""
     started = trio.current_time()
     try:
         response = await handler(request)
     except Exception:
         log.exception("handler failed", extra={"path": request.path})
         response = error_response(500, "UNSUPPORTED", "internal error", close=True)
-    close = response.close or not request.keep_alive or drain.draining
+    close = core.closes_after(response.close)
     sent = 0
     try:
-        head = response_head(response.status, response.headers, response.length, close=close)
-        body = response.body
-        if request.method == "HEAD":
-            await send_all(sock, head, stall_timeout=config.stall_timeout)
-        elif isinstance(body, bytes):
-            await send_all(sock, head + body, stall_timeout=config.stall_timeout)
-            sent = len(body)
-        else:
-            await send_all(sock, head, more=True, stall_timeout=config.stall_timeout)
-            await body.send(sock, config.stall_timeout)
-            sent = body.length
+        sent = await _write(sock, request, response, close, config.stall_timeout)
     except _CONNECTION_ERRORS as exc:
         log.debug("response cut short", extra={"path": request.path, "error": repr(exc)})
         return False
-    except Exception as exc:
-        # A body fed from elsewhere (a peer) can fail in its own ways; the head is
-        # already out, so the only honest end is closing this one connection.
+    # A body fed from another layer (a peer relay) fails in its own ways; the head is
+    # already out, so the only honest end is closing this one connection.
+    except Exception as exc:  # noqa: BLE001
         log.warning("response aborted", extra={"path": request.path, "error": repr(exc)})
         return False
     finally:
         response.release()
         if observe is not None:
             observe(request, response, sent, trio.current_time() - started)
-    return not close
+    core.response_sent(trio.current_time())
+    return True
 
 
-async def _send_error_quietly(
-    sock: trio.socket.SocketType, status: int, code: str, message: str
-) -> None:
-    response = error_response(status, code, message, close=True)
-    head = response_head(status, response.headers, response.length, close=True)
+async def _write(
+    sock: trio.socket.SocketType,
+    request: Request,
+    response: Response,
+    close: bool,
+    stall_timeout: float,
+) -> int:
+    """Write the head and, unless HEAD, the body; returns the body bytes sent."""
+    head = response_head(response.status, response.headers, response.length, close=close)
+    body = response.body
+    if request.method == "HEAD":
+        await send_all(sock, head, stall_timeout=stall_timeout)
+        return 0
+    if isinstance(body, bytes):
+        await send_all(sock, head + body, stall_timeout=stall_timeout)
+        return len(body)
+    await send_all(sock, head, more=True, stall_timeout=stall_timeout)
+    await body.send(sock, stall_timeout)
+    return body.length
+
+
+async def _send_error_quietly(sock: trio.socket.SocketType, error: SendError) -> None:
+    response = error_response(error.status, error.code, error.message, close=True)
+    head = response_head(error.status, response.headers, response.length, close=True)
     assert isinstance(response.body, bytes)
     with trio.move_on_after(1.0), contextlib.suppress(*_CONNECTION_ERRORS):
         await send_all(sock, head + response.body)

@@ -2,6 +2,8 @@
 
 Every loop here tries the syscall once and only then waits for writability,
 Trio's own pattern, and gives up when the peer accepts nothing for `stall_timeout`.
+Each call reaches at least one schedule point: one that never had to wait yields
+once at the end (cancel-shielded, since by then the bytes are sent).
 """
 
 from __future__ import annotations
@@ -44,16 +46,20 @@ async def send_all(
                 raise PeerStalled(f"no progress for {stall_timeout}s")
             view = view[sent:]
         return
-    # Try once, wait only if the kernel says so: no checkpoint, no cancel scope per send.
+    # Try once, wait only if the kernel says so: no cancel scope per send.
     fd = sock.fileno()
     view = memoryview(data)
+    waited = False
     while view:
         try:
             sent = os.write(fd, view)
         except BlockingIOError:
             await _wait_writable(sock, stall_timeout)
+            waited = True
             continue
         view = view[sent:]
+    if not waited:
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
 
 async def send_file(

@@ -1,0 +1,93 @@
+"""The registry's one route: ready answers, including prepared manifests, and pulls."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import trio
+import trio.testing
+
+from mirror.server.localstore import LocalStore, TagTarget, target_from
+from mirror.server.registry import RegistryHandler
+from mirror.server.request import Request
+
+MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
+MANIFEST = json.dumps(
+    {
+        "schemaVersion": 2,
+        "mediaType": MEDIA_TYPE,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": "sha256:" + "a" * 64,
+            "size": 2,
+        },
+        "layers": [],
+    }
+).encode()
+
+
+class Tags:
+    def __init__(self, targets: dict[str, TagTarget]) -> None:
+        self.targets = targets
+        self.calls = 0
+
+    async def resolve(self, image_name: str) -> TagTarget | None:
+        self.calls += 1
+        return self.targets.get(image_name)
+
+
+def _store(root: Path) -> tuple[LocalStore, Tags, str]:
+    digest = hashlib.sha256(MANIFEST).hexdigest()
+    (root / "blobs" / "sha256").mkdir(parents=True)
+    (root / "blobs" / "sha256" / digest).write_bytes(MANIFEST)
+    target = target_from(f"sha256:{digest}", MEDIA_TYPE, len(MANIFEST))
+    tags = Tags({"docker.io/team/app:v1": target})
+    return LocalStore(root, tags, tag_ttl=2.0), tags, f"sha256:{digest}"
+
+
+def _get(target: str, method: str = "GET", **headers: str) -> Request:
+    return Request(method, target, dict(headers), keep_alive=True, has_body=False)
+
+
+async def test_a_repeated_tag_request_is_answered_from_the_route_until_the_tag_moves(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    store, tags, digest = _store(tmp_path)
+    handler = RegistryHandler(store)
+    target = "/v2/team/app/manifests/v1?ns=docker.io"
+    first = await handler(_get(target))
+    assert (first.status, first.body, first.handler) == (200, MANIFEST, "manifest")
+    assert dict(first.headers)["Docker-Content-Digest"] == digest
+    again = await handler(_get(target, "HEAD"))
+    assert (again.status, again.body) == (200, MANIFEST)
+    assert tags.calls == 1
+    store.forget_tag("docker.io/team/app:v1")
+    await handler(_get(target))
+    assert tags.calls == 2
+    await trio.sleep(2.5)  # past the tag TTL: the prepared answer expired too
+    await handler(_get(target))
+    assert tags.calls == 3
+
+
+async def test_ranges_and_other_methods_do_not_take_a_prepared_answer(tmp_path: Path) -> None:
+    store, _, digest = _store(tmp_path)
+    handler = RegistryHandler(store)
+    target = f"/v2/team/app/manifests/{digest}"
+    assert (await handler(_get(target))).status == 200
+    partial = await handler(_get(target, range="bytes=0-3"))
+    assert (partial.status, partial.body) == (206, MANIFEST[:4])
+    refused = await handler(_get(target, "DELETE"))
+    assert refused.status == 405
+    assert ("Allow", "GET, HEAD") in refused.headers
+
+
+async def test_health_and_unknown_paths(tmp_path: Path) -> None:
+    store, _, _ = _store(tmp_path)
+    handler = RegistryHandler(store, ready=lambda: False)
+    assert (await handler(_get("/livez"))).status == 200
+    assert (await handler(_get("/readyz"))).status == 503
+    assert (await handler(_get("/nope"))).status == 404
+    missing = await handler(_get("/v2/team/app/blobs/sha256:" + "c" * 64))
+    assert (missing.status, missing.handler) == (404, "blob")
