@@ -275,12 +275,6 @@ class Node:
             resolve_retries=options.mirror_resolve_retries,
             use_splice=options.mirror_relay == "splice",
         )
-        handler = RegistryHandler(
-            store,
-            reference_filter,
-            ready=ready,
-            miss=PeerMirror(cache, settings, on_event=telemetry.on_mirror_event),
-        )
         advertiser = Advertiser(
             client,
             dht,
@@ -288,6 +282,13 @@ class Node:
             reference_filter,
             namespace=options.containerd_namespace,
             on_image_change=store.forget_tag,
+        )
+        handler = RegistryHandler(
+            store,
+            reference_filter,
+            ready=ready,
+            miss=PeerMirror(cache, settings, on_event=telemetry.on_mirror_event),
+            on_local_miss=advertiser.local_miss,
         )
         server = RegistryServer(
             telemetry.instrument(handler),

@@ -71,8 +71,12 @@ class RegistryHandler:
         *,
         ready: Callable[[], bool] = lambda: True,
         miss: MissHandler | None = None,
+        on_local_miss: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
+        # Told of every key this node could not serve from its own store (it may be
+        # advertising it still: containerd's GC removes content without an event).
+        self.on_local_miss = on_local_miss
         self.filter = reference_filter or ReferenceFilter()
         # Keyed by the raw request target: a repeated manifest request skips parsing,
         # filtering and lookups. The bodies are the manifest cache's own bytes.
@@ -149,6 +153,11 @@ class RegistryHandler:
             response = self._local_blob(request, route)
         if response is not None:
             return response
+        if self.on_local_miss is not None:
+            if route.digest is not None:
+                self.on_local_miss(str(route.digest))
+            elif registry is not None:
+                self.on_local_miss(f"{registry}/{route.name}:{route.tag}")
         if self.miss is not None and MIRRORED_HEADER not in request.headers:
             mirrored = await self.miss.fetch(request, route, registry)
             if mirrored is not None:

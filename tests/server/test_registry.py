@@ -91,3 +91,14 @@ async def test_health_and_unknown_paths(tmp_path: Path) -> None:
     assert (await handler(_get("/nope"))).status == 404
     missing = await handler(_get("/v2/team/app/blobs/sha256:" + "c" * 64))
     assert (missing.status, missing.handler) == (404, "blob")
+
+
+async def test_a_local_miss_is_reported_with_its_key(tmp_path: Path) -> None:
+    store, _, digest = _store(tmp_path)
+    missed: list[str] = []
+    handler = RegistryHandler(store, on_local_miss=missed.append)
+    gone = "sha256:" + "b" * 64
+    assert (await handler(_get(f"/v2/team/app/blobs/{gone}?ns=docker.io"))).status == 404
+    assert (await handler(_get("/v2/team/app/manifests/v2?ns=docker.io"))).status == 404
+    assert (await handler(_get(f"/v2/team/app/manifests/{digest}?ns=docker.io"))).status == 200
+    assert missed == [gone, "docker.io/team/app:v2"]  # what was served is not reported
