@@ -16,27 +16,26 @@ import http.client
 import json
 import os
 import platform
+import shutil
 import socket
-import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.kit.cluster import LocalCluster
 from bench.kit.images import GeneratedImage, generate_image, push_image
-from bench.measure import (
-    MIB,
-    WRK_DONE_SCRIPT,
-    Check,
-    RssSampler,
-    paired_ratios,
-    parse_wrk,
-    summarize,
-)
-from bench.serve import run_client
+from bench.kit.mirror import MirrorNode
+from bench.measure import MIB, Check, paired_ratios, summarize
+from bench.runner import RetryPolicy, Trial, run_trials, trial_matrix
+from bench.sampling import PidSource, UsageMeter
+from bench.wrk import WRK_DONE_SCRIPT, parse_wrk, run_client, wrk_command
 
 MODES = ("copy", "splice")
+CLIENTS = (1, 8)
+DIRECT, RELAYED = "direct", "relayed"
+PAUSE_BETWEEN_RUNS = 0.3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -117,11 +116,20 @@ def _time_misses(address: str, ns: str, count: int) -> list[float]:
 
 
 def _wrk(url: str, clients: int, duration: int, script: Path) -> float:
-    threads = min(clients, 2)
-    argv = ["wrk", f"-t{threads}", f"-c{clients}", f"-d{duration}s", "--timeout", "60s"]
-    result = parse_wrk(run_client([*argv, "-s", str(script), url]).output)
+    argv = wrk_command(
+        url,
+        threads=min(clients, 2),
+        connections=clients,
+        duration=duration,
+        timeout_s=60,
+        script=script,
+    )
+    result = parse_wrk(run_client(argv).output)
     if result.errors:
-        raise RuntimeError(f"wrk saw {result.errors} errors on {url}")
+        raise RuntimeError(
+            f"wrk saw {result.errors} errors on {url}: socket {result.socket_errors},"
+            f" non-2xx/3xx {result.non_2xx_3xx}"
+        )
     return result.mib_per_s
 
 
@@ -154,6 +162,136 @@ def _set_relay_mode(cluster: LocalCluster, mode: str) -> None:
     mirror.start()
 
 
+@dataclass(frozen=True)
+class Scenario:
+    """The relay mode node 2 runs with, and how many clients read at once."""
+
+    mode: str
+    clients: int
+
+
+@dataclass(frozen=True)
+class ThroughputRun:
+    mib_per_s: float
+    relay_rss_mib: float | None = None  # sampled on relayed runs only
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Straight from the holder (node 1) and relayed by node 2, one wrk run each."""
+
+    holder: MirrorNode
+    relay: MirrorNode
+    path: str
+    duration: int
+    script: Path
+
+    def __call__(self, trial: Trial[Scenario, str]) -> ThroughputRun:
+        clients = trial.scenario.clients
+        if trial.subject == DIRECT:
+            return ThroughputRun(
+                _wrk(self.holder.url + self.path, clients, self.duration, self.script)
+            )
+        # The relay may have been restarted (another mode): ask for its pid at every sample.
+        relay = self.relay
+        groups: dict[str, PidSource] = {"relay": lambda: [relay.process.pid or 0]}
+        with UsageMeter(groups) as meter:
+            mib_per_s = _wrk(relay.url + self.path, clients, self.duration, self.script)
+        return ThroughputRun(mib_per_s, meter.usage.rss_max_mib("relay"))
+
+
+def _subjects(scenario: Scenario) -> tuple[str, ...]:
+    return (DIRECT, RELAYED)
+
+
+def _throughput_row(
+    trial_results: list[tuple[Trial[Scenario, str], ThroughputRun]],
+) -> dict[str, Any]:
+    direct = [r.mib_per_s for t, r in trial_results if t.subject == DIRECT]
+    relayed = [r.mib_per_s for t, r in trial_results if t.subject == RELAYED]
+    rss = [r.relay_rss_mib for t, r in trial_results if r.relay_rss_mib is not None]
+    return {
+        "direct_mib_s": direct,
+        "relayed_mib_s": relayed,
+        "ratios": paired_ratios(relayed, direct),
+        "relay_rss_mib": rss,
+    }
+
+
+def measure_throughput(
+    cluster: LocalCluster, big: GeneratedImage, args: argparse.Namespace, script: Path
+) -> tuple[dict[str, Any], list[Check]]:
+    """Every mode and client count: `repeat` rounds of direct, then relayed."""
+    ns = cluster.upstream.host
+    holder, relay = cluster[0].mirror, cluster[1].mirror
+    layer = big.layers[0]
+    path = f"/v2/{big.name}/blobs/{layer.digest}?ns={ns}"
+    _wait_peer(relay.address, path)
+    _step(f"node-1 holds a {layer.size / MIB:.0f} MiB layer; node-2 relays it")
+    measure = Throughput(holder, relay, path, args.duration, script)
+    rows: dict[str, Any] = {}
+    checks: list[Check] = []
+    for mode in args.modes:
+        _set_relay_mode(cluster, mode)
+        _wait_peer(relay.address, path)
+        for clients in CLIENTS:
+            scenario = Scenario(mode, clients)
+            outcome = run_trials(
+                trial_matrix([scenario], _subjects, args.repeat),
+                measure,
+                retry=RetryPolicy(pause_s=PAUSE_BETWEEN_RUNS),
+            )
+            row = _throughput_row(outcome.kept)
+            rows[f"{mode}/{clients}"] = row
+            ratio = summarize(row["ratios"])
+            direct, relayed = summarize(row["direct_mib_s"]), summarize(row["relayed_mib_s"])
+            print(
+                f"    {mode:6} {clients} client(s): direct {direct.format()} MiB/s,"
+                f" relayed {relayed.format()} MiB/s, ratio {ratio.format(2)}"
+            )
+            checks.append(
+                Check(f"relay ({mode}, {clients} clients) vs direct", ratio.median, ">=", 0.9)
+            )
+    return rows, checks
+
+
+def _in_ms(percentiles: dict[str, float]) -> dict[str, float]:
+    return {k: v * 1000 if k != "n" else v for k, v in percentiles.items()}
+
+
+def measure_latency(
+    cluster: LocalCluster, small: GeneratedImage, misses: int
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """404 after a miss, and time to first byte: via a peer (cold, then warm) and direct."""
+    ns = cluster.upstream.host
+    holder, relay = cluster[0].mirror, cluster[1].mirror
+    _step(f"timing {misses} misses (no peer holds the digest)")
+    miss_ms = _in_ms(_percentiles(_time_misses(relay.address, ns, misses)))
+    _step(f"time to first byte through a peer over {len(small.layers)} layers")
+    paths = [f"/v2/{small.name}/blobs/{b.digest}?ns={ns}" for b in small.layers]
+    cold = [_ttfb(relay.address, p) for p in paths]
+    warm = [_ttfb(relay.address, p) for p in paths]
+    direct_ttfb = [_ttfb(holder.address, p) for p in paths]
+    ttfb_ms = {
+        name: _in_ms(_percentiles(values))
+        for name, values in (("cold", cold), ("warm", warm), ("direct", direct_ttfb))
+    }
+    return miss_ms, ttfb_ms
+
+
+def _measure(base: Path, args: argparse.Namespace, results: dict[str, Any]) -> list[Check]:
+    """Throughput, then latency, on a fresh 2-node cluster; fills `results`."""
+    script = base / "done.lua"
+    script.write_text(WRK_DONE_SCRIPT)
+    _step(f"starting a 2-node cluster in {base}")
+    with LocalCluster(2, base / "cluster", log_level="WARN") as cluster:
+        big, small = _setup_images(cluster, args.blob_mib, args.small_layers)
+        results["throughput"], checks = measure_throughput(cluster, big, args, script)
+        results["miss_404_ms"], results["ttfb_ms"] = measure_latency(cluster, small, args.misses)
+        checks.append(Check("404 after a miss, p99", results["miss_404_ms"]["p99"], "<", 30, " ms"))
+    return checks
+
+
 def run(args: argparse.Namespace) -> int:
     base = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
     results: dict[str, Any] = {
@@ -165,70 +303,10 @@ def run(args: argparse.Namespace) -> int:
         "settings": vars(args) | {"out": str(args.out)},
         "throughput": {},
     }
-    checks: list[Check] = []
-    script = base / "done.lua"
-    script.write_text(WRK_DONE_SCRIPT)
-    _step(f"starting a 2-node cluster in {base}")
-    with LocalCluster(2, base / "cluster", log_level="WARN") as cluster:
-        big, small = _setup_images(cluster, args.blob_mib, args.small_layers)
-        ns = cluster.upstream.host
-        node_a, node_b = cluster[0].mirror, cluster[1].mirror
-        layer = big.layers[0]
-        path = f"/v2/{big.name}/blobs/{layer.digest}?ns={ns}"
-        _wait_peer(node_b.address, path)
-        _step(f"node-1 holds a {layer.size / MIB:.0f} MiB layer; node-2 relays it")
-        for mode in args.modes:
-            _set_relay_mode(cluster, mode)
-            _wait_peer(node_b.address, path)
-            for clients in (1, 8):
-                direct, relayed, rss = [], [], []
-                for _ in range(args.repeat):
-                    direct.append(_wrk(node_a.url + path, clients, args.duration, script))
-                    time.sleep(0.3)
-                    pids = {"relay": lambda: [node_b.process.pid or 0]}
-                    with RssSampler(pids) as sampler:
-                        relayed.append(_wrk(node_b.url + path, clients, args.duration, script))
-                    rss.append(sampler.max_mib("relay"))
-                    time.sleep(0.3)
-                ratios = paired_ratios(relayed, direct)
-                row = {
-                    "direct_mib_s": direct,
-                    "relayed_mib_s": relayed,
-                    "ratios": ratios,
-                    "relay_rss_mib": rss,
-                }
-                results["throughput"][f"{mode}/{clients}"] = row
-                ratio = summarize(ratios)
-                print(
-                    f"    {mode:6} {clients} client(s): direct {summarize(direct).format()} MiB/s,"
-                    f" relayed {summarize(relayed).format()} MiB/s, ratio {ratio.format(2)}"
-                )
-                checks.append(
-                    Check(f"relay ({mode}, {clients} clients) vs direct", ratio.median, ">=", 0.9)
-                )
-        _step(f"timing {args.misses} misses (no peer holds the digest)")
-        misses = _time_misses(node_b.address, ns, args.misses)
-        results["miss_404_ms"] = {
-            k: v * 1000 if k != "n" else v for k, v in _percentiles(misses).items()
-        }
-        checks.append(Check("404 after a miss, p99", results["miss_404_ms"]["p99"], "<", 30, " ms"))
-        _step(f"time to first byte through a peer over {len(small.layers)} layers")
-        cold = [
-            _ttfb(node_b.address, f"/v2/{small.name}/blobs/{b.digest}?ns={ns}")
-            for b in small.layers
-        ]
-        warm = [
-            _ttfb(node_b.address, f"/v2/{small.name}/blobs/{b.digest}?ns={ns}")
-            for b in small.layers
-        ]
-        direct_ttfb = [
-            _ttfb(node_a.address, f"/v2/{small.name}/blobs/{b.digest}?ns={ns}")
-            for b in small.layers
-        ]
-        results["ttfb_ms"] = {
-            name: {k: v * 1000 if k != "n" else v for k, v in _percentiles(values).items()}
-            for name, values in (("cold", cold), ("warm", warm), ("direct", direct_ttfb))
-        }
+    try:
+        checks = _measure(base, args, results)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
     results["checks"] = [c.as_dict() for c in checks]
     _print_table(results)
     for check in checks:
@@ -236,7 +314,6 @@ def run(args: argparse.Namespace) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"results written to {args.out}")
-    subprocess.run(["rm", "-rf", str(base)], check=False)
     return 0
 
 

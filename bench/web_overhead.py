@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import json
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
@@ -30,18 +29,14 @@ from bench.kit.hosts import write_hosts_toml
 from bench.kit.images import GeneratedImage, generate_image, push_image
 from bench.kit.mirror import MirrorNode
 from bench.kit.registry import UpstreamRegistry
-from bench.measure import (
-    MIB,
-    WRK_DONE_SCRIPT,
-    Check,
-    paired_ratios,
-    parse_wrk,
-    summarize,
-)
+from bench.measure import MIB, Check, paired_ratios, summarize
+from bench.runner import RunHooks, Trial, run_trials, trial_matrix
+from bench.wrk import WRK_DONE_SCRIPT, parse_wrk, run_client, wrk_command
 
 HOST = "127.0.0.1"
 TARGET = 0.95
 SCRAPES_PER_SECOND = 10
+PLAIN, WATCHED = "plain", "watched"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -120,13 +115,62 @@ class Run:
 
 
 def _wrk(url: str, duration: int, connections: int, script: Path) -> float:
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "60s"]
-    done = subprocess.run(
-        [*argv, "-s", str(script), url], capture_output=True, text=True, check=False, timeout=120
+    argv = wrk_command(
+        url, threads=1, connections=connections, duration=duration, timeout_s=60, script=script
     )
-    if done.returncode != 0:
-        raise RuntimeError(f"wrk failed: {done.stdout}{done.stderr}")
-    return parse_wrk(done.stdout).mib_per_s
+    return parse_wrk(run_client(argv, timeout=120).output).mib_per_s
+
+
+@dataclass(frozen=True)
+class BlobRuns:
+    """One wrk run of the blob URL: alone, or while the watchers are at work."""
+
+    url: str
+    watchers: Watchers
+    duration: int
+    connections: int
+    script: Path
+
+    def __call__(self, trial: Trial[str, str]) -> Run:
+        if trial.subject == PLAIN:
+            return Run(PLAIN, trial.round, self._wrk())
+        scrapes, events = self.watchers.scrapes, self.watchers.events
+        with self.watchers.running():
+            time.sleep(0.3)  # the page is connected and the scraper ticking
+            watched = self._wrk()
+        return Run(
+            WATCHED,
+            trial.round,
+            watched,
+            self.watchers.scrapes - scrapes,
+            self.watchers.events - events,
+        )
+
+    def _wrk(self) -> float:
+        return _wrk(self.url, self.duration, self.connections, self.script)
+
+
+class Progress(RunHooks[str, str, Run]):
+    """One line per round, once its watched run is in."""
+
+    def __init__(self, rounds: int) -> None:
+        self.rounds = rounds
+        self.plain = 0.0
+
+    def kept(self, trial: Trial[str, str], result: Run) -> None:
+        if trial.subject == PLAIN:
+            self.plain = result.mib_per_s
+            return
+        print(
+            f"    [{trial.round + 1}/{self.rounds}] plain {self.plain:8,.0f} MiB/s   watched "
+            f"{result.mib_per_s:8,.0f} MiB/s  ({result.scrapes} scrapes, "
+            f"{result.page_events} events on the page)",
+            flush=True,
+        )
+
+
+def _conditions(scenario: str) -> tuple[str, ...]:
+    return (PLAIN, WATCHED)
 
 
 @contextlib.contextmanager
@@ -151,6 +195,20 @@ def _node(base: Path, blob_mib: int) -> Iterator[tuple[MirrorNode, GeneratedImag
         yield mirror, image, upstream.host
 
 
+def _measure(base: Path, args: argparse.Namespace, script: Path) -> list[Run]:
+    """A warm-up, then `repeat` rounds of plain and watched."""
+    with _node(base, args.blob_mib) as (mirror, image, registry):
+        url = f"{mirror.url}/v2/{image.name}/blobs/{image.layers[0].digest}?ns={registry}"
+        measure = BlobRuns(
+            url, Watchers(mirror.metrics_url), args.duration, args.connections, script
+        )
+        _wrk(url, 1, args.connections, script)  # warm-up, not recorded
+        outcome = run_trials(
+            trial_matrix(["blob"], _conditions, args.repeat), measure, hooks=Progress(args.repeat)
+        )
+    return outcome.results()
+
+
 def run(args: argparse.Namespace) -> int:
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install wrk)")
@@ -159,36 +217,14 @@ def run(args: argparse.Namespace) -> int:
     script = base / "done.lua"
     base.mkdir(parents=True, exist_ok=True)
     script.write_text(WRK_DONE_SCRIPT)
-    runs: list[Run] = []
     _step(f"one node serving a {args.blob_mib} MiB layer, in {base}")
-    with _node(base, args.blob_mib) as (mirror, image, registry):
-        url = f"{mirror.url}/v2/{image.name}/blobs/{image.layers[0].digest}?ns={registry}"
-        watchers = Watchers(mirror.metrics_url)
-        _wrk(url, 1, args.connections, script)  # warm-up, not recorded
-        for repeat in range(args.repeat):
-            plain = _wrk(url, args.duration, args.connections, script)
-            runs.append(Run("plain", repeat, plain))
-            scrapes, events = watchers.scrapes, watchers.events
-            with watchers.running():
-                time.sleep(0.3)  # the page is connected and the scraper ticking
-                watched = _wrk(url, args.duration, args.connections, script)
-            runs.append(
-                Run(
-                    "watched",
-                    repeat,
-                    watched,
-                    watchers.scrapes - scrapes,
-                    watchers.events - events,
-                )
-            )
-            print(
-                f"    [{repeat + 1}/{args.repeat}] plain {plain:8,.0f} MiB/s   watched "
-                f"{watched:8,.0f} MiB/s  ({runs[-1].scrapes} scrapes, "
-                f"{runs[-1].page_events} events on the page)",
-                flush=True,
-            )
-    plain_values = [r.mib_per_s for r in runs if r.condition == "plain"]
-    watched_values = [r.mib_per_s for r in runs if r.condition == "watched"]
+    try:
+        runs = _measure(base, args, script)
+    finally:
+        if args.dir is None:  # a temporary directory of our own
+            shutil.rmtree(base, ignore_errors=True)
+    plain_values = [r.mib_per_s for r in runs if r.condition == PLAIN]
+    watched_values = [r.mib_per_s for r in runs if r.condition == WATCHED]
     ratio = summarize(paired_ratios(watched_values, plain_values))
     check = Check("blob throughput watched / plain", ratio.median, ">=", TARGET)
     _step(f"plain   {summarize(plain_values).format()} MiB/s")

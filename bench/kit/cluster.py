@@ -136,7 +136,8 @@ class LocalCluster(StartStop):
             for part in (node.mirror, node.containerd):
                 try:
                     part.stop()
-                except Exception as exc:  # keep stopping the others
+                # Deferred, not swallowed: the first error is raised once the rest are stopped.
+                except Exception as exc:  # noqa: BLE001
                     errors.append(exc)
         self.upstream.stop()
         if not self.keep and self._own_dir:

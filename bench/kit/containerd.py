@@ -360,7 +360,8 @@ class ContainerdCluster(StartStop):
         for node in self.nodes:
             try:
                 node.stop()
-            except Exception as exc:
+            # Deferred, not swallowed: the first error is raised once the rest are stopped.
+            except Exception as exc:  # noqa: BLE001
                 errors.append(exc)
         if not self.keep:
             target = [self.base_dir] if self._own_base else [n.dir for n in self.nodes]

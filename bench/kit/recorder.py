@@ -55,7 +55,7 @@ class RequestRecorder(StartStop):
     @property
     def host(self) -> str:
         ip, port = self._server.server_address[:2]
-        return f"{ip}:{port}"
+        return f"{ip!s}:{port}"
 
     @property
     def url(self) -> str:
@@ -86,63 +86,66 @@ class RequestRecorder(StartStop):
             self.requests.append(request)
 
     def _handler_class(self) -> type[http.server.BaseHTTPRequestHandler]:
-        recorder = self
+        return type("Handler", (_RecordingHandler,), {"recorder": self})
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
 
-            def do_GET(self) -> None:
-                self._handle()
+class _RecordingHandler(http.server.BaseHTTPRequestHandler):
+    """Answers for one `RequestRecorder` (set as `recorder` on a subclass) and records."""
 
-            def do_HEAD(self) -> None:
-                self._handle()
+    protocol_version = "HTTP/1.1"
+    recorder: RequestRecorder
 
-            def log_message(self, format: str, *args: object) -> None:
-                pass
+    def do_GET(self) -> None:
+        self._handle()
 
-            def _handle(self) -> None:
-                status = self._relay() if recorder.upstream else self._not_found()
-                url = urllib.parse.urlsplit(self.path)
-                recorder._record(
-                    RecordedRequest(
-                        method=self.command,
-                        path=url.path,
-                        query=urllib.parse.parse_qs(url.query),
-                        headers={k.lower(): v for k, v in self.headers.items()},
-                        status=status,
-                    )
-                )
+    def do_HEAD(self) -> None:
+        self._handle()
 
-            def _not_found(self) -> int:
-                body = b'{"errors":[{"code":"NOT_FOUND","message":"recorder has nothing"}]}'
-                self.send_response(404)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
-                return 404
+    def log_message(self, format: str, *args: object) -> None:
+        pass
 
-            def _relay(self) -> int:
-                assert recorder.upstream is not None
-                name, _, port = recorder.upstream.rpartition(":")
-                conn = http.client.HTTPConnection(name, int(port), timeout=60)
-                try:
-                    headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
-                    headers["Host"] = recorder.upstream
-                    conn.request(self.command, self.path, headers=headers)
-                    resp = conn.getresponse()
-                    self.send_response(resp.status)
-                    for k, v in resp.getheaders():
-                        if k.lower() not in HOP_BY_HOP:
-                            self.send_header(k, v)
-                    if resp.getheader("Content-Length") is None:
-                        self.close_connection = True
-                    self.end_headers()
-                    while chunk := resp.read(1 << 16):
-                        self.wfile.write(chunk)
-                    return resp.status
-                finally:
-                    conn.close()
+    def _handle(self) -> None:
+        status = (
+            self._relay(self.recorder.upstream) if self.recorder.upstream else self._not_found()
+        )
+        url = urllib.parse.urlsplit(self.path)
+        self.recorder._record(
+            RecordedRequest(
+                method=self.command,
+                path=url.path,
+                query=urllib.parse.parse_qs(url.query),
+                headers={k.lower(): v for k, v in self.headers.items()},
+                status=status,
+            )
+        )
 
-        return Handler
+    def _not_found(self) -> int:
+        body = b'{"errors":[{"code":"NOT_FOUND","message":"recorder has nothing"}]}'
+        self.send_response(404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        return 404
+
+    def _relay(self, upstream: str) -> int:
+        name, _, port = upstream.rpartition(":")
+        conn = http.client.HTTPConnection(name, int(port), timeout=60)
+        try:
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+            headers["Host"] = upstream
+            conn.request(self.command, self.path, headers=headers)
+            resp = conn.getresponse()
+            self.send_response(resp.status)
+            for k, v in resp.getheaders():
+                if k.lower() not in HOP_BY_HOP:
+                    self.send_header(k, v)
+            if resp.getheader("Content-Length") is None:
+                self.close_connection = True
+            self.end_headers()
+            while chunk := resp.read(1 << 16):
+                self.wfile.write(chunk)
+            return resp.status
+        finally:
+            conn.close()

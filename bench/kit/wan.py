@@ -143,7 +143,8 @@ class WanRelay(StartStop):
     def _run(self) -> None:
         try:
             trio.run(self._main)
-        except BaseException as exc:
+        # The relay thread's boundary: what ends trio.run is kept for start() to report.
+        except BaseException as exc:  # noqa: BLE001
             self._error = exc
             self._ready.set()
 

@@ -6,28 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.measure import (
-    MIB,
-    Check,
-    ParseError,
-    paired_ratios,
-    parse_duration,
-    parse_size,
-    parse_wrk,
-    summarize,
-)
-from bench.serve import (
-    DISTRIBUTION,
-    MIRROR,
-    NGINX,
-    Sample,
-    checks,
-    ratios,
-    results_table,
-    scenarios,
-    summaries,
-    wrk_argv,
-)
+from bench.measure import MIB, Check, paired_ratios, summarize
+from bench.serve_plan import DISTRIBUTION, MIRROR, NGINX, Sample, scenarios, wrk_argv
+from bench.serve_report import checks, ratios, results_table, summaries
+from bench.wrk import ParseError, parse_duration, parse_size, parse_wrk
 
 BLOB_OUTPUT = """\
 Running 1s test @ http://127.0.0.1:53247/v2/bench/blob/blobs/sha256:d1f8
