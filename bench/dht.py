@@ -22,6 +22,7 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,28 @@ def _summary(values: list[float]) -> dict[str, float]:
     }
 
 
+async def _join(
+    nursery: trio.Nursery, count: int, config: Callable[[int], NodeConfig], rng: random.Random
+) -> list[_Running]:
+    """Start `count` nodes, each bootstrapping from a few already joined."""
+    first: _Running = await nursery.start(_run_node, config(0), None)
+    nodes = [first]
+    seeds = [f"{first.node.address[0]}:{first.node.address[1]}"]
+    for i in range(1, count):
+        bootstrapper = StaticBootstrapper(seeds)
+        running: _Running = await nursery.start(_run_node, config(i), bootstrapper)
+        nodes.append(running)
+        if i % 50 == 0:
+            for r in nodes:
+                await r.node.wait_ready()
+            await _quiesce(nodes, idle=0.05)
+            seeds = [f"{r.node.address[0]}:{r.node.address[1]}" for r in rng.sample(nodes, 3)]
+    for r in nodes:
+        await r.node.wait_ready()
+    await _quiesce(nodes)
+    return nodes
+
+
 async def _main(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed)
     results: dict[str, Any] = {"nodes": args.nodes, "keys": args.keys, "timeout_s": args.timeout}
@@ -156,23 +179,9 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
     gc.disable()
     async with trio.open_nursery() as nursery:
         t0 = time.perf_counter()
-        first: _Running = await nursery.start(_run_node, config(0), None)
-        nodes = [first]
-        seeds = [f"{first.node.address[0]}:{first.node.address[1]}"]
-        for i in range(1, args.nodes):
-            bootstrapper = StaticBootstrapper(seeds)
-            running: _Running = await nursery.start(_run_node, config(i), bootstrapper)
-            nodes.append(running)
-            if i % 50 == 0:
-                for r in nodes:
-                    await r.node.wait_ready()
-                await _quiesce(nodes, idle=0.05)
-                seeds = [f"{r.node.address[0]}:{r.node.address[1]}" for r in rng.sample(nodes, 3)]
-        for r in nodes:
-            await r.node.wait_ready()
-        await _quiesce(nodes)
+        nodes = await _join(nursery, args.nodes, config, rng)
         results["join_s"] = time.perf_counter() - t0
-        sizes = [len(r.node.routing) for r in nodes]
+        sizes = [r.node.stats.routing_table_size for r in nodes]
         results["routing_table_size"] = {"mean": statistics.fmean(sizes), "min": min(sizes)}
         print(f"joined {args.nodes} nodes in {results['join_s']:.1f} s", file=sys.stderr)
 
@@ -237,7 +246,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
             target = round(len(nodes) * (1 - fraction))
             while len(alive) > target:
                 alive.pop().scope.cancel()
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
             results[label] = await _lookups(alive, rng, args.lookups)
             print(f"lookups at {label} done", file=sys.stderr)
         nursery.cancel_scope.cancel()

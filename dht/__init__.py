@@ -1,11 +1,12 @@
 """Kademlia DHT over UDP: who holds which digest or tag.
 
 Usable on its own (it does not import `mirror`). The sans-I/O core (ids,
-messages, routing, lookup, providers, handler) never imports Trio; `transport`
-and `node` are the Trio shell; `bootstrap` finds the first peers.
+messages, routing, lookup, providers, handler, requests, announce, operations,
+config, core) never imports Trio nor does I/O; `node` and `transport` are the
+Trio shell, `identity` reads the node id and cluster key from disk, and
+`bootstrap` finds the first peers.
 """
 
-from .auth import load_cluster_key
 from .bootstrap import (
     Bootstrapper,
     DnsBootstrapper,
@@ -13,6 +14,7 @@ from .bootstrap import (
     StaticBootstrapper,
     parse_peer_address,
 )
+from .identity import load_cluster_key
 from .ids import key_id
 from .messages import Contact, Provider
 from .node import DhtNode, LookupStats, NodeConfig, NodeStats

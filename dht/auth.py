@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from pathlib import Path
 
 TAG_SIZE = 16
 _MAX_KEY = 64  # hashlib.blake2b accepts keys of up to 64 bytes
@@ -34,13 +33,14 @@ class Authenticator:
     def overhead(self) -> int:
         return TAG_SIZE if self._key is not None else 0
 
-    def _tag(self, payload: bytes) -> bytes:
-        return hashlib.blake2b(payload, key=self._key, digest_size=TAG_SIZE).digest()
+    @staticmethod
+    def _tag(key: bytes, payload: bytes) -> bytes:
+        return hashlib.blake2b(payload, key=key, digest_size=TAG_SIZE).digest()
 
     def seal(self, payload: bytes) -> bytes:
         if self._key is None:
             return payload
-        return payload + self._tag(payload)
+        return payload + self._tag(self._key, payload)
 
     def open(self, datagram: bytes) -> bytes | None:
         """The payload of an authentic datagram, or None."""
@@ -49,14 +49,6 @@ class Authenticator:
         if len(datagram) <= TAG_SIZE:
             return None
         payload, tag = datagram[:-TAG_SIZE], datagram[-TAG_SIZE:]
-        if not hmac.compare_digest(tag, self._tag(payload)):
+        if not hmac.compare_digest(tag, self._tag(self._key, payload)):
             return None
         return payload
-
-
-def load_cluster_key(path: Path) -> bytes:
-    """Read a cluster key file; surrounding whitespace is not part of the key."""
-    key = path.read_bytes().strip()
-    if not key:
-        raise ValueError(f"cluster key file {path} is empty")
-    return key

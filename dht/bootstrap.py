@@ -34,38 +34,44 @@ def parse_peer_address(text: str, default_port: int | None = None) -> Address:
     if not text:
         raise ValueError("empty peer address")
     if text.startswith("/"):
-        parts = text.split("/")[1:]
-        host: str | None = None
-        port: int | None = None
-        for proto, value in zip(parts[::2], parts[1::2], strict=False):
-            if proto in ("ip4", "ip6", "dns", "dns4", "dns6") and host is None:
-                host = value
-            elif proto in ("udp", "tcp") and port is None:
-                port = _port(value)
-        if host is None:
-            raise ValueError(f"no address in multiaddr {text!r}")
-        if port is None:
-            if default_port is None:
-                raise ValueError(f"no port in multiaddr {text!r}")
-            port = default_port
-        return _canonical(host), port
+        return _parse_multiaddr(text, default_port)
     if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep:
-            raise ValueError(f"unterminated IPv6 address in {text!r}")
-        if rest.startswith(":"):
-            return _canonical(host), _port(rest[1:])
-        if rest or default_port is None:
-            raise ValueError(f"bad peer address {text!r}")
-        return _canonical(host), default_port
+        return _parse_bracketed(text, default_port)
     if text.count(":") == 1:
         host, _, port_text = text.partition(":")
         return _canonical(host or "0.0.0.0"), _port(port_text)
-    if text.count(":") > 1 or default_port is not None:  # a bare IPv6 address, or a bare host
+    if default_port is None:  # a bare IPv6 address, or a bare host, needs a default
+        raise ValueError(f"no port in {text!r}")
+    return _canonical(text), default_port
+
+
+def _parse_multiaddr(text: str, default_port: int | None) -> Address:
+    parts = text.split("/")[1:]
+    host: str | None = None
+    port: int | None = None
+    for proto, value in zip(parts[::2], parts[1::2], strict=False):
+        if proto in ("ip4", "ip6", "dns", "dns4", "dns6") and host is None:
+            host = value
+        elif proto in ("udp", "tcp") and port is None:
+            port = _port(value)
+    if host is None:
+        raise ValueError(f"no address in multiaddr {text!r}")
+    if port is None:
         if default_port is None:
-            raise ValueError(f"no port in {text!r}")
-        return _canonical(text), default_port
-    raise ValueError(f"no port in {text!r}")
+            raise ValueError(f"no port in multiaddr {text!r}")
+        port = default_port
+    return _canonical(host), port
+
+
+def _parse_bracketed(text: str, default_port: int | None) -> Address:
+    host, sep, rest = text[1:].partition("]")
+    if not sep:
+        raise ValueError(f"unterminated IPv6 address in {text!r}")
+    if rest.startswith(":"):
+        return _canonical(host), _port(rest[1:])
+    if rest or default_port is None:
+        raise ValueError(f"bad peer address {text!r}")
+    return _canonical(host), default_port
 
 
 def parse_listen_address(text: str) -> Address:
@@ -171,7 +177,8 @@ class HttpBootstrapper:
         if not self.peer_url:
             return []
         try:
-            server_ip, body = await http_get(self.peer_url, timeout=self.timeout)
+            with trio.fail_after(self.timeout):
+                server_ip, body = await http_get(self.peer_url)
         except (OSError, ValueError, trio.TooSlowError):
             return []
         out: list[Address] = []
@@ -226,8 +233,10 @@ def parse_address_list(body: bytes) -> list[str]:
 # -- a tiny HTTP/1.1 GET client and server ---------------------------------------
 
 
-async def http_get(url: str, *, timeout: float = 5.0) -> tuple[str, bytes]:
-    """GET an http:// URL; returns (the server's IP, the body) of a 200 answer."""
+async def http_get(url: str) -> tuple[str, bytes]:
+    """GET an http:// URL; returns (the server's IP, the body) of a 200 answer.
+
+    No deadline of its own: callers run it under a cancel scope."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
         raise ValueError(f"not an http URL: {url!r}")
@@ -237,16 +246,15 @@ async def http_get(url: str, *, timeout: float = 5.0) -> tuple[str, bytes]:
         "Accept: application/json\r\nConnection: close\r\n\r\n"
     ).encode()
     buf = bytearray()
-    with trio.fail_after(timeout):
-        stream = await trio.open_tcp_stream(parts.hostname, parts.port or 80)
-        async with stream:
-            server_ip = str(stream.socket.getpeername()[0])
-            await stream.send_all(request)
-            while len(buf) <= _MAX_RESPONSE:
-                chunk = await stream.receive_some(16384)
-                if not chunk:
-                    break
-                buf += chunk
+    stream = await trio.open_tcp_stream(parts.hostname, parts.port or 80)
+    async with stream:
+        server_ip = str(stream.socket.getpeername()[0])
+        await stream.send_all(request)
+        while len(buf) <= _MAX_RESPONSE:
+            chunk = await stream.receive_some(16384)
+            if not chunk:
+                break
+            buf += chunk
     head, sep, body = bytes(buf).partition(b"\r\n\r\n")
     if not sep:
         raise ValueError("incomplete HTTP response")

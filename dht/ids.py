@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import xxhash
 
 ID_BYTES = 16
 ID_BITS = ID_BYTES * 8
-NODE_ID_FILE = "dht-node-id"
 
 
 def key_id(key: str) -> bytes:
     """The keyspace position of a key (`sha256:...` digest or `registry/repo:tag`)."""
     return xxhash.xxh3_128_digest(key.encode())
-
-
-def random_node_id() -> bytes:
-    return os.urandom(ID_BYTES)
 
 
 def id_to_int(node_id: bytes) -> int:
@@ -39,20 +31,3 @@ def bucket_index(own: int, other: int) -> int:
     -1 means `other == own`.
     """
     return (own ^ other).bit_length() - 1
-
-
-def load_or_create_node_id(data_dir: Path) -> bytes:
-    """Keep the node id in `<data_dir>/dht-node-id` so that a restarted node keeps its id."""
-    path = data_dir / NODE_ID_FILE
-    try:
-        node_id = bytes.fromhex(path.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        node_id = b""
-    if len(node_id) == ID_BYTES:
-        return node_id
-    node_id = random_node_id()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(node_id.hex() + "\n")
-    os.replace(tmp, path)
-    return node_id

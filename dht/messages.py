@@ -14,8 +14,9 @@ from __future__ import annotations
 import functools
 import ipaddress
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import msgpack
 
@@ -130,6 +131,10 @@ class Envelope:
     message: Message
 
 
+K = TypeVar("K")
+V = TypeVar("V")
+
+
 # -- addresses ---------------------------------------------------------------
 
 
@@ -155,18 +160,38 @@ _pack = _packer.pack
 _array_header = _packer.pack_array_header
 
 
+class BoundedCache(dict[K, V]):
+    """A dict that holds at most `size` entries, dropping the oldest first.
+
+    The codec's caches are shared by every node of the process and their keys
+    come from peers: callers put only validated, fixed-size keys in them, and
+    the count is bounded here, so no datagram can grow memory."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def put(self, key: K, value: V) -> None:
+        if key not in self and len(self) >= self.size:
+            del self[next(iter(self))]
+        self[key] = value
+
+
+CACHE_SIZE = 8192
+
 # Keyed by plain tuples: comparing those runs in C, comparing dataclasses does not.
-_contact_wire: dict[tuple[bytes, str, int], bytes] = {}
-_provider_wire: dict[tuple[bytes, str, int, int], bytes] = {}
+_contact_wire: BoundedCache[tuple[bytes, str, int], bytes] = BoundedCache(CACHE_SIZE)
+_provider_wire: BoundedCache[tuple[bytes, str, int, int], bytes] = BoundedCache(CACHE_SIZE)
 
 
 def _contact_bytes(contact: Contact) -> bytes:
     key = (contact.node_id, contact.host, contact.port)
     data = _contact_wire.get(key)
     if data is None:
-        if len(_contact_wire) >= 65536:
-            _contact_wire.clear()
-        data = _contact_wire[key] = _pack((key[0], pack_ip(key[1]), key[2]))
+        data = _pack((key[0], pack_ip(key[1]), key[2]))
+        _contact_wire.put(key, data)
     return data
 
 
@@ -174,9 +199,8 @@ def _provider_bytes(provider: Provider) -> bytes:
     key = (provider.node_id, provider.host, provider.udp_port, provider.registry_port)
     data = _provider_wire.get(key)
     if data is None:
-        if len(_provider_wire) >= 65536:
-            _provider_wire.clear()
-        data = _provider_wire[key] = _pack((key[0], pack_ip(key[1]), key[2], key[3]))
+        data = _pack((key[0], pack_ip(key[1]), key[2], key[3]))
+        _provider_wire.put(key, data)
     return data
 
 
@@ -253,24 +277,21 @@ def _list(value: object) -> tuple[object, ...]:
 
 
 # The same contacts come back in reply after reply: decoded ones are kept,
-# keyed by their (hashable) wire tuple, so most are a dict hit.
-_CACHE_MAX = 65536
-_contacts: dict[tuple[object, ...], Contact] = {}
-_providers: dict[tuple[object, ...], Provider] = {}
+# keyed by their wire tuple once it has been validated (so each key is small).
+_contacts: BoundedCache[tuple[object, ...], Contact] = BoundedCache(CACHE_SIZE)
+_providers: BoundedCache[tuple[object, ...], Provider] = BoundedCache(CACHE_SIZE)
 
 
 def _contact(value: object) -> Contact:
     try:
         return _contacts[value]  # type: ignore[index]
-    except (KeyError, TypeError):
+    except (KeyError, TypeError):  # not seen yet, or not hashable (not a contact then)
         pass
     fields = _list(value)
     if len(fields) != 3:
         raise DecodeError("bad contact")
     contact = Contact(_node_id(fields[0]), _ip(fields[1]), _port(fields[2]))
-    if len(_contacts) >= _CACHE_MAX:
-        _contacts.clear()
-    _contacts[fields] = contact
+    _contacts.put(fields, contact)
     return contact
 
 
@@ -283,9 +304,7 @@ def _provider(value: object) -> Provider:
     if len(fields) != 4:
         raise DecodeError("bad provider")
     provider = Provider(_node_id(fields[0]), _ip(fields[1]), _port(fields[2]), _port(fields[3]))
-    if len(_providers) >= _CACHE_MAX:
-        _providers.clear()
-    _providers[fields] = provider
+    _providers.put(fields, provider)
     return provider
 
 
@@ -295,20 +314,26 @@ def _count(value: object) -> int:
     return value
 
 
-_ARITY = {
-    PING: 0,
-    PONG: 2,
-    FIND_NODE: 1,
-    NODES: 1,
-    ADD_PROVIDER: 2,
-    ADD_PROVIDER_ACK: 1,
-    GET_PROVIDERS: 2,
-    PROVIDERS: 2,
+def _providers_reply(f: tuple[object, ...]) -> Providers:
+    return Providers(
+        tuple(_provider(p) for p in _list(f[0])), tuple(_contact(c) for c in _list(f[1]))
+    )
+
+
+# type -> (arity, fields -> message)
+_DECODERS: dict[int, tuple[int, Callable[[tuple[object, ...]], Message]]] = {
+    PING: (0, lambda f: Ping()),
+    PONG: (2, lambda f: Pong(_ip(f[0]), _port(f[1]))),
+    FIND_NODE: (1, lambda f: FindNode(_node_id(f[0]))),
+    NODES: (1, lambda f: Nodes(tuple(_contact(c) for c in _list(f[0])))),
+    ADD_PROVIDER: (2, lambda f: AddProvider(_port(f[0]), tuple(_node_id(k) for k in _list(f[1])))),
+    ADD_PROVIDER_ACK: (1, lambda f: AddProviderAck(_count(f[0]))),
+    GET_PROVIDERS: (2, lambda f: GetProviders(_node_id(f[0]), _count(f[1]))),
+    PROVIDERS: (2, _providers_reply),
 }
 
 
-def decode(data: bytes) -> Envelope:
-    """Decode and validate one datagram payload; anything else raises DecodeError."""
+def _unpack(data: bytes) -> tuple[object, ...]:
     if len(data) > MAX_DATAGRAM:
         raise DecodeError("oversized")
     try:
@@ -317,32 +342,19 @@ def decode(data: bytes) -> Envelope:
         raise DecodeError(str(exc)) from exc
     if type(obj) is not tuple or len(obj) < 4:
         raise DecodeError("not an envelope")
+    return obj
+
+
+def decode(data: bytes) -> Envelope:
+    """Decode and validate one datagram payload; anything else raises DecodeError."""
+    obj = _unpack(data)
     version, kind, request_id, sender = obj[0], obj[1], obj[2], obj[3]
     if version != VERSION or type(version) is not int:
         raise DecodeError("unknown version")
-    arity = _ARITY.get(kind) if type(kind) is int else None
-    if arity is None or len(obj) != 4 + arity:
+    decoder = _DECODERS.get(kind) if type(kind) is int else None
+    if decoder is None or len(obj) != 4 + decoder[0]:
         raise DecodeError("unknown type or wrong arity")
     if type(request_id) is not int or not 0 <= request_id < 1 << 64:
         raise DecodeError("bad request id")
-    f = obj[4:]
-    message: Message
-    if kind == PING:
-        message = Ping()
-    elif kind == PONG:
-        message = Pong(_ip(f[0]), _port(f[1]))
-    elif kind == FIND_NODE:
-        message = FindNode(_node_id(f[0]))
-    elif kind == NODES:
-        message = Nodes(tuple(_contact(c) for c in _list(f[0])))
-    elif kind == ADD_PROVIDER:
-        message = AddProvider(_port(f[0]), tuple(_node_id(k) for k in _list(f[1])))
-    elif kind == ADD_PROVIDER_ACK:
-        message = AddProviderAck(_count(f[0]))
-    elif kind == GET_PROVIDERS:
-        message = GetProviders(_node_id(f[0]), _count(f[1]))
-    else:
-        message = Providers(
-            tuple(_provider(p) for p in _list(f[0])), tuple(_contact(c) for c in _list(f[1]))
-        )
+    message = decoder[1](obj[4:])
     return Envelope(request_id, _node_id(sender), message)

@@ -1,147 +1,50 @@
-"""DhtNode: the Trio shell that runs the sans-I/O core on a UDP transport.
+"""DhtNode: the Trio shell around the node core (`core.py`).
 
 Lifetimes: `DhtNode.open()` owns one nursery holding the receive loop, the
-bootstrap/refresh loop, the re-provide loop, record expiry and stale-contact
-pings. Leaving the `async with` cancels them all and closes the socket.
-
-Advertised address: a node bound to a specific IP advertises that IP. A node
-bound to a wildcard address advertises `advertise_host` when configured, else
-the address its peers see: every PONG carries back the source address of the
-PING as the responder observed it. Records stored on other nodes do not
-depend on this: the storing node takes the provider's IP and UDP port from
-the ADD_PROVIDER datagram's source address.
+timer loop, the peer-fetching task (the bootstrapper's I/O) and the socket's
+flush task. Leaving the `async with` cancels them all and closes the socket.
+Every decision is the core's; the shell feeds it datagrams and the time, and
+executes the commands it returns. The public async API starts an operation in
+the core and waits for its `Progress`.
 """
 
 from __future__ import annotations
 
-import heapq
 import ipaddress
-import math
 import random
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from pathlib import Path
 
 import trio
 
-from .auth import Authenticator
 from .bootstrap import Address, Bootstrapper
-from .handler import RequestHandler
-from .ids import ID_BITS, id_to_int, int_to_id, key_id, load_or_create_node_id, random_node_id
-from .lookup import Lookup, State
-from .messages import (
-    MAX_KEYS_PER_ADD,
-    AddProvider,
-    Contact,
-    Envelope,
-    FindNode,
-    GetProviders,
-    Message,
-    Nodes,
-    Ping,
-    Pong,
-    Provider,
-    Providers,
-)
-from .providers import (
-    DEFAULT_RECORD_TTL,
-    DEFAULT_REPROVIDE_INTERVAL,
-    ProviderStore,
-    ReprovideSchedule,
-)
-from .routing import RoutingTable
-from .transport import STALLED, RequestBatch, UdpTransport, is_wildcard, open_udp_socket
+from .config import LookupStats, NodeConfig, NodeStats
+from .core import Command, FetchPeers, NodeCore, Progress, Ready, Send, WakeAt
+from .identity import load_or_create_node_id, random_node_id
+from .messages import Contact, Provider
+from .operations import LookupOp, Operation
+from .transport import UdpSocket, canonical_host, open_udp_socket
 
+__all__ = ["DhtNode", "LookupStats", "NodeConfig", "NodeStats"]
 
-@dataclass(frozen=True)
-class NodeConfig:
-    bind_host: str = "0.0.0.0"
-    bind_port: int = 5001
-    registry_port: int = 5000
-    data_dir: Path | None = None
-    cluster_key: bytes | None = None
-    k: int = 20
-    alpha: int = 3
-    record_ttl: float = DEFAULT_RECORD_TTL
-    reprovide_interval: float = DEFAULT_REPROVIDE_INTERVAL
-    request_timeout: float = 0.5
-    # A lookup request unanswered this long stops holding one of the alpha slots.
-    stall_timeout: float = 0.05
-    advertise_host: str | None = None
-    max_in_flight: int = 256
-    refresh_interval: float = 10 * 60.0
-    bootstrap_timeout: float = 10.0
-    bootstrap_backoff: float = 0.5  # first retry delay; doubles up to bootstrap_backoff_max
-    bootstrap_backoff_max: float = 30.0
-    # On joining, look up a random id in each bucket farther than our nearest neighbour.
-    join_refresh: bool = True
-    node_id: bytes | None = None  # fixed id (tests, benchmarks); else kept in data_dir, else random
-
-    def __post_init__(self) -> None:
-        if self.reprovide_interval * (1 + 1 / _TICKS_PER_INTERVAL) >= self.record_ttl:
-            raise ValueError("reprovide_interval must leave records time before they lapse")
-        if self.k < 1 or self.alpha < 1:
-            raise ValueError("k and alpha must be positive")
-
-
-_TICKS_PER_INTERVAL = 30  # re-provide in this many small batches per interval
-
-
-@dataclass(frozen=True)
-class NodeStats:
-    routing_table_size: int
-    lookups: int
-    datagrams_in: int
-    datagrams_out: int
-    dropped_malformed: int
-    dropped_oversized: int
-    dropped_unauthenticated: int
-    dropped_unsolicited: int
-    requests_sent: int
-    timeouts: int
-    records_stored: int
-    keys_provided: int
-
-
-@dataclass
-class LookupStats:
-    """Filled in by `get_providers(..., stats=...)` as the lookup proceeds."""
-
-    hops: int = 0
-    messages: int = 0
+_BURST = 32  # datagrams handled back to back before letting other tasks run
 
 
 class DhtNode:
     def __init__(
-        self,
-        config: NodeConfig,
-        node_id: bytes,
-        transport_socket: object,
-        bootstrapper: Bootstrapper | None,
+        self, config: NodeConfig, core: NodeCore, udp: UdpSocket, bootstrapper: Bootstrapper | None
     ) -> None:
         self.config = config
-        self.node_id = node_id
+        self.core = core
+        self.node_id = core.node_id
+        self.udp = udp
         self.bootstrapper = bootstrapper
-        self.routing = RoutingTable(node_id, config.k)
-        self.store = ProviderStore(config.record_ttl)
-        self.schedule = ReprovideSchedule(config.reprovide_interval)
-        self.handler = RequestHandler(self.routing, self.store, self._own_record, k=config.k)
-        self.transport = UdpTransport(
-            transport_socket,  # type: ignore[arg-type]
-            node_id,
-            self._on_request,
-            self._on_reply,
-            auth=Authenticator(config.cluster_key),
-            max_in_flight=config.max_in_flight,
-        )
-        self._observed_host: str | None = None
         self._ready = trio.Event()
-        self._unannounced: set[str] = set()
-        self._wake_bootstrap = trio.lowlevel.ParkingLot()
-        self._to_ping: dict[bytes, Contact] = {}
-        self._wake_pinger = trio.lowlevel.ParkingLot()
-        self._lookups = 0
+        self._waiters: dict[int, trio.Event] = {}
+        self._fetch = trio.Event()
+        self._wake_at = float("inf")
+        self._timer: trio.CancelScope | None = None
+        self._execute()  # the core's first WakeAt
 
     @classmethod
     @asynccontextmanager
@@ -152,36 +55,43 @@ class DhtNode:
         if config.node_id is not None:
             node_id = config.node_id
         elif config.data_dir is not None:
-            node_id = load_or_create_node_id(config.data_dir)
+            node_id = await trio.to_thread.run_sync(load_or_create_node_id, config.data_dir)
         else:
             node_id = random_node_id()
-        sock = open_udp_socket(host, config.bind_port)
-        node = cls(config, node_id, sock, bootstrapper)
+        udp = UdpSocket(open_udp_socket(host, config.bind_port))
         try:
+            core = NodeCore(
+                config,
+                node_id,
+                udp.local_address,
+                trio.current_time(),
+                rng=random.Random(random_node_id()),
+                ids=random.SystemRandom(),  # request ids must not be guessable
+            )
+            node = cls(config, core, udp, bootstrapper)
             async with trio.open_nursery() as nursery:
-                await nursery.start(node.transport.run)
+                nursery.start_soon(node._receive_loop)
+                nursery.start_soon(udp.flush_loop)
                 if bootstrapper is not None:
                     await nursery.start(bootstrapper.serve, lambda: node.address)
-                nursery.start_soon(node._bootstrap_loop)
-                nursery.start_soon(node._reprovide_loop)
-                nursery.start_soon(node._expire_loop)
-                nursery.start_soon(node._ping_loop)
+                nursery.start_soon(node._timer_loop)
+                nursery.start_soon(node._peer_loop)
                 try:
                     yield node
                 finally:
                     nursery.cancel_scope.cancel()
         finally:
-            node.transport.close()
+            udp.close()
 
     # -- public API -------------------------------------------------------------
 
     @property
     def address(self) -> Address:
         """The (host, UDP port) peers reach this node at."""
-        return self._advertised_host(), self.transport.local_address[1]
+        return self.core.address
 
     def ready(self) -> bool:
-        return len(self.routing) > 0
+        return self.core.ready()
 
     async def wait_ready(self) -> None:
         while not self.ready():
@@ -189,44 +99,40 @@ class DhtNode:
 
     @property
     def stats(self) -> NodeStats:
-        c = self.transport.counters
+        c, s, core = self.core.counters, self.udp.counters, self.core
         return NodeStats(
-            routing_table_size=len(self.routing),
-            lookups=self._lookups,
+            routing_table_size=len(core.routing),
+            lookups=core.lookups,
             datagrams_in=c.datagrams_in,
-            datagrams_out=c.datagrams_out,
+            datagrams_out=s.datagrams_out,
             dropped_malformed=c.dropped_malformed,
             dropped_oversized=c.dropped_oversized,
             dropped_unauthenticated=c.dropped_unauthenticated,
             dropped_unsolicited=c.dropped_unsolicited,
             requests_sent=c.requests_sent,
-            timeouts=c.timeouts,
-            records_stored=len(self.store),
-            keys_provided=len(self.schedule),
+            timeouts=core.table.counters.timeouts,
+            records_stored=len(core.store),
+            keys_provided=len(core.schedule),
         )
 
     def peers(self) -> list[Contact]:
-        return self.routing.contacts()
+        return self.core.routing.contacts()
 
     async def provide(self, keys: Iterable[str]) -> None:
         """Announce keys now and keep re-providing them until withdrawn.
 
         Keys already provided are left to their schedule. Before the node is
         ready, keys are announced as soon as it is."""
-        new = self.schedule.add(keys, trio.current_time())
-        if not new:
+        op = self.core.provide(keys, trio.current_time())
+        self._execute()
+        if op is None:
             await trio.lowlevel.checkpoint()
             return
-        if not self.ready():
-            self._unannounced.update(new)
-            self._wake_bootstrap.unpark_all()
-            await trio.lowlevel.checkpoint()
-            return
-        await self._announce(new)
+        await self._until_done(op)
 
     async def withdraw(self, keys: Iterable[str]) -> None:
         """Stop re-providing keys; records already stored elsewhere lapse with their TTL."""
-        self._unannounced.difference_update(self.schedule.remove(keys))
+        self.core.withdraw(keys)
         await trio.lowlevel.checkpoint()
 
     async def get_providers(
@@ -238,294 +144,127 @@ class DhtNode:
         forgets the requests still in flight at once."""
         if limit < 1:
             raise ValueError("limit must be positive")
-        kid = key_id(key)
-        self._lookups += 1
-        seen: set[bytes] = set()
-        own = self._own_record(kid)
-        local = self.store.get(kid, trio.current_time())
-        for provider in ([own] if own else []) + local:
-            if provider.node_id not in seen:
-                seen.add(provider.node_id)
-                yield provider
-                if len(seen) >= limit:
-                    return
-        lookup = self._new_lookup(kid)
-        batch = self.transport.batch()
-        message = GetProviders(kid, min(limit, self.store.max_per_key))
+        op = self.core.get_providers(key, limit, trio.current_time())
+        self._execute()
         try:
-            while (step := await self._step(lookup, batch, message)) is not None:
-                contact, reply = step
-                assert isinstance(reply, Providers)
-                lookup.on_reply(contact.node_id, reply.contacts)
-                if stats is not None:
-                    stats.hops, stats.messages = lookup.hops, lookup.messages
-                for provider in reply.providers:
-                    if provider.node_id in seen:
-                        continue
-                    seen.add(provider.node_id)
+            while True:
+                for provider in op.take():
                     yield provider
-                    if len(seen) >= limit:
-                        return
+                self.core.resume(op, trio.current_time())
+                self._execute()
+                _copy_stats(op, stats)
+                if op.done and not op.found:
+                    return
+                if not op.found:
+                    await self._progress(op)
         finally:
-            self._end_lookup(lookup, batch)
-            if stats is not None:
-                stats.hops, stats.messages = lookup.hops, lookup.messages
+            self._cancel(op)
+            _copy_stats(op, stats)
 
     async def find_node(self, target: bytes) -> list[Contact]:
         """The k closest live nodes to `target` (an iterative FIND_NODE)."""
-        return (await self._find_node(target)).result()
+        op = self.core.find_node(target, trio.current_time())
+        self._execute()
+        await self._until_done(op)
+        return op.result()
 
     async def ping(self, address: Address) -> bool:
-        reply = await self.transport.request(address, Ping(), self.config.request_timeout)
-        return reply is not None
+        op = self.core.ping(address, trio.current_time())
+        self._execute()
+        await self._until_done(op)
+        return op.answered
 
-    # -- handlers called by the transport -----------------------------------------
+    # -- the shell ------------------------------------------------------------------
 
-    def _on_request(self, envelope: Envelope, host: str, port: int) -> Message | None:
-        now = trio.current_time()
-        self._observe(Contact(envelope.sender_id, host, port), now)
-        return self.handler.handle(envelope, host, port, now)
+    def _execute(self) -> None:
+        for command in self.core.take_commands():
+            self._run(command)
 
-    def _on_reply(self, envelope: Envelope, host: str, port: int) -> None:
-        self._observe(Contact(envelope.sender_id, host, port), trio.current_time())
-        message = envelope.message
-        if isinstance(message, Pong):
-            self._observed_host = message.observed_host
+    def _run(self, command: Command) -> None:
+        if isinstance(command, Send):
+            if command.request_id is None:
+                self.udp.send_reply(command.address, command.data)
+            elif not self.udp.send_request(command.address, command.data):
+                self.core.send_failed(command.request_id, trio.current_time())
+        elif isinstance(command, Progress):
+            waiter = self._waiters.get(command.op_id)
+            if waiter is not None:
+                waiter.set()
+        elif isinstance(command, WakeAt):
+            self._wake_at = command.when
+            if self._timer is not None:
+                self._timer.deadline = command.when
+        elif isinstance(command, Ready):
+            self._on_ready(command.ready)
+        elif isinstance(command, FetchPeers):
+            self._fetch.set()
 
-    def _observe(self, contact: Contact, now: float) -> None:
-        questionable = self.routing.observe(contact, now)
-        if questionable is not None and len(self._to_ping) < 64:
-            self._to_ping[questionable.node_id] = questionable
-            self._wake_pinger.unpark_all()
-        if not self._ready.is_set() and len(self.routing):
+    def _on_ready(self, ready: bool) -> None:
+        if ready:
             self._ready.set()
-
-    def _failed(self, contact: Contact) -> None:
-        self.routing.on_failure(contact.node_id)
-        if not len(self.routing) and self._ready.is_set():
+        elif self._ready.is_set():
             self._ready = trio.Event()
-            self._wake_bootstrap.unpark_all()
 
-    def _advertised_host(self) -> str:
-        if self.config.advertise_host:
-            return self.config.advertise_host
-        host = self.transport.local_address[0]
-        if not is_wildcard(host):
-            return host
-        return self._observed_host or host
-
-    def _own_record(self, kid: bytes) -> Provider | None:
-        if not self.schedule.has_id(kid):
-            return None
-        host, port = self.address
-        return Provider(self.node_id, host, port, self.config.registry_port)
-
-    # -- lookups ------------------------------------------------------------------
-
-    def _new_lookup(self, target: bytes) -> Lookup:
-        k = self.config.k
-        return Lookup(
-            target,
-            self.routing.closest(target, k),
-            own_id=self.node_id,
-            k=k,
-            alpha=self.config.alpha,
-        )
-
-    async def _step(
-        self, lookup: Lookup, batch: RequestBatch, message: Message
-    ) -> tuple[Contact, Message] | None:
-        """Send what the lookup asks for, then wait for the next reply; None when done."""
-        timeout, stall = self.config.request_timeout, self.config.stall_timeout
-        while True:
-            for contact in lookup.next_requests():
-                address = (contact.host, contact.port)
-                if not await batch.send(address, message, timeout, contact, stall_after=stall):
-                    lookup.on_failure(contact.node_id)
-                    self._failed(contact)
-            if lookup.done:
-                return None
-            if not batch.pending:
-                continue  # every send failed: ask the lookup again
-            tag, reply = await batch.next()
-            assert isinstance(tag, Contact)
-            if reply is None:
-                lookup.on_failure(tag.node_id)
-                self._failed(tag)
-            elif reply is STALLED:
-                lookup.on_stall(tag.node_id)
-            else:
-                assert isinstance(reply, Envelope)
-                return tag, reply.message
-
-    async def _find_node(self, target: bytes) -> Lookup:
-        self._lookups += 1
-        lookup = self._new_lookup(target)
-        batch = self.transport.batch()
-        message = FindNode(target)
+    async def _progress(self, op: Operation) -> None:
+        event = self._waiters[op.id] = trio.Event()
         try:
-            while (step := await self._step(lookup, batch, message)) is not None:
-                contact, reply = step
-                assert isinstance(reply, Nodes)
-                lookup.on_reply(contact.node_id, reply.contacts)
+            await event.wait()
         finally:
-            self._end_lookup(lookup, batch)
-        return lookup
+            del self._waiters[op.id]
 
-    def _end_lookup(self, lookup: Lookup, batch: RequestBatch) -> None:
-        # A lookup does not wait for stalled requests; it leaves them behind as
-        # failures, or a dead node would never leave the table through lookups.
-        for tag in batch.outstanding_tags():
-            assert isinstance(tag, Contact)
-            if lookup.state(tag.node_id) is State.STALLED:
-                self._failed(tag)
-        batch.close()
-
-    # -- providing ----------------------------------------------------------------
-
-    async def _announce(self, keys: Iterable[str]) -> None:
-        """Store records for `keys` on the k nodes closest to each.
-
-        Keys are sorted along the keyspace and grouped by a prefix long enough
-        that a group's region holds at most about k nodes; one FIND_NODE lookup
-        per group finds every node of the region and its surroundings, and each
-        key goes to the k closest of those. Then each node gets its keys in as few ADD_PROVIDER
-        datagrams as fit (up to MAX_KEYS_PER_ADD keys each).
-        """
-        k = self.config.k
-        ids = sorted({key_id(key) for key in keys})
-        if not ids:
-            return
-        size = self.routing.estimate_network_size()
-        bits = max(0, math.ceil(math.log2(max(size / k, 1))))
-        groups: dict[int, list[bytes]] = {}
-        for kid in ids:
-            groups.setdefault(id_to_int(kid) >> (ID_BITS - bits) if bits else 0, []).append(kid)
-        plan: dict[bytes, tuple[Contact, list[bytes]]] = {}
-        for group in groups.values():
-            if len(group) == 1:
-                target = group[0]
-            else:
-                target = int_to_id((id_to_int(group[0]) + id_to_int(group[-1])) // 2)
-            lookup = await self._find_node(target)
-            pool = [(id_to_int(c.node_id), c) for c in lookup.known()]
-            for kid in group:
-                t = id_to_int(kid)
-                for _, contact in heapq.nsmallest(k, pool, key=lambda item: item[0] ^ t):
-                    entry = plan.get(contact.node_id)
-                    if entry is None:
-                        plan[contact.node_id] = (contact, [kid])
-                    else:
-                        entry[1].append(kid)
-        await self._send_add_provider(plan.values())
-
-    async def _send_add_provider(self, plan: Iterable[tuple[Contact, list[bytes]]]) -> None:
-        timeout = self.config.request_timeout
-        window = min(32, self.config.max_in_flight)
-        registry_port = self.config.registry_port
-        batch = self.transport.batch()
+    async def _until_done(self, op: Operation) -> None:
         try:
-            for contact, kids in plan:
-                for start in range(0, len(kids), MAX_KEYS_PER_ADD):
-                    while batch.pending >= window:
-                        await self._settle_one(batch)
-                    message = AddProvider(
-                        registry_port, tuple(kids[start : start + MAX_KEYS_PER_ADD])
-                    )
-                    address = (contact.host, contact.port)
-                    if not await batch.send(address, message, timeout, contact):
-                        self._failed(contact)
-            while batch.pending:
-                await self._settle_one(batch)
+            while not op.done:
+                await self._progress(op)
         finally:
-            batch.close()
+            self._cancel(op)
 
-    async def _settle_one(self, batch: RequestBatch) -> None:
-        tag, reply = await batch.next()
-        if reply is None:
-            assert isinstance(tag, Contact)
-            self._failed(tag)
+    def _cancel(self, op: Operation) -> None:
+        if not op.done:
+            self.core.cancel(op, trio.current_time())
+            self._execute()
 
-    # -- background tasks -------------------------------------------------------------
-
-    async def _reprovide_loop(self) -> None:
-        tick = self.config.reprovide_interval / _TICKS_PER_INTERVAL
-        await trio.sleep(tick * random.random())  # nodes started together do not tick together
+    async def _receive_loop(self) -> None:
+        udp, core = self.udp, self.core
+        burst = 0
         while True:
-            await trio.sleep(tick)
-            due = self.schedule.pop_due(trio.current_time())
-            if not due:
+            received = udp.receive_now()
+            if received is None:
+                burst = 0
+                await trio.lowlevel.wait_readable(udp.sock)
                 continue
-            if self.ready():
-                await self._announce(due)
-            else:
-                self._unannounced.update(due)
+            data, (host, port) = received
+            core.receive(data, canonical_host(host), port, trio.current_time())
+            self._execute()
+            burst += 1
+            if burst >= _BURST:
+                burst = 0
+                await trio.lowlevel.checkpoint()
 
-    async def _expire_loop(self) -> None:
-        period = min(60.0, self.config.record_ttl / 4)
+    async def _timer_loop(self) -> None:
         while True:
-            await trio.sleep(period)
-            self.store.expire(trio.current_time())
+            with trio.CancelScope(deadline=self._wake_at) as scope:
+                self._timer = scope
+                await trio.sleep_forever()
+            self._timer = None
+            self.core.tick(trio.current_time())
+            self._execute()
 
-    async def _ping_loop(self) -> None:
+    async def _peer_loop(self) -> None:
         while True:
-            while not self._to_ping:
-                await self._wake_pinger.park()
-            node_id = next(iter(self._to_ping))
-            contact = self._to_ping.pop(node_id)
-            if not await self.ping((contact.host, contact.port)):
-                self._failed(contact)
+            await self._fetch.wait()
+            self._fetch = trio.Event()
+            addresses: list[Address] = []
+            if self.bootstrapper is not None:
+                with trio.move_on_after(self.config.bootstrap_timeout):
+                    addresses = await self.bootstrapper.peers(self.address)
+            self.core.bootstrap(addresses, trio.current_time())
+            self._execute()
 
-    async def _bootstrap_loop(self) -> None:
-        config = self.config
-        backoff = config.bootstrap_backoff
-        last_refresh = trio.current_time()
-        while True:
-            if not self.ready():
-                await self._bootstrap_once()
-                if not self.ready():
-                    await trio.sleep(backoff * random.uniform(0.5, 1.0))
-                    backoff = min(backoff * 2, config.bootstrap_backoff_max)
-                    continue
-                backoff = config.bootstrap_backoff
-                last_refresh = trio.current_time()
-            if self._unannounced:
-                keys = [key for key in self._unannounced if key in self.schedule]
-                self._unannounced.clear()
-                await self._announce(keys)
-            with trio.move_on_after(min(config.refresh_interval, 5.0)):
-                await self._wake_bootstrap.park()
-            now = trio.current_time()
-            if self.ready() and now - last_refresh >= config.refresh_interval:
-                last_refresh = now
-                for index in self.routing.stale_buckets(now, config.refresh_interval):
-                    await self._find_node(self.routing.random_id_in_bucket(index))
 
-    async def _bootstrap_once(self) -> None:
-        addresses: list[Address] = []
-        if self.bootstrapper is not None:
-            with trio.move_on_after(self.config.bootstrap_timeout):
-                addresses = await self.bootstrapper.peers(self.address)
-        own = {self.transport.local_address, self.address}
-        addresses = [a for a in addresses if a not in own]
-        if addresses:
-            batch = self.transport.batch()
-            try:
-                for address in addresses:
-                    await batch.send(address, Ping(), self.config.request_timeout)
-                while batch.pending:
-                    await batch.next()  # answers land in the routing table via _on_reply
-            finally:
-                batch.close()
-        if not self.ready():
-            return
-        await self._find_node(self.node_id)
-        if self.config.join_refresh:
-            nearest = self.routing.closest(self.node_id, 1)
-            if nearest:
-                start = (id_to_int(nearest[0].node_id) ^ id_to_int(self.node_id)).bit_length()
-                for index in range(start, ID_BITS):
-                    await self._find_node(self.routing.random_id_in_bucket(index))
+def _copy_stats(op: LookupOp, stats: LookupStats | None) -> None:
+    if stats is not None:
+        stats.hops, stats.messages = op.lookup.hops, op.lookup.messages
 
 
 async def _numeric_host(host: str) -> str:

@@ -28,8 +28,10 @@ class ProviderStore:
         *,
         max_per_key: int = 256,
         max_records: int = 1_000_000,
+        rng: random.Random | None = None,
     ) -> None:
         self.ttl = ttl
+        self._rng = rng or random.Random()
         self.max_per_key = max_per_key
         self.max_records = max_records
         self._records: dict[bytes, dict[bytes, tuple[Provider, float]]] = {}
@@ -62,8 +64,8 @@ class ProviderStore:
             return []
         live = [p for p, expiry in per_key.values() if expiry > now]
         if limit is not None and len(live) > limit:
-            return random.sample(live, limit)
-        random.shuffle(live)
+            return self._rng.sample(live, limit)
+        self._rng.shuffle(live)
         return live
 
     def expire(self, now: float) -> int:

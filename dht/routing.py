@@ -222,8 +222,7 @@ class RoutingTable:
             if b is not None and b.entries and now - b.last_touched >= interval
         ]
 
-    def random_id_in_bucket(self, index: int, rng: random.Random | None = None) -> bytes:
-        rng = rng or random
+    def random_id_in_bucket(self, index: int, rng: random.Random) -> bytes:
         low = 1 << index
         return int_to_id(self._own ^ (low | rng.getrandbits(index) if index else low))
 

@@ -1,0 +1,377 @@
+"""What a node does over several round trips, as state machines fed outcomes. Pure.
+
+Each operation owns one `RequestBatch` at a time and talks to the node core
+through the small `OperationHost` seam; it never sees the clock or the socket.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable
+from typing import Protocol, TypeVar
+
+from .announce import Group, Plan, group_keys
+from .ids import ID_BITS, id_to_int
+from .lookup import Lookup, State
+from .messages import AddProvider, Contact, FindNode, GetProviders, Nodes, Ping, Provider, Providers
+from .requests import Address, Outcome, Reply, RequestBatch, Stalled, TimedOut
+
+T = TypeVar("T")
+
+
+class OperationHost(Protocol):
+    k: int
+    registry_port: int
+    rng: random.Random
+
+    def batch(
+        self, on_outcome: Callable[[Outcome[T], float], None], *, stall: bool = False
+    ) -> RequestBatch[T]: ...
+
+    def send(
+        self,
+        batch: RequestBatch[T],
+        address: Address,
+        message: FindNode | GetProviders | AddProvider | Ping,
+        tag: T,
+    ) -> None: ...
+
+    def close(self, batch: RequestBatch[T]) -> None: ...
+
+    def failed(self, contact: Contact, now: float) -> None: ...
+
+    def new_lookup(self, target: bytes) -> Lookup: ...
+
+    def finished(self, op: Operation, now: float) -> None: ...
+
+    def progress(self, op: Operation) -> None: ...
+
+    def ready(self) -> bool: ...
+
+    def own_id(self) -> bytes: ...
+
+    def routing_closest(self, target: bytes, count: int) -> list[Contact]: ...
+
+    def random_id_in_bucket(self, index: int) -> bytes: ...
+
+    def network_size(self) -> int: ...
+
+
+class Operation:
+    def __init__(self, host: OperationHost, op_id: int) -> None:
+        self.host = host
+        self.id = op_id
+        self.done = False
+        self.listeners: list[Callable[[Operation, float], None]] = []
+
+    def start(self, now: float) -> None:
+        raise NotImplementedError
+
+    def cancel(self, now: float) -> None:
+        raise NotImplementedError
+
+    def _finish(self, now: float) -> None:
+        self.done = True
+        self.host.progress(self)
+        self.host.finished(self, now)
+        for listener in self.listeners:
+            listener(self, now)
+
+
+class LookupOp(Operation):
+    """An iterative FIND_NODE or GET_PROVIDERS lookup.
+
+    For GET_PROVIDERS, providers found are buffered for the caller; while
+    some wait to be taken, no new request goes out (the caller may stop)."""
+
+    def __init__(
+        self,
+        host: OperationHost,
+        op_id: int,
+        target: bytes,
+        message: FindNode | GetProviders,
+        *,
+        limit: int | None = None,
+        seen: Iterable[bytes] = (),
+    ) -> None:
+        super().__init__(host, op_id)
+        self.lookup = host.new_lookup(target)
+        self.message = message
+        self.limit = limit
+        self.seen = set(seen)
+        self.found: list[Provider] = []
+        self._held = False
+        self._batch: RequestBatch[Contact] = host.batch(self._on_outcome, stall=True)
+
+    def start(self, now: float) -> None:
+        self._advance(now)
+
+    def take(self) -> list[Provider]:
+        """Providers found since the last call; the lookup waits until `resume`."""
+        found, self.found = self.found, []
+        self._held = bool(found)
+        return found
+
+    def resume(self, now: float) -> None:
+        self._held = False
+        self._advance(now)
+
+    def _on_outcome(self, outcome: Outcome[Contact], now: float) -> None:
+        lookup = self.lookup
+        if isinstance(outcome, Reply):
+            message = outcome.envelope.message
+            if isinstance(message, Providers):
+                lookup.on_reply(outcome.tag.node_id, message.contacts)
+                self._found(message.providers)
+            elif isinstance(message, Nodes):
+                lookup.on_reply(outcome.tag.node_id, message.contacts)
+        elif isinstance(outcome, TimedOut):
+            lookup.on_failure(outcome.tag.node_id)
+            self.host.failed(outcome.tag, now)
+        else:
+            lookup.on_stall(outcome.tag.node_id)
+        self._advance(now)
+
+    def _found(self, providers: Iterable[Provider]) -> None:
+        for provider in providers:
+            if self.limit is not None and len(self.seen) >= self.limit:
+                return
+            if provider.node_id not in self.seen:
+                self.seen.add(provider.node_id)
+                self.found.append(provider)
+        if self.found:
+            self.host.progress(self)
+
+    def _advance(self, now: float) -> None:
+        if self.done:
+            return
+        if self.limit is not None and len(self.seen) >= self.limit:
+            self._end(now)
+            return
+        if self.found or self._held:
+            return
+        for contact in self.lookup.next_requests():
+            self.host.send(self._batch, (contact.host, contact.port), self.message, contact)
+        if self.lookup.done:
+            self._end(now)
+
+    def cancel(self, now: float) -> None:
+        if not self.done:
+            self._end(now)
+
+    def _end(self, now: float) -> None:
+        # A lookup does not wait for stalled requests; it leaves them behind as
+        # failures, or a dead node would never leave the table through lookups.
+        for contact in self._batch.tags():
+            if self.lookup.state(contact.node_id) is State.STALLED:
+                self.host.failed(contact, now)
+        self.host.close(self._batch)
+        self._finish(now)
+
+    def result(self) -> list[Contact]:
+        return self.lookup.result()
+
+
+class PingOp(Operation):
+    """One PING; with a contact, a failure to answer counts against it."""
+
+    def __init__(
+        self, host: OperationHost, op_id: int, address: Address, contact: Contact | None = None
+    ) -> None:
+        super().__init__(host, op_id)
+        self.address = address
+        self.contact = contact
+        self.answered = False
+        self._batch: RequestBatch[Contact | None] = host.batch(self._on_outcome)
+
+    def start(self, now: float) -> None:
+        self.host.send(self._batch, self.address, Ping(), self.contact)
+
+    def _on_outcome(self, outcome: Outcome[Contact | None], now: float) -> None:
+        if isinstance(outcome, Stalled):
+            return
+        self.answered = isinstance(outcome, Reply)
+        if not self.answered and outcome.tag is not None:
+            self.host.failed(outcome.tag, now)
+        self.cancel(now)
+
+    def cancel(self, now: float) -> None:
+        if not self.done:
+            self.host.close(self._batch)
+            self._finish(now)
+
+
+class SequenceOp(Operation):
+    """Operations run one after another; `next_op` makes each when its turn comes."""
+
+    def __init__(
+        self, host: OperationHost, op_id: int, steps: list[Callable[[], Operation | None]]
+    ) -> None:
+        super().__init__(host, op_id)
+        self._steps = steps
+        self._current: Operation | None = None
+        self._starting = False
+
+    def start(self, now: float) -> None:
+        self._next(now)
+
+    def _next(self, now: float) -> None:
+        while self._steps and not self.done:
+            op = self._steps.pop(0)()
+            if op is None:
+                continue
+            self._current = op
+            op.listeners.append(self._step_done)
+            self._starting = True
+            op.start(now)
+            self._starting = False
+            if not op.done:
+                return
+        if not self.done:
+            self._current = None
+            self._finish(now)
+
+    def _step_done(self, op: Operation, now: float) -> None:
+        if op is self._current and not self._starting:
+            self._current = None
+            self._next(now)
+
+    def add(self, step: Callable[[], Operation | None]) -> None:
+        self._steps.append(step)
+
+    def cancel(self, now: float) -> None:
+        if not self.done:
+            self._steps.clear()
+            if self._current is not None:
+                current, self._current = self._current, None
+                current.cancel(now)
+            self._finish(now)
+
+
+class AddProvidersOp(Operation):
+    """Send ADD_PROVIDER datagrams with a bounded window of requests in flight."""
+
+    def __init__(
+        self,
+        host: OperationHost,
+        op_id: int,
+        messages: list[tuple[Contact, AddProvider]],
+        window: int,
+    ) -> None:
+        super().__init__(host, op_id)
+        self._messages = messages
+        self._window = window
+        self._batch: RequestBatch[Contact] = host.batch(self._on_outcome)
+
+    def start(self, now: float) -> None:
+        self._fill(now)
+
+    def _fill(self, now: float) -> None:
+        while self._messages and self._batch.pending < self._window:
+            contact, message = self._messages.pop(0)
+            self.host.send(self._batch, (contact.host, contact.port), message, contact)
+        if not self._messages and not self._batch.pending:
+            self.cancel(now)
+
+    def _on_outcome(self, outcome: Outcome[Contact], now: float) -> None:
+        if isinstance(outcome, TimedOut):
+            self.host.failed(outcome.tag, now)
+        self._fill(now)
+
+    def cancel(self, now: float) -> None:
+        if not self.done:
+            self.host.close(self._batch)
+            self._finish(now)
+
+
+def announce(
+    host: OperationHost,
+    new_id: Callable[[], int],
+    key_ids: Iterable[bytes],
+    window: int,
+) -> SequenceOp:
+    """Store records for `key_ids` on the k nodes closest to each (see `announce.py`)."""
+    k = host.k
+    groups = group_keys(key_ids, host.network_size(), k)
+    plan = Plan()
+
+    def lookup_step(group: Group) -> Callable[[], Operation]:
+        def make() -> Operation:
+            op = LookupOp(host, new_id(), group.target, FindNode(group.target))
+            op.listeners.append(lambda done, now: plan.assign(group, op.lookup.known(), k))
+            return op
+
+        return make
+
+    steps: list[Callable[[], Operation | None]] = [lookup_step(g) for g in groups]
+    sequence = SequenceOp(host, new_id(), steps)
+
+    def send_step() -> Operation | None:
+        messages = plan.messages(host.registry_port)
+        return AddProvidersOp(host, new_id(), messages, window) if messages else None
+
+    if groups:
+        sequence.add(send_step)
+    return sequence
+
+
+def find_nodes(host: OperationHost, new_id: Callable[[], int], targets: list[bytes]) -> SequenceOp:
+    def step(target: bytes) -> Callable[[], Operation]:
+        return lambda: LookupOp(host, new_id(), target, FindNode(target))
+
+    return SequenceOp(host, new_id(), [step(t) for t in targets])
+
+
+def bootstrap(
+    host: OperationHost,
+    new_id: Callable[[], int],
+    addresses: list[Address],
+    join_refresh: bool,
+) -> SequenceOp:
+    """Ping every address; once the table holds someone, look ourselves up, then
+    look up a random id in each bucket farther than our nearest neighbour."""
+    own = host.own_id()
+
+    def self_lookup() -> Operation | None:
+        if not host.ready():
+            return None
+        return LookupOp(host, new_id(), own, FindNode(own))
+
+    def join() -> Operation | None:
+        if not host.ready() or not join_refresh:
+            return None
+        nearest = host.routing_closest(own, 1)
+        if not nearest:
+            return None
+        start = (id_to_int(nearest[0].node_id) ^ id_to_int(own)).bit_length()
+        ids = [host.random_id_in_bucket(index) for index in range(start, ID_BITS)]
+        return find_nodes(host, new_id, ids)
+
+    steps: list[Callable[[], Operation | None]] = [
+        lambda: PingAll(host, new_id(), addresses) if addresses else None,
+        self_lookup,
+        join,
+    ]
+    return SequenceOp(host, new_id(), steps)
+
+
+class PingAll(Operation):
+    """Ping several addresses at once; done when each answered or timed out."""
+
+    def __init__(self, host: OperationHost, op_id: int, addresses: list[Address]) -> None:
+        super().__init__(host, op_id)
+        self._addresses = addresses
+        self._batch: RequestBatch[Address] = host.batch(self._on_outcome)
+
+    def start(self, now: float) -> None:
+        for address in self._addresses:
+            self.host.send(self._batch, address, Ping(), address)
+
+    def _on_outcome(self, outcome: Outcome[Address], now: float) -> None:
+        if not self._batch.pending:
+            self.cancel(now)
+
+    def cancel(self, now: float) -> None:
+        if not self.done:
+            self.host.close(self._batch)
+            self._finish(now)
