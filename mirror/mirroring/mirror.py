@@ -1,12 +1,18 @@
 """A local miss, served through a peer: resolve, race, relay, resume.
 
-Providers come from the DHT as they are found. The first is tried as soon as it
-is known; if it has not answered its head within the hedge delay (a percentile
-of recent head latencies), the next one starts too, and the first head wins.
+`fetch` plans the request, races the providers for a response head, then takes
+one of three paths: HEAD (the head alone), a manifest (read whole within what is
+left of the budget, then hints the peer for what it names), or a blob (relayed,
+and resumed through `Range` from another provider when the peer breaks mid-body;
+see relay.py). Nobody able to serve is `None`: a fast 404.
+
+The race's rules live in race.py (pure) and its Trio shell in racer.py: providers
+come from the DHT as they are found; the first is tried as soon as it is known; if
+it has not answered its head within the hedge delay (a percentile of recent head
+latencies, kept here), the next one starts too, and the first head wins.
 `--mirror-resolve-timeout` bounds how long we wait for a provider while nothing
 is in flight; `--mirror-resolve-retries` bounds the attempts. Manifests and HEAD
-requests get a total budget; blob bodies only a stall timeout, and a peer that
-breaks mid-body is replaced through `Range` (see relay.py).
+requests get a total budget; blob bodies only a stall timeout.
 """
 
 from __future__ import annotations
@@ -14,15 +20,17 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import trio
 
 from dht import Provider
-from mirror.mirroring.peer import PeerError, PeerResponse, request_head
+from mirror.mirroring.peer import PeerError, PeerResponse
 from mirror.mirroring.providers import ProviderCache
+from mirror.mirroring.race import Race, RaceLimits
+from mirror.mirroring.racer import HeadRequest, RaceShell
 from mirror.mirroring.relay import RelayBody, RelayStats
 from mirror.oci.distribution import DistributionPath, Kind
 from mirror.oci.mediatypes import (
@@ -89,7 +97,90 @@ class HeadLatencies:
         return min(max(value * 1.5, 0.01), 1.0)
 
 
-Validator = Callable[[PeerResponse], None]
+@dataclass(frozen=True, slots=True)
+class _Miss:
+    """One request on its way to a peer: what to ask for, and how to report it."""
+
+    method: str
+    kind: Literal["manifest", "blob"]
+    key: str
+    registry: str
+    target: str
+    digest: str | None  # None: a manifest by tag
+    client_range: str | None
+    started: float
+
+    @property
+    def bounded(self) -> bool:
+        """Manifests and HEAD get a total budget; blob bodies only a stall timeout."""
+        return self.kind == "manifest" or self.method == "HEAD"
+
+    def request_headers(self) -> list[tuple[str, str]]:
+        headers = [(MIRRORED_HEADER, "true")]
+        if self.client_range is not None:
+            headers.append(("Range", self.client_range))
+        return headers
+
+    def validate(self, peer: PeerResponse) -> None:
+        if peer.status not in (200, 206):
+            raise PeerError(f"peer answered {peer.status}")
+        if peer.status == 206 and self.client_range is None:
+            raise PeerError("peer sent a partial answer to a whole request")
+        served = peer.header("docker-content-digest")
+        if self.digest is not None and served not in (None, self.digest):
+            raise PeerError(f"peer served digest {served}, not {self.digest}")
+
+
+def _plan(
+    request: Request, route: DistributionPath, registry: str | None, now: float
+) -> _Miss | None:
+    if route.digest is not None:
+        key = str(route.digest)
+    elif registry is not None:
+        key = f"{registry}/{route.name}:{route.tag}"
+    else:
+        return None
+    manifest = route.kind is Kind.MANIFEST
+    target = f"/v2/{route.name}/{'manifests' if manifest else 'blobs'}/{route.reference}"
+    if registry is not None:
+        target += f"?ns={registry}"
+    return _Miss(
+        method=request.method,
+        kind="manifest" if manifest else "blob",
+        key=key,
+        registry=registry or "",
+        target=target,
+        digest=None if route.digest is None else str(route.digest),
+        client_range=request.headers.get("range"),
+        started=now,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Served:
+    """The peer that won the race for a `_Miss`, and its response head."""
+
+    provider: Provider
+    peer: PeerResponse
+    time_to_head: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.provider.host}:{self.provider.registry_port}"
+
+    def response_headers(self, key: str) -> list[tuple[str, str]]:
+        peer = self.peer
+        headers = [
+            ("Content-Type", peer.header("content-type") or BLOB_CONTENT_TYPE),
+            ("Docker-Content-Digest", peer.header("docker-content-digest") or key),
+            API_VERSION_HEADER,
+            ("Accept-Ranges", "bytes"),
+            (PEER_HEADER, self.name),
+        ]
+        content_range = peer.header("content-range")
+        if peer.status == 206 and content_range:
+            headers.append(("Content-Range", content_range))
+        return headers
 
 
 class PeerMirror:
@@ -121,131 +212,106 @@ class PeerMirror:
         if self._on_event is not None:
             self._on_event(event)
 
+    def _finished(
+        self,
+        miss: _Miss,
+        served: _Served,
+        outcome: Literal["peer", "failed"],
+        sent: int,
+        resumes: int = 0,
+    ) -> None:
+        self._emit(
+            MirrorEvent(
+                miss.kind,
+                miss.method,
+                miss.key,
+                miss.registry,
+                outcome,
+                served.name,
+                served.peer.status,
+                sent,
+                trio.current_time() - miss.started,
+                resumes,
+                served.time_to_head,
+            )
+        )
+
     async def fetch(
         self, request: Request, route: DistributionPath, registry: str | None
     ) -> Response | None:
-        if route.digest is not None:
-            key = str(route.digest)
-        elif registry is not None:
-            key = f"{registry}/{route.name}:{route.tag}"
-        else:
+        miss = _plan(request, route, registry, trio.current_time())
+        if miss is None:
             return None
-        section = "manifests" if route.kind is Kind.MANIFEST else "blobs"
-        target = f"/v2/{route.name}/{section}/{route.reference}"
-        if registry is not None:
-            target += f"?ns={registry}"
-        headers = [(MIRRORED_HEADER, "true")]
-        client_range = request.headers.get("range")
-        if client_range is not None:
-            headers.append(("Range", client_range))
-        kind = "manifest" if route.kind is Kind.MANIFEST else "blob"
-        started = trio.current_time()
-
-        def validate(peer: PeerResponse) -> None:
-            if peer.status not in (200, 206):
-                raise PeerError(f"peer answered {peer.status}")
-            if peer.status == 206 and client_range is None:
-                raise PeerError("peer sent a partial answer to a whole request")
-            served = peer.header("docker-content-digest")
-            if route.digest is not None and served not in (None, str(route.digest)):
-                raise PeerError(f"peer served digest {served}, not {route.digest}")
-
-        bounded = route.kind is Kind.MANIFEST or request.method == "HEAD"
-        budget = self.settings.manifest_budget if bounded else math.inf
-        with trio.move_on_after(budget):
-            found = await self._race(
-                self.cache.providers(key), request.method, target, headers, validate
-            )
+        budget = self.settings.manifest_budget if miss.bounded else math.inf
+        head = HeadRequest(miss.method, miss.target, miss.request_headers(), miss.validate)
+        found = await self._race(miss.key, head, budget)
         if found is None:
+            duration = trio.current_time() - miss.started
             self._emit(
                 MirrorEvent(
-                    kind,
-                    request.method,
-                    key,
-                    registry or "",
-                    "miss",
-                    "",
-                    404,
-                    0,
-                    trio.current_time() - started,
+                    miss.kind, miss.method, miss.key, miss.registry, "miss", "", 404, 0, duration
                 )
             )
             return None
-        provider, peer = found
-        time_to_head = trio.current_time() - started
-        peer_name = f"{provider.host}:{provider.registry_port}"
-        response_headers = [
-            ("Content-Type", peer.header("content-type") or BLOB_CONTENT_TYPE),
-            ("Docker-Content-Digest", peer.header("docker-content-digest") or key),
-            API_VERSION_HEADER,
-            ("Accept-Ranges", "bytes"),
-            (PEER_HEADER, peer_name),
-        ]
-        content_range = peer.header("content-range")
-        if peer.status == 206 and content_range:
-            response_headers.append(("Content-Range", content_range))
-
-        def finished(outcome: Literal["peer", "failed"], sent: int, resumes: int = 0) -> None:
-            self._emit(
-                MirrorEvent(
-                    kind,
-                    request.method,
-                    key,
-                    registry or "",
-                    outcome,
-                    peer_name,
-                    peer.status,
-                    sent,
-                    trio.current_time() - started,
-                    resumes,
-                    time_to_head,
-                )
-            )
-
-        served_digest = peer.header("docker-content-digest")
-        if route.kind is Kind.MANIFEST and route.digest is None and served_digest:
+        served = _Served(found[0], found[1], trio.current_time() - miss.started)
+        served_digest = served.peer.header("docker-content-digest")
+        if miss.kind == "manifest" and miss.digest is None and served_digest:
             # containerd asks for the manifest by this digest next.
-            self.cache.hint(served_digest, provider)
-        if request.method == "HEAD":
+            self.cache.hint(served_digest, served.provider)
+        if miss.method == "HEAD":
+            return self._head(miss, served)
+        if miss.kind == "manifest":
+            return await self._manifest(miss, served, budget)
+        return self._blob(miss, served)
+
+    def _head(self, miss: _Miss, served: _Served) -> Response:
+        served.peer.close()
+        self._finished(miss, served, "peer", 0)
+        return Response(
+            served.peer.status,
+            served.response_headers(miss.key),
+            b"",
+            handler=miss.kind,
+            source="peer",
+            declared_length=served.peer.content_length,
+        )
+
+    async def _manifest(self, miss: _Miss, served: _Served, budget: float) -> Response | None:
+        peer = served.peer
+        try:
+            with trio.fail_after(max(budget - served.time_to_head, 0.001)):
+                body = await _read_small_body(peer)
+        except (PeerError, PeerStalled, OSError, trio.TooSlowError) as exc:
+            log.warning("peer failed mid-manifest", extra={"peer": served.name, "error": str(exc)})
+            self._finished(miss, served, "failed", 0)
+            return None
+        finally:
             peer.close()
-            finished("peer", 0)
-            return Response(
-                peer.status,
-                response_headers,
-                b"",
-                handler=kind,
-                source="peer",
-                declared_length=peer.content_length,
-            )
-        if route.kind is Kind.MANIFEST:
-            try:
-                with trio.fail_after(max(budget - time_to_head, 0.001)):
-                    body = await _read_small_body(peer)
-            except (PeerError, PeerStalled, OSError, trio.TooSlowError) as exc:
-                log.warning(
-                    "peer failed mid-manifest", extra={"peer": peer_name, "error": str(exc)}
-                )
-                finished("failed", 0)
-                return None
-            finally:
-                peer.close()
-            finished("peer", len(body))
-            document = parse_manifest(body) if peer.status == 200 else None
-            # The peer that holds a manifest almost surely holds what it names: the
-            # requests for those follow at once and need not wait for the DHT.
-            for child in referenced_digests(document) if document else ():
-                self.cache.hint(child, provider)
-            return Response(peer.status, response_headers, body, handler=kind, source="peer")
-        start = _range_start(content_range) if peer.status == 206 else 0
+        self._finished(miss, served, "peer", len(body))
+        document = parse_manifest(body) if peer.status == 200 else None
+        # The peer that holds a manifest almost surely holds what it names: the
+        # requests for those follow at once and need not wait for the DHT.
+        for child in referenced_digests(document) if document else ():
+            self.cache.hint(child, served.provider)
+        return Response(
+            peer.status, served.response_headers(miss.key), body, handler=miss.kind, source="peer"
+        )
+
+    def _blob(self, miss: _Miss, served: _Served) -> Response:
+        peer = served.peer
+        start = _range_start(peer.header("content-range")) if peer.status == 206 else 0
+        end = start + peer.content_length - 1
 
         async def resume(offset: int) -> PeerResponse:
-            return await self._resume(key, target, offset, start + peer.content_length - 1)
+            return await self._resume(miss.key, miss.target, offset, end)
 
         def relay_done(stats: RelayStats) -> None:
             complete = stats.bytes_relayed == peer.content_length
-            finished("peer" if complete else "failed", stats.bytes_relayed, stats.resumes)
+            self._finished(
+                miss, served, "peer" if complete else "failed", stats.bytes_relayed, stats.resumes
+            )
 
-        body_stream = RelayBody(
+        body = RelayBody(
             peer,
             peer.content_length,
             start,
@@ -255,7 +321,9 @@ class PeerMirror:
             use_splice=self.settings.use_splice,
             on_done=relay_done,
         )
-        return Response(peer.status, response_headers, body_stream, handler=kind, source="peer")
+        return Response(
+            peer.status, served.response_headers(miss.key), body, handler=miss.kind, source="peer"
+        )
 
     async def _resume(self, key: str, target: str, offset: int, end: int) -> PeerResponse:
         def validate(peer: PeerResponse) -> None:
@@ -263,7 +331,7 @@ class PeerMirror:
                 raise PeerError(f"peer cannot resume at {offset} (status {peer.status})")
 
         headers = [(MIRRORED_HEADER, "true"), ("Range", f"bytes={offset}-{end}")]
-        found = await self._race(self.cache.providers(key), "GET", target, headers, validate)
+        found = await self._race(key, HeadRequest("GET", target, headers, validate), math.inf)
         if found is None:
             raise PeerError(f"no provider could resume {key} at byte {offset}")
         log.info(
@@ -277,98 +345,23 @@ class PeerMirror:
         return found[1]
 
     async def _race(
-        self,
-        providers: AsyncIterator[Provider],
-        method: str,
-        target: str,
-        headers: list[tuple[str, str]],
-        validate: Validator,
+        self, key: str, head: HeadRequest, budget: float
     ) -> tuple[Provider, PeerResponse] | None:
         settings = self.settings
-        winner: tuple[Provider, PeerResponse] | None = None
-        send, receive = trio.open_memory_channel[tuple[str, object]](math.inf)
-
-        async def pump() -> None:
-            async for provider in providers:
-                send.send_nowait(("provider", provider))
-            send.send_nowait(("exhausted", None))
-
-        async def attempt(provider: Provider, nursery: trio.Nursery) -> None:
-            nonlocal winner
-            began = trio.current_time()
-            try:
-                with trio.fail_after(settings.head_timeout):
-                    peer = await request_head(
-                        provider.host, provider.registry_port, method, target, headers
-                    )
-            except (PeerError, OSError, trio.TooSlowError) as exc:
-                send.send_nowait(("failed", (provider, exc)))
-                return
-            try:
-                validate(peer)
-            except PeerError as exc:
-                peer.close()
-                send.send_nowait(("failed", (provider, exc)))
-                return
-            if winner is not None:
-                peer.close()
-                return
-            self.latencies.add(trio.current_time() - began)
-            winner = (provider, peer)
-            nursery.cancel_scope.cancel()
-
-        pending: deque[Provider] = deque()
-        attempts = in_flight = 0
-        exhausted = False
-        idle_since = trio.current_time()
-        hedge_at = math.inf
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(pump)
-            while True:
-                now = trio.current_time()
-                if (
-                    pending
-                    and attempts < settings.resolve_retries
-                    and (in_flight == 0 or now >= hedge_at)
-                ):
-                    nursery.start_soon(attempt, pending.popleft(), nursery)
-                    attempts += 1
-                    in_flight += 1
-                    hedge_at = now + self.latencies.hedge_delay()
-                    continue
-                out_of_options = attempts >= settings.resolve_retries or (exhausted and not pending)
-                if in_flight == 0 and out_of_options:
-                    break
-                if in_flight == 0:
-                    wake_at = idle_since + settings.resolve_timeout
-                elif pending and attempts < settings.resolve_retries:
-                    wake_at = hedge_at
-                else:
-                    wake_at = math.inf
-                with trio.move_on_at(wake_at) as waited:
-                    what, value = await receive.receive()
-                if waited.cancelled_caught:
-                    if in_flight == 0:
-                        break  # No provider within the resolve timeout.
-                    continue
-                if what == "provider":
-                    pending.append(value)  # type: ignore[arg-type]
-                elif what == "exhausted":
-                    exhausted = True
-                else:
-                    in_flight -= 1
-                    if in_flight == 0:
-                        idle_since = trio.current_time()
-                    provider, exc = value  # type: ignore[misc]
-                    log.debug(
-                        "peer attempt failed",
-                        extra={
-                            "peer": f"{provider.host}:{provider.registry_port}",
-                            "error": str(exc),
-                        },
-                    )
-            nursery.cancel_scope.cancel()
-        return winner
+        limits = RaceLimits(
+            resolve_timeout=settings.resolve_timeout,
+            resolve_retries=settings.resolve_retries,
+            hedge_delay=self.latencies.hedge_delay(),
+            head_timeout=settings.head_timeout,
+            budget=budget,
+        )
+        race = Race[Provider](limits, trio.current_time())
+        done, peer = await RaceShell(race, self.cache.providers(key), head).run()
+        if done.winner is None or peer is None:
+            log.debug("no peer answered", extra={"key": key, "reason": done.reason})
+            return None
+        self.latencies.add(done.head_latency)
+        return done.winner, peer
 
 
 async def _read_small_body(peer: PeerResponse) -> bytes:

@@ -170,8 +170,7 @@ async def _splice(
     read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     with contextlib.suppress(OSError):
         fcntl.fcntl(write_end, _F_SETPIPE_SZ, PIPE_SIZE)
-    flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
-    peer_fd, client_fd = peer.fileno(), client.fileno()
+    client_fd = client.fileno()
     moved = 0  # delivered to the client
     in_pipe = 0
     since_checkpoint = 0
@@ -180,23 +179,12 @@ async def _splice(
             want = remaining - moved - in_pipe
             if want and in_pipe < PIPE_SIZE:
                 try:
-                    got = os.splice(peer_fd, write_end, min(want, PIPE_SIZE - in_pipe), flags=flags)
-                except BlockingIOError:
-                    got = -1
-                except OSError as exc:
+                    in_pipe += await _peer_to_pipe(
+                        peer, write_end, min(want, PIPE_SIZE - in_pipe), peer_stall, in_pipe == 0
+                    )
+                except (PeerError, PeerStalled, OSError) as exc:
                     await _drain_pipe(read_end, client, in_pipe, client_stall)
                     raise PeerFailure(exc, moved + in_pipe) from None
-                if got == 0:
-                    await _drain_pipe(read_end, client, in_pipe, client_stall)
-                    raise PeerFailure(PeerError("peer closed mid-body"), moved + in_pipe)
-                if got > 0:
-                    in_pipe += got
-                elif in_pipe == 0:
-                    with trio.move_on_after(peer_stall) as scope:
-                        await trio.lowlevel.wait_readable(peer)
-                    if scope.cancelled_caught:
-                        raise PeerFailure(PeerStalled("peer stalled"), moved)
-                    continue
             if in_pipe:
                 out = await _pipe_to_client(read_end, client_fd, client, in_pipe, client_stall)
                 in_pipe -= out
@@ -210,6 +198,33 @@ async def _splice(
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+async def _peer_to_pipe(
+    peer: trio.socket.SocketType, write_end: int, count: int, stall: float, wait: bool
+) -> int:
+    """Splice up to `count` bytes from the peer into the pipe.
+
+    Returns 0 when nothing is ready and `wait` is false (the pipe still holds
+    bytes for the client); raises PeerError, PeerStalled or OSError when the
+    peer's side breaks.
+    """
+    while True:
+        try:
+            got = os.splice(
+                peer.fileno(), write_end, count, flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+            )
+        except BlockingIOError:
+            if not wait:
+                return 0
+            with trio.move_on_after(stall) as scope:
+                await trio.lowlevel.wait_readable(peer)
+            if scope.cancelled_caught:
+                raise PeerStalled("peer stalled") from None
+            continue
+        if got == 0:
+            raise PeerError("peer closed mid-body")
+        return got
 
 
 async def _pipe_to_client(

@@ -12,10 +12,11 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 import trio
 
 from dht import Provider
-from mirror.mirroring.mirror import MirrorSettings, PeerMirror
+from mirror.mirroring.mirror import MirrorEvent, MirrorSettings, PeerMirror
 from mirror.mirroring.providers import ProviderCache
 from mirror.oci.distribution import parse_distribution_path
 from mirror.server.listener import RegistryServer
@@ -56,7 +57,7 @@ def _content_store(root: Path) -> Path:
 async def _good_peer(nursery: trio.Nursery, root: Path) -> int:
     server = RegistryServer(RegistryHandler(LocalStore(_content_store(root), NoTags())))
     await nursery.start(server.run, "127.0.0.1", 0)
-    return server.addresses[0][1]
+    return int(server.addresses[0][1])
 
 
 async def _stalling_peer(nursery: trio.Nursery) -> int:
@@ -72,7 +73,7 @@ async def _stalling_peer(nursery: trio.Nursery) -> int:
                 held.append(sock)  # accepted, never answered
 
     nursery.start_soon(hold)
-    return listener.getsockname()[1]
+    return int(listener.getsockname()[1])
 
 
 async def _truncating_peer(nursery: trio.Nursery, cut_at: int) -> int:
@@ -94,7 +95,7 @@ async def _truncating_peer(nursery: trio.Nursery, cut_at: int) -> int:
                     await sock.send(head + BLOB[:cut_at])
 
     nursery.start_soon(serve)
-    return listener.getsockname()[1]
+    return int(listener.getsockname()[1])
 
 
 def _dead_port() -> int:
@@ -102,7 +103,7 @@ def _dead_port() -> int:
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        return int(probe.getsockname()[1])
 
 
 async def _fetch(mirror: PeerMirror, method: str = "GET") -> Response | None:
@@ -279,4 +280,59 @@ async def test_the_manifest_peer_is_hinted_for_what_it_names(tmp_path: Path) -> 
         bare = PeerMirror(ProviderCache(source, is_self=lambda p: False), MirrorSettings())
         await nursery.start(bare.cache.run)
         assert await _fetch(bare) is None
+        nursery.cancel_scope.cancel()
+
+
+async def _fetch_path(mirror: PeerMirror, method: str, path: str) -> Response | None:
+    request = Request(method, path, {}, True, False)
+    route = parse_distribution_path(request.path)
+    assert route is not None
+    return await mirror.fetch(request, route, "example.com")
+
+
+@pytest.mark.parametrize("head_timeout", [0.3, 5.0])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", f"/v2/team/app/manifests/{DIGEST}"),
+        ("HEAD", f"/v2/team/app/manifests/{DIGEST}"),
+        ("HEAD", f"/v2/team/app/blobs/{DIGEST}"),
+    ],
+)
+async def test_a_stalled_peer_past_the_budget_is_a_fast_miss(
+    method: str, path: str, head_timeout: float
+) -> None:
+    # Regression: the budget running out mid-race used to raise UnboundLocalError (a 500).
+    events: list[MirrorEvent] = []
+    async with trio.open_nursery() as nursery:
+        stall = await _stalling_peer(nursery)
+        cache = ProviderCache(FixedProviders([_provider(stall, b"stall")]), is_self=lambda p: False)
+        await nursery.start(cache.run)
+        settings = MirrorSettings(head_timeout=head_timeout, manifest_budget=0.3)
+        mirror = PeerMirror(cache, settings, on_event=events.append)
+        started = trio.current_time()
+        assert await _fetch_path(mirror, method, path) is None
+        assert 0.25 < trio.current_time() - started < 1.5
+        assert [(event.outcome, event.status, event.method) for event in events] == [
+            ("miss", 404, method)
+        ]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_race_lost_to_the_budget_closes_its_connection() -> None:
+    async with trio.open_nursery() as nursery:
+        listener = trio.socket.socket()
+        await listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        port = int(listener.getsockname()[1])
+        cache = ProviderCache(FixedProviders([_provider(port, b"stall")]), is_self=lambda p: False)
+        await nursery.start(cache.run)
+        mirror = PeerMirror(cache, MirrorSettings(manifest_budget=0.3))
+        assert await _fetch_path(mirror, "HEAD", f"/v2/team/app/blobs/{DIGEST}") is None
+        # Never accepted while the race ran: the connection waited in the backlog.
+        with trio.fail_after(2), listener:
+            sock, _ = await listener.accept()
+            with sock:
+                assert (await sock.recv(65536)).startswith(b"HEAD ")
+                assert await sock.recv(65536) == b""  # the mirror hung up
         nursery.cancel_scope.cancel()

@@ -1,0 +1,125 @@
+"""The Trio shell around the race core (`race.py`): attempts, channel, one timer.
+
+One loop asks the core what to do: `Start` opens an attempt (a head request) in
+the race's nursery under its own cancel scope, `Abandon` cancels that scope,
+`WakeAt` waits on the event channel (provider lookups and attempts write to it)
+until its deadline, `Done` ends the race and cancels whatever still runs. Every
+head that arrived but did not win is closed here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import trio
+
+from dht import Provider
+from mirror.mirroring.peer import PeerError, PeerResponse, request_head
+from mirror.mirroring.race import (
+    Abandon,
+    AttemptFailed,
+    Done,
+    Exhausted,
+    HeadReady,
+    ProviderFound,
+    Race,
+    RaceEvent,
+    Start,
+)
+
+log = logging.getLogger("mirror.mirroring")
+
+Validator = Callable[[PeerResponse], None]
+
+
+@dataclass(frozen=True, slots=True)
+class HeadRequest:
+    """What each attempt sends, and what makes an answer acceptable (else PeerError)."""
+
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
+    validate: Validator
+
+
+class RaceShell:
+    def __init__(
+        self, race: Race[Provider], providers: AsyncIterator[Provider], request: HeadRequest
+    ) -> None:
+        self._race = race
+        self._providers = providers
+        self._request = request
+        self._send, self._receive = trio.open_memory_channel[RaceEvent[Provider]](math.inf)
+        self._attempts: dict[Provider, trio.CancelScope] = {}
+        self._heads: dict[Provider, PeerResponse] = {}
+
+    async def run(self) -> tuple[Done[Provider], PeerResponse | None]:
+        """Race to the end; the winner's response (if any) is the caller's to close."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump)
+                done = await self._drive(nursery)
+                nursery.cancel_scope.cancel()
+            won = self._heads.pop(done.winner) if done.winner is not None else None
+        finally:
+            for peer in self._heads.values():
+                peer.close()
+        return done, won
+
+    async def _drive(self, nursery: trio.Nursery) -> Done[Provider]:
+        while True:
+            command = self._race.next_command(trio.current_time())
+            if isinstance(command, Done):
+                return command
+            if isinstance(command, Start):
+                scope = self._attempts[command.provider] = trio.CancelScope()
+                nursery.start_soon(self._attempt, command.provider, scope)
+            elif isinstance(command, Abandon):
+                self._attempts[command.provider].cancel()
+                _log_failure(command.provider, "no response head in time")
+            else:
+                with trio.move_on_at(command.deadline):
+                    event = await self._receive.receive()
+                    self._race.receive(event, trio.current_time())
+
+    async def _pump(self) -> None:
+        async for provider in self._providers:
+            self._send.send_nowait(ProviderFound(provider))
+        self._send.send_nowait(Exhausted())
+
+    async def _attempt(self, provider: Provider, scope: trio.CancelScope) -> None:
+        request = self._request
+        with scope:
+            try:
+                peer = await request_head(
+                    provider.host,
+                    provider.registry_port,
+                    request.method,
+                    request.target,
+                    request.headers,
+                )
+            except (PeerError, OSError) as exc:
+                self._failed(provider, exc)
+                return
+            try:
+                request.validate(peer)
+            except PeerError as exc:
+                peer.close()
+                self._failed(provider, exc)
+                return
+            self._heads[provider] = peer
+            self._send.send_nowait(HeadReady(provider))
+
+    def _failed(self, provider: Provider, exc: Exception) -> None:
+        _log_failure(provider, str(exc))
+        self._send.send_nowait(AttemptFailed(provider, str(exc)))
+
+
+def _log_failure(provider: Provider, error: str) -> None:
+    log.debug(
+        "peer attempt failed",
+        extra={"peer": f"{provider.host}:{provider.registry_port}", "error": error},
+    )
