@@ -1,8 +1,8 @@
 """Kademlia DHT over UDP: who holds which digest or tag.
 
 Usable on its own (it does not import `mirror`). The sans-I/O core (ids,
-messages, routing, lookup, providers, handler, requests, announce, operations,
-config, core) never imports Trio nor does I/O; `node` and `transport` are the
+messages, routing, lookup, providers, claims, handler, requests, announce,
+operations, config, core) never imports Trio nor does I/O; `node` and `transport` are the
 Trio shell, `identity` reads the node id and cluster key from disk, and
 `bootstrap` finds the first peers.
 """
@@ -14,6 +14,7 @@ from .bootstrap import (
     StaticBootstrapper,
     parse_peer_address,
 )
+from .claims import Claim, ClaimAnswer, Lost, Refused, Won
 from .identity import load_cluster_key
 from .ids import key_id
 from .messages import Contact, Provider
@@ -21,15 +22,20 @@ from .node import DhtNode, LookupStats, NodeConfig, NodeStats
 
 __all__ = [
     "Bootstrapper",
+    "Claim",
+    "ClaimAnswer",
     "Contact",
     "DhtNode",
     "DnsBootstrapper",
     "HttpBootstrapper",
     "LookupStats",
+    "Lost",
     "NodeConfig",
     "NodeStats",
     "Provider",
+    "Refused",
     "StaticBootstrapper",
+    "Won",
     "key_id",
     "load_cluster_key",
     "parse_peer_address",

@@ -13,12 +13,24 @@ claimant address, so one noisy or hostile peer cannot fill the table.
 
 from __future__ import annotations
 
+import heapq
+import math
 from dataclasses import dataclass
 
-from .messages import Provider
+from .messages import MAX_LEASE, Provider
+
+__all__ = [
+    "DEFAULT_LEASE",
+    "MAX_LEASE",
+    "Claim",
+    "ClaimAnswer",
+    "ClaimTable",
+    "Lost",
+    "Refused",
+    "Won",
+]
 
 DEFAULT_LEASE = 5.0
-MAX_LEASE = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +81,7 @@ class ClaimTable:
         self.max_lease = max_lease
         self._claims: dict[bytes, Claim] = {}
         self._per_claimant: dict[str, int] = {}
+        self._expiries: list[tuple[float, bytes]] = []  # (expires, key), lazily pruned
 
     def __len__(self) -> int:
         return len(self._claims)
@@ -98,7 +111,27 @@ class ClaimTable:
             self._per_claimant[claimant.host] = self._per_claimant.get(claimant.host, 0) + 1
         claim = Claim(key, claimant, now + lease)
         self._claims[key] = claim
+        self._push(claim)
         return Won(claim)
+
+    def _push(self, claim: Claim) -> None:
+        expiries = self._expiries
+        if len(expiries) > 2 * len(self._claims) + 64:  # renewals left stale entries behind
+            expiries[:] = [(c.expires, c.key) for c in self._claims.values()]
+            heapq.heapify(expiries)
+        else:
+            heapq.heappush(expiries, (claim.expires, claim.key))
+
+    def next_expiry(self) -> float:
+        """When the earliest live claim lapses (inf with none): the core's timer."""
+        expiries = self._expiries
+        while expiries:
+            when, key = expiries[0]
+            claim = self._claims.get(key)
+            if claim is not None and claim.expires == when:
+                return when
+            heapq.heappop(expiries)
+        return math.inf
 
     def release(self, key: bytes, claimant: Provider, now: float) -> bool:
         """Only the holder can release; True if it did."""
@@ -109,10 +142,13 @@ class ClaimTable:
         return True
 
     def expire(self, now: float) -> int:
-        stale = [key for key, claim in self._claims.items() if claim.expires <= now]
-        for key in stale:
+        """Drop the claims lapsed by `now`; how many."""
+        dropped = 0
+        while self.next_expiry() <= now:
+            _, key = heapq.heappop(self._expiries)
             self._drop(key)
-        return len(stale)
+            dropped += 1
+        return dropped
 
     def _drop(self, key: bytes) -> None:
         claim = self._claims.pop(key)

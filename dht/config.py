@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .providers import DEFAULT_RECORD_TTL, DEFAULT_REPROVIDE_INTERVAL
+from .providers import DEFAULT_INFLIGHT_TTL, DEFAULT_RECORD_TTL, DEFAULT_REPROVIDE_INTERVAL
 
 TICKS_PER_INTERVAL = 30  # re-provide in this many small batches per interval
 
@@ -33,6 +33,8 @@ class NodeConfig:
     # On joining, look up a random id in each bucket farther than our nearest neighbour.
     join_refresh: bool = True
     node_id: bytes | None = None  # fixed id (tests, benchmarks); else kept in data_dir, else random
+    # Validity of an in-flight provider record (re-announce progress more often than this).
+    inflight_ttl: float = DEFAULT_INFLIGHT_TTL
 
     def __post_init__(self) -> None:
         if self.reprovide_interval * (1 + 1 / TICKS_PER_INTERVAL) >= self.record_ttl:

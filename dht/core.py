@@ -20,13 +20,19 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from .auth import Authenticator
+from .claims import ClaimTable
 from .config import TICKS_PER_INTERVAL, NodeConfig
 from .handler import RequestHandler
 from .ids import key_id
 from .lookup import Lookup
 from .messages import (
+    MAX_BYTES,
     MAX_DATAGRAM,
+    MAX_LEASE,
+    AddInflight,
     AddProvider,
+    BoundedCache,
+    ClaimRequest,
     Contact,
     DecodeError,
     Envelope,
@@ -36,10 +42,22 @@ from .messages import (
     Ping,
     Pong,
     Provider,
+    Release,
     decode,
     encode,
 )
-from .operations import LookupOp, Operation, PingOp, SequenceOp, announce, bootstrap, find_nodes
+from .operations import (
+    ArbiterOp,
+    Arbitrated,
+    LookupOp,
+    Operation,
+    PingOp,
+    SequenceOp,
+    announce,
+    announce_inflight,
+    bootstrap,
+    find_nodes,
+)
 from .providers import ProviderStore, ReprovideSchedule
 from .requests import Address, Match, Outcome, RequestBatch, RequestTable
 from .routing import RoutingTable
@@ -49,6 +67,7 @@ T = TypeVar("T")
 
 _MAX_PINGING = 64  # questionable contacts being pinged at once
 _ANNOUNCE_WINDOW = 32
+_ARBITERS_KEPT = 4096  # keys whose last arbiter is remembered for `release`
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +136,17 @@ class NodeCore:
         self.routing = RoutingTable(node_id, config.k)
         self.store = ProviderStore(config.record_ttl, rng=rng)
         self.schedule = ReprovideSchedule(config.reprovide_interval)
-        self.handler = RequestHandler(self.routing, self.store, self.own_record, k=config.k)
+        self.claims = ClaimTable()
+        self.handler = RequestHandler(
+            self.routing,
+            self.store,
+            self.own_record,
+            k=config.k,
+            claims=self.claims,
+            inflight_ttl=config.inflight_ttl,
+        )
+        self._inflight: dict[bytes, tuple[int, int]] = {}  # own keys being fetched: progress
+        self._arbiters: BoundedCache[bytes, list[Contact | None]] = BoundedCache(_ARBITERS_KEPT)
         self.table = RequestTable(ids or rng, max_in_flight=config.max_in_flight)
         self.auth = Authenticator(config.cluster_key)
         self._budget = MAX_DATAGRAM - self.auth.overhead
@@ -189,6 +218,8 @@ class NodeCore:
         if now >= self._expire_at:
             self._expire_at = now + self._expire_period
             self.store.expire(now)
+        if now >= self.claims.next_expiry():
+            self.claims.expire(now)
         if now >= self._reprovide_at:
             self._reprovide_at += self._reprovide_tick
             self._reprovide(now)
@@ -219,13 +250,43 @@ class NodeCore:
         return self.observed_host or host, self.bound[1]
 
     def own_record(self, kid: bytes) -> Provider | None:
-        if not self.schedule.has_id(kid):
-            return None
+        if self.schedule.has_id(kid):
+            progress = None
+        else:
+            progress = self._inflight.get(kid)
+            if progress is None:
+                return None
         host, port = self.address
-        return Provider(self.node_id, host, port, self.config.registry_port)
+        return Provider(self.node_id, host, port, self.config.registry_port, progress)
+
+    def provide_inflight(self, key: str, done: int, total: int, now: float) -> Operation | None:
+        """Announce that this node is fetching `key` (`done` of `total` bytes so far).
+
+        The records live `inflight_ttl` on the k closest nodes: call again with
+        new progress more often than that. `provide` (on commit) replaces them
+        with complete records; `withdraw_inflight` (on abort) stops naming this
+        node itself, and the records elsewhere lapse. None: nothing to wait for
+        (the key is provided complete already, or the node is not ready)."""
+        if not 0 <= done <= total <= MAX_BYTES:
+            raise ValueError("need 0 <= done <= total < 2**64")
+        kid = key_id(key)
+        if self.schedule.has_id(kid):
+            return None
+        self._inflight[kid] = (done, total)
+        if not self.ready():
+            return None
+        message = AddInflight(kid, self.config.registry_port, done, total)
+        return self._start(announce_inflight(self, self._new_id, message), now)
+
+    def withdraw_inflight(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self._inflight.pop(key_id(key), None)
 
     def provide(self, keys: Iterable[str], now: float) -> Operation | None:
         """Start announcing keys not provided yet; None if there is nothing to wait for."""
+        keys = list(keys)
+        for key in keys:
+            self._inflight.pop(key_id(key), None)  # complete now: records replace in-flight ones
         new = self.schedule.add(keys, now)
         if not new:
             return None
@@ -256,6 +317,41 @@ class NodeCore:
         op = PingOp(self, next(self._ids), address, contact)
         self._start(op, now)
         return op
+
+    def claim(self, key: str, lease: float, now: float) -> ArbiterOp:
+        """Claim `key` at its arbiter (see `ArbiterOp`); claiming again renews."""
+        if not 0 < lease <= MAX_LEASE:
+            raise ValueError(f"lease must be in (0, {MAX_LEASE}]")
+        kid = key_id(key)
+        message = ClaimRequest(kid, lease, self.config.registry_port)
+
+        def local(at: float) -> Arbitrated:
+            return self.claims.claim(kid, self._own_provider(), at, lease)
+
+        op = ArbiterOp(self, next(self._ids), kid, message, local)
+        op.listeners.append(self._arbitrated)
+        self._start(op, now)
+        return op
+
+    def release(self, key: str, now: float) -> ArbiterOp:
+        """Release `key` at the arbiter the last claim reached (or at its arbiter now)."""
+        kid = key_id(key)
+        known = self._arbiters.pop(kid, None)
+
+        def local(at: float) -> Arbitrated:
+            return self.claims.release(kid, self._own_provider(), at)
+
+        op = ArbiterOp(self, next(self._ids), kid, Release(kid), local, known)
+        self._start(op, now)
+        return op
+
+    def _own_provider(self) -> Provider:
+        host, port = self.address
+        return Provider(self.node_id, host, port, self.config.registry_port)
+
+    def _arbitrated(self, op: Operation, now: float) -> None:
+        if isinstance(op, ArbiterOp) and op.arbiters:
+            self._arbiters.put(op.key, op.arbiters)
 
     def resume(self, op: LookupOp, now: float) -> None:
         """The caller has taken the providers found so far: go on looking."""
@@ -288,7 +384,13 @@ class NodeCore:
         self,
         batch: RequestBatch[T],
         address: Address,
-        message: FindNode | GetProviders | AddProvider | Ping,
+        message: FindNode
+        | GetProviders
+        | AddProvider
+        | AddInflight
+        | Ping
+        | ClaimRequest
+        | Release,
         tag: T,
     ) -> None:
         self.table.request(batch, address, message, tag)
@@ -393,6 +495,7 @@ class NodeCore:
 
     def _next_wakeup(self) -> float:
         times = [self.table.next_deadline(), self._expire_at, self._reprovide_at]
+        times.append(self.claims.next_expiry())
         times.append(self._refresh_check_at)
         if self._bootstrap_at is not None:
             times.append(self._bootstrap_at)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import math
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,12 @@ MAX_DATAGRAM = 1200
 MAX_PAYLOAD = MAX_DATAGRAM - TAG_SIZE  # room is kept for the tag whether or not a key is set
 
 PING, PONG, FIND_NODE, NODES, ADD_PROVIDER, ADD_PROVIDER_ACK, GET_PROVIDERS, PROVIDERS = range(1, 9)
+CLAIM, CLAIM_ANSWER, RELEASE, RELEASED, ADD_INFLIGHT = range(9, 14)
+MAX_BYTES = (1 << 64) - 1  # progress counters are uint64
+
+MAX_LEASE = 30.0  # seconds; a CLAIM asking for more, or an answer naming more, is malformed
+# CLAIM_ANSWER status
+CLAIM_WON, CLAIM_LOST, CLAIM_REFUSED = range(3)
 
 # Worst-case sizes, used to decide how many items fit before encoding them.
 _HEAD_MAX = 1 + 1 + 1 + 9 + (2 + ID_BYTES)  # array header, version, type, uint64 id, sender bin
@@ -56,6 +63,12 @@ class Provider:
     host: str
     udp_port: int
     registry_port: int
+    # (bytes so far, total) while the provider is still fetching the key; None once complete.
+    progress: tuple[int, int] | None = None
+
+    @property
+    def inflight(self) -> bool:
+        return self.progress is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +134,70 @@ class Providers:
     contacts: tuple[Contact, ...]
 
 
-Message = Ping | Pong | FindNode | Nodes | AddProvider | AddProviderAck | GetProviders | Providers
+@dataclass(frozen=True, slots=True)
+class AddInflight:
+    """Store the sender as an in-flight provider of `key`, `done` of `total` bytes
+    fetched so far (short TTL); answered with ADD_PROVIDER_ACK."""
+
+    TYPE: ClassVar[int] = ADD_INFLIGHT
+    IS_REPLY: ClassVar[bool] = False
+    key: bytes
+    registry_port: int
+    done: int
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """Claim `key` for `lease` seconds; the claimant's host and UDP port are the source's."""
+
+    TYPE: ClassVar[int] = CLAIM
+    IS_REPLY: ClassVar[bool] = False
+    key: bytes
+    lease: float
+    registry_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimReply:
+    """CLAIM_WON / CLAIM_LOST with the holder and its remaining lease; CLAIM_REFUSED without."""
+
+    TYPE: ClassVar[int] = CLAIM_ANSWER
+    IS_REPLY: ClassVar[bool] = True
+    status: int
+    holder: Provider | None
+    remaining: float
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    TYPE: ClassVar[int] = RELEASE
+    IS_REPLY: ClassVar[bool] = False
+    key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    TYPE: ClassVar[int] = RELEASED
+    IS_REPLY: ClassVar[bool] = True
+    released: bool
+
+
+Message = (
+    Ping
+    | Pong
+    | FindNode
+    | Nodes
+    | AddProvider
+    | AddProviderAck
+    | GetProviders
+    | Providers
+    | ClaimRequest
+    | ClaimReply
+    | Release
+    | Released
+    | AddInflight
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +259,9 @@ CACHE_SIZE = 8192
 
 # Keyed by plain tuples: comparing those runs in C, comparing dataclasses does not.
 _contact_wire: BoundedCache[tuple[bytes, str, int], bytes] = BoundedCache(CACHE_SIZE)
-_provider_wire: BoundedCache[tuple[bytes, str, int, int], bytes] = BoundedCache(CACHE_SIZE)
+_provider_wire: BoundedCache[tuple[bytes, str, int, int, tuple[int, int] | None], bytes] = (
+    BoundedCache(CACHE_SIZE)
+)
 
 
 def _contact_bytes(contact: Contact) -> bytes:
@@ -196,10 +274,13 @@ def _contact_bytes(contact: Contact) -> bytes:
 
 
 def _provider_bytes(provider: Provider) -> bytes:
-    key = (provider.node_id, provider.host, provider.udp_port, provider.registry_port)
+    p = provider
+    key = (p.node_id, p.host, p.udp_port, p.registry_port, p.progress)
     data = _provider_wire.get(key)
     if data is None:
-        data = _pack((key[0], pack_ip(key[1]), key[2], key[3]))
+        fields = (key[0], pack_ip(key[1]), key[2], key[3])
+        # An in-flight record carries (done, total) as two trailing fields.
+        data = _pack(fields if p.progress is None else fields + p.progress)
         _provider_wire.put(key, data)
     return data
 
@@ -241,12 +322,27 @@ def encode(envelope: Envelope, budget: int = MAX_PAYLOAD) -> bytes:
         providers, used = _fit([_provider_bytes(p) for p in m.providers], room - 3)
         contacts, _ = _fit([_contact_bytes(c) for c in m.contacts], room - used)
         fields = [providers, contacts]
-    else:  # pragma: no cover - the Message union is closed
-        raise TypeError(f"not a DHT message: {m!r}")
+    else:
+        fields = _claim_fields(m)
     data = _array_header(4 + len(fields)) + head + b"".join(fields)
     if len(data) > budget:  # a fixed-size message over budget: a bug, never a network input
         raise ValueError(f"{type(m).__name__} encodes to {len(data)} bytes > {budget}")
     return data
+
+
+def _claim_fields(m: Message) -> list[bytes]:
+    if isinstance(m, ClaimRequest):
+        return [_pack(m.key), _pack(float(m.lease)), _pack(m.registry_port)]
+    if isinstance(m, ClaimReply):
+        holder = _pack(None) if m.holder is None else _provider_bytes(m.holder)
+        return [_pack(m.status), holder, _pack(float(m.remaining))]
+    if isinstance(m, Release):
+        return [_pack(m.key)]
+    if isinstance(m, Released):
+        return [_pack(m.released)]
+    if isinstance(m, AddInflight):
+        return [_pack(m.key), _pack(m.registry_port), _pack(m.done), _pack(m.total)]
+    raise TypeError(f"not a DHT message: {m!r}")  # pragma: no cover - the union is closed
 
 
 # -- decoding ----------------------------------------------------------------
@@ -301,11 +397,35 @@ def _provider(value: object) -> Provider:
     except (KeyError, TypeError):
         pass
     fields = _list(value)
-    if len(fields) != 4:
+    if len(fields) == 4:
+        progress = None
+    elif len(fields) == 6:
+        progress = _progress(fields[4], fields[5])
+    else:
         raise DecodeError("bad provider")
-    provider = Provider(_node_id(fields[0]), _ip(fields[1]), _port(fields[2]), _port(fields[3]))
+    provider = Provider(
+        _node_id(fields[0]), _ip(fields[1]), _port(fields[2]), _port(fields[3]), progress
+    )
     _providers.put(fields, provider)
     return provider
+
+
+def _byte_count(value: object) -> int:
+    if type(value) is not int or not 0 <= value <= MAX_BYTES:
+        raise DecodeError("bad byte count")
+    return value
+
+
+def _progress(done: object, total: object) -> tuple[int, int]:
+    progress = _byte_count(done), _byte_count(total)
+    if progress[0] > progress[1]:
+        raise DecodeError("more done than the total")
+    return progress
+
+
+def _add_inflight(f: tuple[object, ...]) -> AddInflight:
+    done, total = _progress(f[2], f[3])
+    return AddInflight(_node_id(f[0]), _port(f[1]), done, total)
 
 
 def _count(value: object) -> int:
@@ -320,6 +440,32 @@ def _providers_reply(f: tuple[object, ...]) -> Providers:
     )
 
 
+def _lease(value: object, low_ok: bool = False) -> float:
+    if type(value) is not float or not math.isfinite(value):
+        raise DecodeError("bad lease")
+    if value > MAX_LEASE or value < 0.0 or (value == 0.0 and not low_ok):
+        raise DecodeError("bad lease")
+    return value
+
+
+def _bool(value: object) -> bool:
+    if type(value) is not bool:
+        raise DecodeError("bad flag")
+    return value
+
+
+def _claim_reply(f: tuple[object, ...]) -> ClaimReply:
+    status = f[0]
+    if type(status) is not int or status not in (CLAIM_WON, CLAIM_LOST, CLAIM_REFUSED):
+        raise DecodeError("bad claim status")
+    remaining = _lease(f[2], low_ok=True)
+    if status == CLAIM_REFUSED:
+        if f[1] is not None or remaining != 0.0:
+            raise DecodeError("a refusal names no holder")
+        return ClaimReply(status, None, 0.0)
+    return ClaimReply(status, _provider(f[1]), remaining)
+
+
 # type -> (arity, fields -> message)
 _DECODERS: dict[int, tuple[int, Callable[[tuple[object, ...]], Message]]] = {
     PING: (0, lambda f: Ping()),
@@ -330,6 +476,11 @@ _DECODERS: dict[int, tuple[int, Callable[[tuple[object, ...]], Message]]] = {
     ADD_PROVIDER_ACK: (1, lambda f: AddProviderAck(_count(f[0]))),
     GET_PROVIDERS: (2, lambda f: GetProviders(_node_id(f[0]), _count(f[1]))),
     PROVIDERS: (2, _providers_reply),
+    CLAIM: (3, lambda f: ClaimRequest(_node_id(f[0]), _lease(f[1]), _port(f[2]))),
+    CLAIM_ANSWER: (3, _claim_reply),
+    RELEASE: (1, lambda f: Release(_node_id(f[0]))),
+    RELEASED: (1, lambda f: Released(_bool(f[0]))),
+    ADD_INFLIGHT: (4, _add_inflight),
 }
 
 

@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 import trio
 
 from .bootstrap import Address, Bootstrapper
+from .claims import ClaimAnswer, Refused
 from .config import LookupStats, NodeConfig, NodeStats
 from .core import Command, FetchPeers, NodeCore, Progress, Ready, Send, WakeAt
 from .identity import load_or_create_node_id, random_node_id
@@ -130,6 +131,27 @@ class DhtNode:
             return
         await self._until_done(op)
 
+    async def provide_inflight(self, key: str, done: int, total: int) -> None:
+        """Announce that this node is fetching `key`: `done` of `total` bytes so far.
+
+        Holders keep the in-flight record `config.inflight_ttl` (30 s) and
+        `get_providers` yields it with `progress` set (complete holders first in
+        each answer), so a caller can stream from it or prefer a complete
+        holder. Call again as the download grows; on commit call `provide`,
+        whose complete records replace the in-flight ones; on abort
+        `withdraw_inflight`."""
+        op = self.core.provide_inflight(key, done, total, trio.current_time())
+        self._execute()
+        if op is None:
+            await trio.lowlevel.checkpoint()
+            return
+        await self._until_done(op)
+
+    async def withdraw_inflight(self, keys: Iterable[str]) -> None:
+        """Stop naming this node as fetching `keys`; records elsewhere lapse within inflight_ttl."""
+        self.core.withdraw_inflight(keys)
+        await trio.lowlevel.checkpoint()
+
     async def withdraw(self, keys: Iterable[str]) -> None:
         """Stop re-providing keys; records already stored elsewhere lapse with their TTL."""
         self.core.withdraw(keys)
@@ -160,6 +182,26 @@ class DhtNode:
         finally:
             self._cancel(op)
             _copy_stats(op, stats)
+
+    async def claim(self, key: str, lease: float) -> ClaimAnswer:
+        """Claim `key` for `lease` seconds (capped at 30) at its arbiter, the closest
+        node to it that answers: `Won` (the claim is ours until `claim.expires`, on
+        this node's clock), `Lost` (`claim.holder` holds it: fetch from them) or
+        `Refused`. Claiming again renews; a claim neither renewed nor released
+        lapses with its lease."""
+        op = self.core.claim(key, lease, trio.current_time())
+        self._execute()
+        await self._until_done(op)
+        answer = op.answer
+        if isinstance(answer, bool) or answer is None:
+            return Refused("no arbiter answered")
+        return answer
+
+    async def release(self, key: str) -> None:
+        """Give a claim up, best effort, at the arbiter the last claim reached."""
+        op = self.core.release(key, trio.current_time())
+        self._execute()
+        await self._until_done(op)
 
     async def find_node(self, target: bytes) -> list[Contact]:
         """The k closest live nodes to `target` (an iterative FIND_NODE)."""

@@ -11,9 +11,26 @@ from collections.abc import Callable, Iterable
 from typing import Protocol, TypeVar
 
 from .announce import Group, Plan, group_keys
+from .claims import Claim, ClaimAnswer, Lost, Refused, Won
 from .ids import ID_BITS, id_to_int
 from .lookup import Lookup, State
-from .messages import AddProvider, Contact, FindNode, GetProviders, Nodes, Ping, Provider, Providers
+from .messages import (
+    CLAIM_LOST,
+    CLAIM_WON,
+    AddInflight,
+    AddProvider,
+    ClaimReply,
+    ClaimRequest,
+    Contact,
+    FindNode,
+    GetProviders,
+    Nodes,
+    Ping,
+    Provider,
+    Providers,
+    Release,
+    Released,
+)
 from .requests import Address, Outcome, Reply, RequestBatch, Stalled, TimedOut
 
 T = TypeVar("T")
@@ -32,7 +49,13 @@ class OperationHost(Protocol):
         self,
         batch: RequestBatch[T],
         address: Address,
-        message: FindNode | GetProviders | AddProvider | Ping,
+        message: FindNode
+        | GetProviders
+        | AddProvider
+        | AddInflight
+        | Ping
+        | ClaimRequest
+        | Release,
         tag: T,
     ) -> None: ...
 
@@ -99,6 +122,7 @@ class LookupOp(Operation):
         self.message = message
         self.limit = limit
         self.seen = set(seen)
+        self._fetching: set[bytes] = set()  # node ids seen only as in-flight providers
         self.found: list[Provider] = []
         self._held = False
         self._batch: RequestBatch[Contact] = host.batch(self._on_outcome, stall=True)
@@ -133,19 +157,30 @@ class LookupOp(Operation):
         self._advance(now)
 
     def _found(self, providers: Iterable[Provider]) -> None:
+        """Buffer providers not seen yet (by node id). A node seen only in flight
+        comes again when a complete record of it turns up (it counts once)."""
+        seen, fetching = self.seen, self._fetching
         for provider in providers:
-            if self.limit is not None and len(self.seen) >= self.limit:
-                return
-            if provider.node_id not in self.seen:
-                self.seen.add(provider.node_id)
-                self.found.append(provider)
+            node_id = provider.node_id
+            if node_id in seen:
+                continue
+            if node_id in fetching:
+                if not provider.inflight:
+                    fetching.discard(node_id)
+                    seen.add(node_id)
+                    self.found.append(provider)
+                continue
+            if self.limit is not None and len(seen) + len(fetching) >= self.limit:
+                break
+            (fetching if provider.inflight else seen).add(node_id)
+            self.found.append(provider)
         if self.found:
             self.host.progress(self)
 
     def _advance(self, now: float) -> None:
         if self.done:
             return
-        if self.limit is not None and len(self.seen) >= self.limit:
+        if self.limit is not None and len(self.seen) + len(self._fetching) >= self.limit:
             self._end(now)
             return
         if self.found or self._held:
@@ -255,11 +290,11 @@ class AddProvidersOp(Operation):
         self,
         host: OperationHost,
         op_id: int,
-        messages: list[tuple[Contact, AddProvider]],
+        messages: list[tuple[Contact, AddProvider]] | list[tuple[Contact, AddInflight]],
         window: int,
     ) -> None:
         super().__init__(host, op_id)
-        self._messages = messages
+        self._messages: list[tuple[Contact, AddProvider | AddInflight]] = list(messages)
         self._window = window
         self._batch: RequestBatch[Contact] = host.batch(self._on_outcome)
 
@@ -313,6 +348,20 @@ def announce(
     if groups:
         sequence.add(send_step)
     return sequence
+
+
+def announce_inflight(
+    host: OperationHost, new_id: Callable[[], int], message: AddInflight
+) -> SequenceOp:
+    """Store an in-flight record on the k closest nodes to its key that answer a lookup."""
+    lookup = LookupOp(host, new_id(), message.key, FindNode(message.key))
+
+    def send_step() -> Operation | None:
+        closest = lookup.result()[: host.k]
+        messages = [(contact, message) for contact in closest]
+        return AddProvidersOp(host, new_id(), messages, len(messages)) if messages else None
+
+    return SequenceOp(host, new_id(), [lambda: lookup, send_step])
 
 
 def find_nodes(host: OperationHost, new_id: Callable[[], int], targets: list[bytes]) -> SequenceOp:
@@ -375,3 +424,108 @@ class PingAll(Operation):
         if not self.done:
             self.host.close(self._batch)
             self._finish(now)
+
+
+# The arbiter's answer, as an operation sees it: a claim answer, or whether a release took.
+Arbitrated = ClaimAnswer | bool
+
+
+def claim_answer(key: bytes, reply: ClaimReply, now: float) -> ClaimAnswer:
+    """A CLAIM_ANSWER on the claimant's clock: the lease ends `remaining` from now."""
+    if reply.holder is None or reply.status not in (CLAIM_WON, CLAIM_LOST):
+        return Refused("refused by the arbiter")
+    claim = Claim(key, reply.holder, now + reply.remaining)
+    return Won(claim) if reply.status == CLAIM_WON else Lost(claim)
+
+
+class ArbiterOp(Operation):
+    """Ask the arbiter of `key`: the closest node to it that answers.
+
+    Without `candidates`, a FIND_NODE lookup of the key finds the k closest
+    live nodes first. Candidates are tried closest first, this node among
+    them: when it is the closest, `local(now)` answers at once; a candidate
+    that times out is passed over for the next. `answer` is the first answer
+    (None if nobody answered), `arbiters` the candidates from the one that
+    answered on (so a release goes to the same arbiter), `None` meaning this
+    node."""
+
+    def __init__(
+        self,
+        host: OperationHost,
+        op_id: int,
+        key: bytes,
+        message: ClaimRequest | Release,
+        local: Callable[[float], Arbitrated],
+        candidates: list[Contact | None] | None = None,
+    ) -> None:
+        super().__init__(host, op_id)
+        self.key = key
+        self.message = message
+        self._local = local
+        self.answer: Arbitrated | None = None
+        self.arbiters: list[Contact | None] = []
+        self._candidates = candidates
+        self._lookup: LookupOp | None = None
+        self._batch: RequestBatch[Contact] = host.batch(self._on_outcome)
+
+    def start(self, now: float) -> None:
+        if self._candidates is not None:
+            self._ask(now)
+            return
+        op = LookupOp(self.host, self.id, self.key, FindNode(self.key))
+        self._lookup = op
+        op.listeners.append(self._found)
+        op.start(now)
+
+    def _found(self, op: Operation, now: float) -> None:
+        if self.done or op is not self._lookup:
+            return
+        self._lookup = None
+        contacts: list[Contact | None] = list(op.result()) if isinstance(op, LookupOp) else []
+        key = id_to_int(self.key)
+        own = self.host.own_id()
+        contacts.append(None)  # this node
+        contacts.sort(key=lambda c: id_to_int(own if c is None else c.node_id) ^ key)
+        self._candidates = contacts
+        self._ask(now)
+
+    def _ask(self, now: float) -> None:
+        candidates = self._candidates or []
+        if not candidates:
+            self._end(now)
+            return
+        arbiter = candidates[0]
+        if arbiter is None:
+            self.arbiters = list(candidates)
+            self.answer = self._local(now)
+            self._end(now)
+            return
+        self.host.send(self._batch, (arbiter.host, arbiter.port), self.message, arbiter)
+
+    def _on_outcome(self, outcome: Outcome[Contact], now: float) -> None:
+        if self.done or isinstance(outcome, Stalled):
+            return
+        candidates = self._candidates or []
+        if isinstance(outcome, TimedOut):
+            self.host.failed(outcome.tag, now)
+            del candidates[:1]
+            self._ask(now)
+            return
+        message = outcome.envelope.message
+        self.arbiters = list(candidates)
+        if isinstance(message, ClaimReply):
+            self.answer = claim_answer(self.key, message, now)
+        elif isinstance(message, Released):
+            self.answer = message.released
+        self._end(now)
+
+    def cancel(self, now: float) -> None:
+        if not self.done:
+            if self._lookup is not None:
+                lookup, self._lookup = self._lookup, None
+                lookup.cancel(now)
+            self._end(now)
+
+    def _end(self, now: float) -> None:
+        self.host.close(self._batch)
+        self._finish(now)

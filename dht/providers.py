@@ -17,6 +17,7 @@ from .messages import Provider
 
 DEFAULT_RECORD_TTL = 19 * 60.0
 DEFAULT_REPROVIDE_INTERVAL = 15 * 60.0
+DEFAULT_INFLIGHT_TTL = 30.0
 
 
 class ProviderStore:
@@ -40,19 +41,26 @@ class ProviderStore:
     def __len__(self) -> int:
         return self._count
 
-    def add(self, key: bytes, provider: Provider, now: float) -> bool:
-        """Store or refresh a record; False when the store is full."""
+    def add(self, key: bytes, provider: Provider, now: float, ttl: float | None = None) -> bool:
+        """Store or refresh a record (for `ttl`, default the store's); False when full.
+
+        An in-flight record (`provider.progress` set) does not replace a live
+        complete one of the same node; a complete record replaces an in-flight one."""
+        expires = now + (self.ttl if ttl is None else ttl)
         per_key = self._records.get(key)
         if per_key is None:
             if self._count >= self.max_records:
                 return False
             per_key = self._records[key] = {}
-        if provider.node_id in per_key:
-            per_key[provider.node_id] = (provider, now + self.ttl)
+        held = per_key.get(provider.node_id)
+        if held is not None:
+            if provider.inflight and not held[0].inflight and held[1] > now:
+                return True
+            per_key[provider.node_id] = (provider, expires)
             return True
         if len(per_key) >= self.max_per_key or self._count >= self.max_records:
             return False
-        per_key[provider.node_id] = (provider, now + self.ttl)
+        per_key[provider.node_id] = (provider, expires)
         self._count += 1
         return True
 
@@ -64,8 +72,10 @@ class ProviderStore:
             return []
         live = [p for p, expiry in per_key.values() if expiry > now]
         if limit is not None and len(live) > limit:
-            return self._rng.sample(live, limit)
-        self._rng.shuffle(live)
+            live = self._rng.sample(live, limit)
+        else:
+            self._rng.shuffle(live)
+        live.sort(key=lambda p: p.inflight)  # complete holders first (a stable sort)
         return live
 
     def expire(self, now: float) -> int:

@@ -24,14 +24,19 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from .messages import (
+    ADD_INFLIGHT,
     ADD_PROVIDER,
     ADD_PROVIDER_ACK,
+    CLAIM,
+    CLAIM_ANSWER,
     FIND_NODE,
     GET_PROVIDERS,
     NODES,
     PING,
     PONG,
     PROVIDERS,
+    RELEASE,
+    RELEASED,
     Envelope,
     Message,
 )
@@ -39,7 +44,15 @@ from .messages import (
 Address = tuple[str, int]
 T = TypeVar("T")
 
-REPLY_TO = {PING: PONG, FIND_NODE: NODES, ADD_PROVIDER: ADD_PROVIDER_ACK, GET_PROVIDERS: PROVIDERS}
+REPLY_TO = {
+    PING: PONG,
+    FIND_NODE: NODES,
+    ADD_PROVIDER: ADD_PROVIDER_ACK,
+    GET_PROVIDERS: PROVIDERS,
+    CLAIM: CLAIM_ANSWER,
+    RELEASE: RELEASED,
+    ADD_INFLIGHT: ADD_PROVIDER_ACK,
+}
 _REMEMBER = 4096  # requests given up on whose late replies are still recognised
 
 

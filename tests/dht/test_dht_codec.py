@@ -11,12 +11,23 @@ from hypothesis import strategies as st
 
 from dht.auth import TAG_SIZE, Authenticator
 from dht.messages import (
+    CLAIM,
+    CLAIM_ANSWER,
+    CLAIM_LOST,
+    CLAIM_REFUSED,
+    CLAIM_WON,
     MAX_DATAGRAM,
     MAX_KEYS_PER_ADD,
+    MAX_LEASE,
     MAX_PAYLOAD,
+    RELEASE,
+    RELEASED,
     VERSION,
+    AddInflight,
     AddProvider,
     AddProviderAck,
+    ClaimReply,
+    ClaimRequest,
     Contact,
     DecodeError,
     Envelope,
@@ -27,6 +38,8 @@ from dht.messages import (
     Pong,
     Provider,
     Providers,
+    Release,
+    Released,
     decode,
     encode,
 )
@@ -46,6 +59,11 @@ def provider(i: int, v6: bool = False) -> Provider:
     return Provider(c.node_id, c.host, c.port, 5000 + i % 1000)
 
 
+def inflight(i: int, progress: tuple[int, int], v6: bool = False) -> Provider:
+    p = provider(i, v6)
+    return Provider(p.node_id, p.host, p.udp_port, p.registry_port, progress)
+
+
 MESSAGES = [
     Ping(),
     Pong("127.0.0.2", 5001),
@@ -57,6 +75,18 @@ MESSAGES = [
     AddProviderAck(2),
     GetProviders(OTHER, 20),
     Providers((provider(1), provider(2, v6=True)), (contact(3),)),
+    ClaimRequest(OTHER, 5.0, 5000),
+    ClaimRequest(OTHER, MAX_LEASE, 65535),
+    ClaimReply(CLAIM_WON, provider(4), 5.0),
+    ClaimReply(CLAIM_LOST, provider(5, v6=True), 0.0),
+    ClaimReply(CLAIM_REFUSED, None, 0.0),
+    Release(OTHER),
+    Released(True),
+    Released(False),
+    AddInflight(OTHER, 5000, 0, 0),
+    AddInflight(OTHER, 65535, 10, 2**64 - 1),
+    Providers((inflight(1, (5, 10)), provider(2), inflight(3, (2**64 - 1,) * 2, True)), ()),
+    ClaimReply(CLAIM_LOST, inflight(6, (1, 2)), 1.5),
 ]
 
 
@@ -121,6 +151,40 @@ def test_a_full_add_provider_fits_with_a_tag() -> None:
         [VERSION, 4, 7, ID, {"a": 1}],  # map, not list
         [VERSION, 5, 7, ID, 5000, [ID, 3]],  # key not bin
         [VERSION, 7, 7, ID, ID, True],  # bool limit
+        [VERSION, CLAIM, 7, ID, ID, 5.0],  # wrong arity
+        [VERSION, CLAIM, 7, ID, ID[:15], 5.0, 5000],  # short key
+        [VERSION, CLAIM, 7, ID, ID, 0.0, 5000],  # no lease
+        [VERSION, CLAIM, 7, ID, ID, -1.0, 5000],  # negative lease
+        [VERSION, CLAIM, 7, ID, ID, MAX_LEASE + 0.5, 5000],  # lease over the bound
+        [VERSION, CLAIM, 7, ID, ID, float("nan"), 5000],  # nan lease
+        [VERSION, CLAIM, 7, ID, ID, float("inf"), 5000],  # infinite lease
+        [VERSION, CLAIM, 7, ID, ID, 5, 5000],  # int, not float
+        [VERSION, CLAIM, 7, ID, ID, True, 5000],  # bool lease
+        [VERSION, CLAIM, 7, ID, ID, 5.0, 0],  # port 0
+        [VERSION, CLAIM, 7, ID, ID, 5.0, 65536],  # port too big
+        [VERSION, CLAIM_ANSWER, 7, ID, 3, None, 0.0],  # unknown status
+        [VERSION, CLAIM_ANSWER, 7, ID, True, None, 0.0],  # bool status
+        [VERSION, CLAIM_ANSWER, 7, ID, CLAIM_WON, None, 5.0],  # won without a holder
+        [VERSION, CLAIM_ANSWER, 7, ID, CLAIM_LOST, [ID, b"\x7f\x00\x00\x01", 5001], 5.0],
+        [VERSION, CLAIM_ANSWER, 7, ID, CLAIM_LOST, [ID, b"\x7f\x00\x00\x01", 5001, 0], 5.0],
+        [VERSION, CLAIM_ANSWER, 7, ID, CLAIM_WON, [ID, b"\x7f\x00\x00\x01", 1, 2], -1.0],
+        [VERSION, CLAIM_ANSWER, 7, ID, CLAIM_WON, [ID, b"\x7f\x00\x00\x01", 1, 2], 31.0],
+        [VERSION, CLAIM_ANSWER, 7, ID, CLAIM_REFUSED, [ID, b"\x7f\x00\x00\x01", 1, 2], 0.0],
+        [VERSION, CLAIM_ANSWER, 7, ID, CLAIM_REFUSED, None, 1.0],  # a refusal has no lease
+        [VERSION, 8, 7, ID, [[ID, b"\x7f\x00\x00\x01", 5001, 5000, 1]], []],  # 5 fields
+        [VERSION, 8, 7, ID, [[ID, b"\x7f\x00\x00\x01", 5001, 5000, 3, 2]], []],  # done > total
+        [VERSION, 8, 7, ID, [[ID, b"\x7f\x00\x00\x01", 5001, 5000, -1, 2]], []],
+        [VERSION, 8, 7, ID, [[ID, b"\x7f\x00\x00\x01", 5001, 5000, True, 2]], []],
+        [VERSION, 8, 7, ID, [[ID, b"\x7f\x00\x00\x01", 5001, 5000, 1, 2, 3]], []],
+        [VERSION, 13, 7, ID, ID, 5000, 1],  # wrong arity
+        [VERSION, 13, 7, ID, ID, 5000, 2, 1],  # done > total
+        [VERSION, 13, 7, ID, ID, 0, 1, 2],  # port 0
+        [VERSION, 13, 7, ID, ID, 5000, 1.0, 2],  # float count
+        [VERSION, 13, 7, ID, ID[:8], 5000, 1, 2],  # short key
+        [VERSION, RELEASE, 7, ID, ID + b"x"],  # long key
+        [VERSION, RELEASE, 7, ID],  # no key
+        [VERSION, RELEASED, 7, ID, 1],  # int, not bool
+        [VERSION, RELEASED, 7, ID, None],
         {"v": 1},
         "hello",
     ],
@@ -128,6 +192,43 @@ def test_a_full_add_provider_fits_with_a_tag() -> None:
 def test_rejects_invalid_envelopes(obj: object) -> None:
     with pytest.raises(DecodeError):
         decode(msgpack.packb(obj))
+
+
+def test_claim_messages_fit_with_a_tag() -> None:
+    v6 = Provider(b"\xff" * 16, "2001:db8::ffff:ffff:ffff:ffff", 65535, 65535)
+    for message in (
+        ClaimRequest(b"\xff" * 16, MAX_LEASE, 65535),
+        ClaimReply(CLAIM_LOST, v6, MAX_LEASE),
+        Release(b"\xff" * 16),
+    ):
+        data = encode(Envelope(2**64 - 1, ID, message))
+        assert len(Authenticator(b"k").seal(data)) <= MAX_DATAGRAM
+        assert decode(data).message == message
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.binary(min_size=16, max_size=16),
+    st.floats(min_value=0.0, max_value=MAX_LEASE, exclude_min=True),
+    st.integers(1, 65535),
+    st.sampled_from([CLAIM_WON, CLAIM_LOST]),
+    st.booleans(),
+)
+def test_claim_round_trips(key: bytes, lease: float, port: int, status: int, v6: bool) -> None:
+    for message in (
+        ClaimRequest(key, lease, port),
+        ClaimReply(status, provider(port % 500, v6), lease),
+        Release(key),
+    ):
+        assert decode(encode(Envelope(1, key, message))).message == message
+
+
+def test_complete_provider_records_keep_their_four_field_form() -> None:
+    data = encode(Envelope(1, ID, Providers((provider(1),), ())))
+    fields = msgpack.unpackb(data)
+    assert len(fields[4][0]) == 4
+    data = encode(Envelope(1, ID, Providers((inflight(1, (3, 4)),), ())))
+    assert msgpack.unpackb(data)[4][0][4:] == [3, 4]
 
 
 def test_rejects_oversized_and_garbage() -> None:

@@ -43,6 +43,7 @@ CORE = [
     "routing",
     "lookup",
     "providers",
+    "claims",
     "handler",
     "requests",
     "announce",
