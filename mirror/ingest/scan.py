@@ -28,6 +28,19 @@ def ingest_root(content_root: Path) -> Path:
     return content_root / INGEST_DIR
 
 
+def ingest_dir_names(content_root: Path) -> set[str]:
+    """The well-named entries of `ingest/` (empty if it cannot be listed)."""
+    try:
+        root_fd = os.open(ingest_root(content_root), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return set()
+    try:
+        with os.scandir(root_fd) as entries:
+            return {entry.name for entry in entries if is_ingest_dir_name(entry.name)}
+    finally:
+        os.close(root_fd)
+
+
 def _read_small(dir_fd: int, name: str, limit: int) -> bytes | None:
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)

@@ -16,8 +16,8 @@ from pathlib import Path
 import inotify_simple
 import trio
 
-from mirror.ingest.records import InflightTable, Ingest, IngestChange, is_ingest_dir_name
-from mirror.ingest.scan import ingest_root, scan_ingests
+from mirror.ingest.records import InflightTable, Ingest, IngestChange
+from mirror.ingest.scan import ingest_dir_names, ingest_root, scan_ingests
 
 log = logging.getLogger("mirror.ingest")
 
@@ -122,7 +122,7 @@ class IngestWatcher:
         """Until the ingest directory itself goes away (then the caller starts over)."""
         self.mode = "inotify"
         watched: dict[str, int] = {}
-        self._watch_dirs(notify, watched)
+        await self._watch_dirs(notify, watched)
         await self.rescan()
         task_status.started()
         next_rescan = trio.current_time() + self._rescan_interval
@@ -134,16 +134,13 @@ class IngestWatcher:
             if any(e.wd == root_watch and e.mask & _ROOT_GONE for e in events):
                 return
             if events:
-                self._watch_dirs(notify, watched)
+                await self._watch_dirs(notify, watched)
             await self.rescan()
             next_rescan = trio.current_time() + self._rescan_interval
 
-    def _watch_dirs(self, notify: inotify_simple.INotify, watched: dict[str, int]) -> None:
+    async def _watch_dirs(self, notify: inotify_simple.INotify, watched: dict[str, int]) -> None:
         root = ingest_root(self.content_root)
-        try:
-            names = {p.name for p in root.iterdir() if is_ingest_dir_name(p.name)}
-        except OSError:
-            return
+        names = await trio.to_thread.run_sync(ingest_dir_names, self.content_root)
         for name in list(watched):
             if name not in names:
                 del watched[name]  # the kernel drops a deleted directory's watch itself
