@@ -17,6 +17,7 @@ import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, fields
+from typing import Any
 
 from mirror.durations import format_duration, parse_duration
 from mirror.logs import LEVELS
@@ -230,34 +231,15 @@ def _add_flag(parser: argparse.ArgumentParser, flag: Flag, default: object) -> N
         parser.add_argument(
             flag.dest, nargs="*", default=argparse.SUPPRESS, help=help_text, metavar="URL"
         )
-    elif flag.kind in ("list", "regex-list"):
-        parser.add_argument(
-            *names,
-            dest=flag.dest,
-            default=argparse.SUPPRESS,
-            help=help_text,
-            nargs="*",
-            action="extend",
-            metavar="VALUE",
-        )
+        return
+    shape: dict[str, Any]
+    if flag.kind in ("list", "regex-list"):
+        shape = {"nargs": "*", "action": "extend", "metavar": "VALUE"}
     elif flag.kind == "bool":
-        parser.add_argument(
-            *names,
-            dest=flag.dest,
-            default=argparse.SUPPRESS,
-            help=help_text,
-            nargs="?",
-            const="true",
-            metavar="BOOL",
-        )
+        shape = {"nargs": "?", "const": "true", "metavar": "BOOL"}
     else:
-        parser.add_argument(
-            *names,
-            dest=flag.dest,
-            default=argparse.SUPPRESS,
-            help=help_text,
-            metavar=flag.kind.upper(),
-        )
+        shape = {"metavar": flag.kind.upper()}
+    parser.add_argument(*names, dest=flag.dest, default=argparse.SUPPRESS, help=help_text, **shape)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,8 +15,10 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import trio
 
@@ -46,6 +48,7 @@ from mirror.server.registry import RegistryHandler
 from mirror.web.server import metrics_front_end
 
 log = logging.getLogger("mirror")
+T = TypeVar("T")
 
 
 class ContainerdTags:
@@ -199,9 +202,12 @@ def warn_about_containerd_config(options: RegistryOptions) -> None:
         log.warning(warning, extra={"containerd_config": str(path)})
 
 
-def listen_error(flag: str, value: str, exc: OSError) -> StartupError:
-    """A listener that cannot bind, as one line naming the flag."""
-    return StartupError(f"cannot listen on {flag}={value}: {exc.strerror or exc}")
+async def _listening(flag: str, value: str, starting: Awaitable[T]) -> T:
+    """Await a listener's start; one that cannot bind is one line naming its flag."""
+    try:
+        return await starting
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {flag}={value}: {exc.strerror or exc}") from None
 
 
 @dataclass(frozen=True)
@@ -236,10 +242,11 @@ class Node:
         try:
             content_root = await resolve_content_root(client, options.containerd_content_path)
             async with contextlib.AsyncExitStack() as stack:
-                try:
-                    dht = await stack.enter_async_context(DhtNode.open(config, bootstrapper))
-                except OSError as exc:
-                    raise listen_error("--router-addr", options.router_addr, exc) from None
+                dht = await _listening(
+                    "--router-addr",
+                    options.router_addr,
+                    stack.enter_async_context(DhtNode.open(config, bootstrapper)),
+                )
                 await self._serve(client, content_root, dht, bootstrapper, host, port, task_status)
         finally:
             await client.aclose()
@@ -322,14 +329,12 @@ class Node:
 
         async with trio.open_nursery() as nursery:
             await nursery.start(run_background)
-            try:
-                await nursery.start(server.run, host, port)
-            except OSError as exc:
-                raise listen_error("--registry-addr", options.registry_addr, exc) from None
-            try:
-                metrics_urls = await nursery.start(web.run)
-            except OSError as exc:
-                raise listen_error("--metrics-addr", options.metrics_addr, exc) from None
+            await _listening(
+                "--registry-addr", options.registry_addr, nursery.start(server.run, host, port)
+            )
+            metrics_urls = await _listening(
+                "--metrics-addr", options.metrics_addr, nursery.start(web.run)
+            )
             addresses = NodeAddresses(list(server.addresses), dht.address, list(metrics_urls))
             log.info(
                 "running",
