@@ -149,6 +149,18 @@ COMMANDS: dict[str, tuple[str, list[Flag]]] = {
                 "str",
                 "How a peer's body reaches the client: splice (in kernel) or copy (1 MiB buffer).",
             ),
+            Flag(
+                "cold-start",
+                "bool",
+                "Claim a layer no node holds yet: one node fetches it from the upstream, "
+                "the others stream it from that download while it arrives.",
+            ),
+            Flag(
+                "peer-streams-per-blob",
+                "int",
+                "Peers one node streams one blob to at once; past it they are sent elsewhere "
+                "(0: no limit).",
+            ),
             Flag("debug-web-enabled", "bool", "When true enables the debug web page."),
             Flag(
                 "resolve-latest-tag",
@@ -322,6 +334,9 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
     if command == "registry":
         if values["mirror_relay"] not in ("copy", "splice"):
             raise UsageError("--mirror-relay: use copy or splice")
+        streams = values["peer_streams_per_blob"]
+        if isinstance(streams, int) and streams < 0:
+            raise UsageError("--peer-streams-per-blob: use 0 (no limit) or more")
         if not values["resolve_latest_tag"]:
             filters = values["registry_filters"]
             assert isinstance(filters, tuple)

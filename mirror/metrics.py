@@ -195,7 +195,8 @@ class Telemetry:
         self.served_bytes = Counter(
             "mirror_served_bytes_total",
             "Body bytes sent on the registry port, by where they came from: "
-            "local (this node's content store) or peer (relayed from another node).",
+            "local (this node's content store), peer (relayed from another node) or "
+            "inflight (to a peer, from a download this node's containerd is still making).",
             ["source"],
             registry=r,
         )
@@ -226,6 +227,32 @@ class Telemetry:
             "DHT provider lookups that found no peer.",
             registry=r,
         )
+        self.coldstart_claims = Counter(
+            "mirror_coldstart_claims_total",
+            "Blob misses no peer could serve, by how the claim decided them: won (this node "
+            "fetched from the upstream for the cluster), lost (streamed from the claimant "
+            "instead), refused or timeout (fetched from the upstream, as without a mirror).",
+            ["outcome"],
+            registry=r,
+        )
+        self.upstream_avoided = Counter(
+            "mirror_coldstart_upstream_fetches_avoided_total",
+            "Blobs nobody held that this node streamed whole from the node fetching them, "
+            "where it would otherwise have fetched them from the upstream.",
+            registry=r,
+        )
+        self.inflight_relayed = Counter(
+            "mirror_inflight_relayed_bodies_total",
+            "Bodies relayed from a peer's download in progress, by outcome (peer, failed).",
+            ["outcome"],
+            registry=r,
+        )
+        self.digest_mismatches = Counter(
+            "mirror_relay_digest_mismatch_total",
+            "Relayed bodies whose bytes did not hash to the digest asked for; the client "
+            "connection was reset before the end.",
+            registry=r,
+        )
         self._resolve = self.resolve_duration.labels(ROUTER_LABEL)
         self._inflight: dict[str, Any] = {}
         self._per_response: dict[tuple[str, str, int], tuple[Any, Any]] = {}
@@ -233,6 +260,7 @@ class Telemetry:
         self._served = {
             "local": self.served_bytes.labels("local"),
             "peer": self.served_bytes.labels("peer"),
+            "inflight": self.served_bytes.labels("inflight"),
         }
 
     # -- the hot path --------------------------------------------------------
@@ -312,8 +340,16 @@ class Telemetry:
     def on_mirror_event(self, event: MirrorEvent) -> None:
         """`PeerMirror`'s callback: one per local miss handed to the peers."""
         self.peer_requests.labels(event.kind, event.outcome).inc()
+        if event.claim:
+            self.coldstart_claims.labels(event.claim).inc()
         if event.outcome == "miss":
             return
+        if event.claim == "lost" and event.outcome == "peer" and event.method == "GET":
+            self.upstream_avoided.inc()
+        if event.inflight_source and event.method == "GET":
+            self.inflight_relayed.labels(event.outcome).inc()
+        if event.digest_mismatch:
+            self.digest_mismatches.inc()
         self.peer_time_to_head.observe(event.time_to_head)
         if event.kind == "blob" and event.method == "GET":
             self.relayed_bodies.labels(self.relay_mode, event.outcome).inc()

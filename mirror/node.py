@@ -36,7 +36,12 @@ from mirror.advertise.tracker import Advertiser
 from mirror.containerd.client import ContainerdClient, ContainerdError, ContainerdUnavailable
 from mirror.containerd.config import ConfigError, config_warnings, load_config
 from mirror.errors import StartupError
+from mirror.ingest.announcer import IngestAnnouncer
+from mirror.ingest.serving import InflightBlobs
+from mirror.ingest.state import ColdStartState
+from mirror.ingest.watcher import IngestWatcher
 from mirror.metrics import Telemetry, TimedProviders
+from mirror.mirroring.claimbook import ClaimBook
 from mirror.mirroring.mirror import MirrorSettings, PeerMirror
 from mirror.mirroring.providers import ProviderCache
 from mirror.oci.filters import ReferenceFilter
@@ -45,6 +50,7 @@ from mirror.server.connection import ConnectionConfig
 from mirror.server.listener import RegistryServer, parse_listen_address
 from mirror.server.localstore import LocalStore, TagTarget, target_from
 from mirror.server.registry import RegistryHandler
+from mirror.server.streamcap import StreamCap
 from mirror.web.server import metrics_front_end
 
 log = logging.getLogger("mirror")
@@ -281,7 +287,9 @@ class Node:
             resolve_timeout=options.mirror_resolve_timeout,
             resolve_retries=options.mirror_resolve_retries,
             use_splice=options.mirror_relay == "splice",
+            cold_start=options.cold_start,
         )
+        book = ClaimBook(settings.claim_lease)
         advertiser = Advertiser(
             client,
             dht,
@@ -290,12 +298,26 @@ class Node:
             namespace=options.containerd_namespace,
             on_image_change=store.forget_tag,
         )
+        announcer = IngestAnnouncer(
+            dht, content_root, book, on_committed=advertiser.content_committed
+        )
+        watcher = IngestWatcher(content_root, on_change=announcer.on_change)
+        inflight = InflightBlobs(
+            watcher, content_root, expecting=lambda key: book.holds(key, trio.current_time())
+        )
+        # Without cold start nothing waits out a busy answer: no cap then.
+        stream_cap = StreamCap(options.peer_streams_per_blob if options.cold_start else 0)
+        mirror = PeerMirror(
+            cache, settings, on_event=telemetry.on_mirror_event, claims=dht, book=book
+        )
         handler = RegistryHandler(
             store,
             reference_filter,
             ready=ready,
-            miss=PeerMirror(cache, settings, on_event=telemetry.on_mirror_event),
+            miss=mirror,
             on_local_miss=advertiser.local_miss,
+            inflight=inflight if options.cold_start else None,
+            stream_cap=stream_cap,
         )
         server = RegistryServer(
             telemetry.instrument(handler),
@@ -315,6 +337,9 @@ class Node:
             images=list_images,
             ready=ready,
             debug_web=options.debug_web_enabled,
+            coldstart=ColdStartState(watcher, book, stream_cap, announcer)
+            if options.cold_start
+            else None,
         )
         background = trio.CancelScope()
 
@@ -325,6 +350,9 @@ class Node:
                     nursery.start_soon(health.watch)
                     nursery.start_soon(advertiser.run)
                     nursery.start_soon(alone.watch)
+                    if options.cold_start:
+                        await nursery.start(watcher.run)
+                        nursery.start_soon(announcer.run)
                     task_status.started()
 
         async with trio.open_nursery() as nursery:

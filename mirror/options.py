@@ -42,6 +42,8 @@ class RegistryOptions:
     mirror_resolve_timeout: float = 0.020
     mirror_resolve_retries: int = 3
     mirror_relay: RelayMode = "splice"
+    cold_start: bool = True
+    peer_streams_per_blob: int = 3
     debug_web_enabled: bool = True
     resolve_latest_tag: bool = True
     otel_enabled: bool = False

@@ -11,6 +11,7 @@ between phases, so both modes run on the same daemons in the same run.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,8 +27,10 @@ UPSTREAM_IP = "127.0.0.254"
 class ShapedUpstream:
     """A registry plus the relay in front of it; `host`/`url` are the relay's, as nodes see it."""
 
-    def __init__(self, base_dir: Path, link: LinkSpec) -> None:
-        self.registry = UpstreamRegistry(base_dir, ip=UPSTREAM_IP)
+    def __init__(self, base_dir: Path, link: LinkSpec, *, access_log: bool = False) -> None:
+        self.registry = UpstreamRegistry(
+            base_dir, ip=UPSTREAM_IP, access_log=access_log, log_level="info"
+        )
         self.link = link
         self.relay: WanRelay | None = None
 
@@ -62,6 +65,18 @@ class ShapedUpstream:
     def served_bytes(self) -> int:
         return self._relay().counters().down
 
+    def blob_gets(self) -> list[tuple[str, int]]:
+        """(digest, status) of every blob GET in the registry's access log (`access_log`)."""
+        found = []
+        for line in self.registry.process.log_path.read_text(errors="replace").splitlines():
+            match = _BLOB_GET.search(line)
+            if match:
+                found.append((match.group(1), int(match.group(2))))
+        return found
+
+
+_BLOB_GET = re.compile(r'"GET /v2/[^ ]*/blobs/(sha256:[0-9a-f]{64}) HTTP/[0-9.]+" (\d{3})')
+
 
 class BenchCluster(LocalCluster):
     def __init__(
@@ -72,11 +87,14 @@ class BenchCluster(LocalCluster):
         *,
         mirror_args: Sequence[str] = (),
         log_level: str = "WARN",
+        access_log: bool = False,
     ) -> None:
         if n > 250:
             raise ValueError("at most 250 nodes: 127.0.0.254 is the upstream's")
         super().__init__(n, base_dir, mirror_args=mirror_args, log_level=log_level)
-        self.upstream: ShapedUpstream = ShapedUpstream(self.base_dir / "upstream", link)  # type: ignore[assignment]
+        self.upstream: ShapedUpstream = ShapedUpstream(
+            self.base_dir / "upstream", link, access_log=access_log
+        )  # type: ignore[assignment]
         self.mode = "mirror"
         self._mirror_hosts: dict[int, str] = {}
 

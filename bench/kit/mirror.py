@@ -64,9 +64,9 @@ class MirrorNode(StartStop):
     def metrics_url(self) -> str:
         return f"http://{self.host}:{self.metrics_port}"
 
-    def _answers(self, path: str, expect: int = 200) -> bool:
+    def _answers(self, path: str, expect: int = 200, *, base: str | None = None) -> bool:
         try:
-            with urllib.request.urlopen(self.url + path, timeout=1.0) as response:
+            with urllib.request.urlopen((base or self.url) + path, timeout=1.0) as response:
                 return response.status == expect
         except OSError:
             return False
@@ -77,6 +77,13 @@ class MirrorNode(StartStop):
         path = "/readyz" if wait_ready else "/livez"
         wait_until(
             lambda: self._answers(path), timeout, what=f"{self.name} {path}", proc=self.process
+        )
+        # The metrics front end starts right after the registry port.
+        wait_until(
+            lambda: self._answers("/metrics", base=self.metrics_url),
+            timeout,
+            what=f"{self.name} /metrics",
+            proc=self.process,
         )
 
     def start_wait_ready(self, timeout: float = 30.0) -> None:

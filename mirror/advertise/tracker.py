@@ -186,6 +186,11 @@ class Advertiser:
             return
         await self._set(image.name, await self._keys(image.name, image.target.digest))
 
+    async def content_committed(self, digest: str) -> None:
+        """A download finished into the store (seen in `ingest/`): advertise it now,
+        before any image names it (containerd 1.x publishes no `/content/create`)."""
+        await self._content_created(digest)
+
     async def _content_created(self, digest: str) -> None:
         # A committed blob carries no registry: with registry filters it waits for
         # the image walk, which applies them.

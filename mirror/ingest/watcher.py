@@ -66,6 +66,9 @@ class IngestWatcher:
     def get(self, digest: str) -> Ingest | None:
         return self.table.get(digest)
 
+    def all(self) -> list[Ingest]:
+        return self.table.all()
+
     async def wait_changed(self) -> None:
         """Until the next scan that changed anything."""
         await self._changed.wait()

@@ -17,16 +17,28 @@ requests get a total budget; blob bodies only a stall timeout.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
 
 import trio
 
 from dht import Provider
+from dht.claims import ClaimAnswer, Won
+from mirror.ingest.serving import INFLIGHT_HEADER
+from mirror.mirroring.claimbook import ClaimBook
+from mirror.mirroring.coldmiss import (
+    ClaimIt,
+    ColdMiss,
+    ColdMissLimits,
+    GiveUp,
+    Pause,
+    usable_source,
+)
 from mirror.mirroring.peer import PeerError, PeerResponse
 from mirror.mirroring.providers import ProviderCache
 from mirror.mirroring.race import Race, RaceLimits
@@ -60,6 +72,10 @@ class MirrorSettings:
     stall_timeout: float = 10.0
     max_resumes: int = 3
     use_splice: bool = False
+    # A blob nobody holds yet: claim it, or wait for the claimant (see coldmiss.py).
+    cold_start: bool = True
+    claim_lease: float = 5.0
+    cold: ColdMissLimits = field(default_factory=ColdMissLimits)
 
 
 @dataclass(frozen=True)
@@ -77,6 +93,25 @@ class MirrorEvent:
     duration: float
     resumes: int = 0
     time_to_head: float = 0.0
+    # "" (none), "won", "lost", "refused", "timeout": how a blob nobody held was decided.
+    claim: str = ""
+    digest_mismatch: bool = False
+    inflight_source: bool = False
+
+
+class ClaimSource(Protocol):
+    async def claim(self, key: str, lease: float) -> ClaimAnswer: ...
+
+
+@dataclass(slots=True)
+class _RaceResult:
+    provider: Provider | None = None
+    peer: PeerResponse | None = None
+    busy_at: set[tuple[str, int]] = field(default_factory=set)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.busy_at)
 
 
 class HeadLatencies:
@@ -109,6 +144,7 @@ class _Miss:
     digest: str | None  # None: a manifest by tag
     client_range: str | None
     started: float
+    offset: int  # the first byte asked for (in-flight sources must be past it)
 
     @property
     def bounded(self) -> bool:
@@ -153,6 +189,7 @@ def _plan(
         digest=None if route.digest is None else str(route.digest),
         client_range=request.headers.get("range"),
         started=now,
+        offset=_range_offset(request.headers.get("range")),
     )
 
 
@@ -163,6 +200,7 @@ class _Served:
     provider: Provider
     peer: PeerResponse
     time_to_head: float
+    claim: str = ""
 
     @property
     def name(self) -> str:
@@ -190,9 +228,13 @@ class PeerMirror:
         settings: MirrorSettings | None = None,
         *,
         on_event: Callable[[MirrorEvent], None] | None = None,
+        claims: ClaimSource | None = None,
+        book: ClaimBook | None = None,
     ) -> None:
         self.cache = cache
         self.settings = settings or MirrorSettings()
+        self.claims = claims
+        self.book = book if book is not None else ClaimBook(self.settings.claim_lease)
         self.latencies = HeadLatencies()
         self._on_event = on_event
 
@@ -219,6 +261,7 @@ class PeerMirror:
         outcome: Literal["peer", "failed"],
         sent: int,
         resumes: int = 0,
+        digest_mismatch: bool = False,
     ) -> None:
         self._emit(
             MirrorEvent(
@@ -233,6 +276,9 @@ class PeerMirror:
                 trio.current_time() - miss.started,
                 resumes,
                 served.time_to_head,
+                served.claim,
+                digest_mismatch,
+                served.peer.header(INFLIGHT_HEADER.lower()) is not None,
             )
         )
 
@@ -244,16 +290,28 @@ class PeerMirror:
             return None
         budget = self.settings.manifest_budget if miss.bounded else math.inf
         head = HeadRequest(miss.method, miss.target, miss.request_headers(), miss.validate)
-        found = await self._race(miss.key, head, budget)
-        if found is None:
+        found = await self._race(miss.key, head, budget, miss.offset)
+        claim = ""
+        if found.peer is None and self._cold_eligible(miss):
+            found, claim = await self._cold(miss, head, busy_at=found.busy_at)
+        if found.peer is None or found.provider is None:
             duration = trio.current_time() - miss.started
             self._emit(
                 MirrorEvent(
-                    miss.kind, miss.method, miss.key, miss.registry, "miss", "", 404, 0, duration
+                    miss.kind,
+                    miss.method,
+                    miss.key,
+                    miss.registry,
+                    "miss",
+                    "",
+                    404,
+                    0,
+                    duration,
+                    claim=claim,
                 )
             )
             return None
-        served = _Served(found[0], found[1], trio.current_time() - miss.started)
+        served = _Served(found.provider, found.peer, trio.current_time() - miss.started, claim)
         served_digest = served.peer.header("docker-content-digest")
         if miss.kind == "manifest" and miss.digest is None and served_digest:
             # containerd asks for the manifest by this digest next.
@@ -263,6 +321,50 @@ class PeerMirror:
         if miss.kind == "manifest":
             return await self._manifest(miss, served, budget)
         return self._blob(miss, served)
+
+    def _cold_eligible(self, miss: _Miss) -> bool:
+        return (
+            self.settings.cold_start
+            and self.claims is not None
+            and miss.kind == "blob"
+            and miss.method == "GET"
+            and miss.digest is not None
+        )
+
+    async def _cold(
+        self, miss: _Miss, head: HeadRequest, *, busy_at: set[tuple[str, int]]
+    ) -> tuple[_RaceResult, str]:
+        """No peer served the blob: claim it, or stream it from its claimant or another
+        source once one has room (coldmiss.py)."""
+        assert self.claims is not None
+        core = ColdMiss(trio.current_time(), self.settings.cold, busy=bool(busy_at))
+        # Sources that answered busy are asked last from then on: the next search goes
+        # to those still receiving the blob first, so the load spreads into a tree.
+        deferred = set(busy_at)
+        while True:
+            step = core.next_step(trio.current_time())
+            if isinstance(step, GiveUp):
+                if step.won:
+                    log.info("claimed: fetching from the upstream", extra={"key": miss.key})
+                return _RaceResult(), step.reason
+            if isinstance(step, ClaimIt):
+                answer = await self.claims.claim(miss.key, self.settings.claim_lease)
+                if isinstance(answer, Won):
+                    self.book.won(miss.key, trio.current_time(), answer.claim.expires)
+                core.claimed(answer, trio.current_time())
+            elif isinstance(step, Pause):
+                await trio.sleep_until(step.until)
+            else:
+                self.cache.forget(miss.key)
+                if step.holder is not None:
+                    self.cache.hint(miss.key, step.holder)
+                found = await self._race(
+                    miss.key, head, math.inf, miss.offset, step.holder, deferred
+                )
+                if found.peer is not None:
+                    return found, "lost" if core.claims else "busy"
+                deferred |= found.busy_at
+                core.search_failed(trio.current_time(), busy=found.busy)
 
     def _head(self, miss: _Miss, served: _Served) -> Response:
         served.peer.close()
@@ -308,8 +410,19 @@ class PeerMirror:
         def relay_done(stats: RelayStats) -> None:
             complete = stats.bytes_relayed == peer.content_length
             self._finished(
-                miss, served, "peer" if complete else "failed", stats.bytes_relayed, stats.resumes
+                miss,
+                served,
+                "peer" if complete else "failed",
+                stats.bytes_relayed,
+                stats.resumes,
+                stats.digest_mismatch,
             )
+
+        # Bytes of a download in progress are proven on the way (the whole blob only:
+        # a range cannot be hashed against the digest).
+        verify = None
+        if peer.header(INFLIGHT_HEADER.lower()) is not None and start == 0 and peer.status == 200:
+            verify = miss.digest
 
         body = RelayBody(
             peer,
@@ -320,6 +433,7 @@ class PeerMirror:
             stall_timeout=self.settings.stall_timeout,
             use_splice=self.settings.use_splice,
             on_done=relay_done,
+            verify=verify,
         )
         return Response(
             peer.status, served.response_headers(miss.key), body, handler=miss.kind, source="peer"
@@ -331,37 +445,85 @@ class PeerMirror:
                 raise PeerError(f"peer cannot resume at {offset} (status {peer.status})")
 
         headers = [(MIRRORED_HEADER, "true"), ("Range", f"bytes={offset}-{end}")]
-        found = await self._race(key, HeadRequest("GET", target, headers, validate), math.inf)
-        if found is None:
+        self.cache.forget(key)  # sources found before the failure may be all there was
+        found = await self._race(
+            key, HeadRequest("GET", target, headers, validate), math.inf, offset
+        )
+        if found.peer is None or found.provider is None:
             raise PeerError(f"no provider could resume {key} at byte {offset}")
         log.info(
             "resumed from another peer",
             extra={
                 "key": key,
                 "offset": offset,
-                "peer": f"{found[0].host}:{found[0].registry_port}",
+                "peer": f"{found.provider.host}:{found.provider.registry_port}",
             },
         )
-        return found[1]
+        return found.peer
+
+    async def _sources(
+        self,
+        key: str,
+        offset: int,
+        holder: Provider | None,
+        deferred: set[tuple[str, int]] | None = None,
+    ) -> AsyncIterator[Provider]:
+        """The providers of `key` that can serve from `offset`; those in `deferred`
+        (busy a moment ago) after all the others."""
+        later: list[Provider] = []
+        async for provider in self.cache.providers(key):
+            if not usable_source(provider, offset, holder):
+                continue
+            if deferred and (provider.host, provider.registry_port) in deferred:
+                later.append(provider)
+            else:
+                yield provider
+        for provider in later:
+            yield provider
 
     async def _race(
-        self, key: str, head: HeadRequest, budget: float
-    ) -> tuple[Provider, PeerResponse] | None:
+        self,
+        key: str,
+        head: HeadRequest,
+        budget: float,
+        offset: int = 0,
+        holder: Provider | None = None,
+        deferred: set[tuple[str, int]] | None = None,
+    ) -> _RaceResult:
+        """Race the usable sources of `key` for a head; `busy_at`: those at their stream cap."""
+        result = _RaceResult()
+        accept = head.validate
+
+        def validate(peer: PeerResponse) -> None:
+            if peer.status == 503:
+                with contextlib.suppress(OSError):
+                    host, port = peer.sock.getpeername()[:2]
+                    result.busy_at.add((str(host), int(port)))
+            accept(peer)
+
+        head = HeadRequest(head.method, head.target, head.headers, validate)
         settings = self.settings
+        # A search for a blob nobody held is already waiting: it lets the lookup finish
+        # (the sources that were busy come last, only once it has).
+        resolve_timeout = settings.resolve_timeout
+        if deferred is not None:
+            resolve_timeout = max(resolve_timeout, settings.cold.search_resolve_timeout)
         limits = RaceLimits(
-            resolve_timeout=settings.resolve_timeout,
-            resolve_retries=settings.resolve_retries,
+            resolve_timeout=resolve_timeout,
+            resolve_retries=settings.resolve_retries + (len(deferred) if deferred else 0),
             hedge_delay=self.latencies.hedge_delay(),
             head_timeout=settings.head_timeout,
             budget=budget,
         )
         race = Race[Provider](limits, trio.current_time())
-        done, peer = await RaceShell(race, self.cache.providers(key), head).run()
+        sources = self._sources(key, offset, holder, deferred)
+        done, peer = await RaceShell(race, sources, head).run()
         if done.winner is None or peer is None:
             log.debug("no peer answered", extra={"key": key, "reason": done.reason})
-            return None
+            return result
         self.latencies.add(done.head_latency)
-        return done.winner, peer
+        result.provider, result.peer = done.winner, peer
+        return result
 
 
 async def _read_small_body(peer: PeerResponse) -> bytes:
@@ -374,6 +536,14 @@ async def _read_small_body(peer: PeerResponse) -> bytes:
             raise PeerError("peer closed mid-manifest")
         body += data
     return bytes(body)
+
+
+def _range_offset(header: str | None) -> int:
+    """`bytes=100-` / `bytes=100-199` -> 100; 0 for no (or any other) range."""
+    if not header or not header.startswith("bytes="):
+        return 0
+    first = header[6:].split("-", 1)[0].strip()
+    return int(first) if first.isdigit() and len(first) < 20 else 0
 
 
 def _range_start(content_range: str | None) -> int:

@@ -96,6 +96,13 @@ class ProviderCache:
         self._nursery.start_soon(self._run_lookup, key, lookup)
         return lookup
 
+    def forget(self, key: str) -> None:
+        """Drop a finished lookup of `key`, so the next asks the DHT again (a lookup
+        still running is fresh enough and is kept)."""
+        lookup = self._lookups.get(key)
+        if lookup is not None and lookup.done:
+            del self._lookups[key]
+
     def hint(self, key: str, provider: Provider) -> None:
         """A provider known without the DHT (the peer that served the manifest naming `key`).
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -39,6 +40,10 @@ class ClientGone(ConnectionError):
     """The client stopped taking bytes; nothing to resume."""
 
 
+class DigestMismatch(Exception):
+    """The relayed bytes do not hash to the digest asked for: the end is never sent."""
+
+
 # Given the absolute offset of the next byte needed, a response from another
 # provider positioned there (206 with a matching Content-Range), or an error.
 Resume = Callable[[int], Awaitable[PeerResponse]]
@@ -49,6 +54,8 @@ class RelayStats:
     bytes_relayed: int = 0
     resumes: int = 0
     mode: str = "copy"
+    verified: bool = False
+    digest_mismatch: bool = False
 
 
 @dataclass(slots=True)
@@ -64,9 +71,16 @@ class RelayBody:
     use_splice: bool = False
     stats: RelayStats = field(default_factory=RelayStats)
     on_done: Callable[[RelayStats], None] | None = None
+    # A whole blob's digest (`sha256:<hex>`): the bytes are hashed on the way (copy
+    # relay) and the last chunk is held back until they match it.
+    verify: str | None = None
+    _hasher: hashlib._Hash | None = None
 
     async def send(self, sock: trio.socket.SocketType, stall_timeout: float) -> None:
         sent = 0
+        if self.verify is not None:
+            algorithm, _, _ = self.verify.partition(":")
+            self._hasher = hashlib.new(algorithm)
         try:
             while True:
                 try:
@@ -92,6 +106,24 @@ class RelayBody:
         """Move up to `remaining` bytes; raises PeerFailure with the count moved before it."""
         early = peer.early_body[:remaining]
         peer.early_body = b""
+        if self._hasher is not None and self.verify is not None:
+            self.stats.mode = "copy"
+            try:
+                return await _copy_verified(
+                    peer.sock,
+                    sock,
+                    early,
+                    remaining,
+                    self._hasher,
+                    self.verify.partition(":")[2],
+                    self.stall_timeout,
+                    stall,
+                )
+            except DigestMismatch:
+                self.stats.digest_mismatch = True
+                raise
+            finally:
+                self.stats.verified = not self.stats.digest_mismatch
         if early:
             await _to_client(sock, early, stall)
         try:
@@ -157,6 +189,40 @@ async def _copy(
             raise PeerFailure(exc, moved) from None
         await _to_client(client, buffer[:received], client_stall)
         moved += received
+    return moved
+
+
+async def _copy_verified(
+    peer: trio.socket.SocketType,
+    client: trio.socket.SocketType,
+    early: bytes,
+    remaining: int,
+    hasher: hashlib._Hash,
+    expected_hex: str,
+    peer_stall: float,
+    client_stall: float,
+) -> int:
+    """`_copy`, hashing every byte; the chunk that ends the body goes out only if the
+    hash matches (each call's `remaining` ends where the whole body does)."""
+    buffer = memoryview(bytearray(min(COPY_BUFFER, max(remaining, 1))))
+    moved = 0
+    pending: bytes | memoryview = early
+    while moved < remaining:
+        if pending:
+            chunk, pending = pending, b""
+        else:
+            try:
+                received = await _from_peer(
+                    peer, buffer[: min(len(buffer), remaining - moved)], peer_stall
+                )
+            except (PeerError, PeerStalled, OSError) as exc:
+                raise PeerFailure(exc, moved) from None
+            chunk = buffer[:received]
+        hasher.update(chunk)
+        if moved + len(chunk) == remaining and hasher.hexdigest() != expected_hex:
+            raise DigestMismatch(f"relayed bytes hash to {hasher.name}:{hasher.hexdigest()}")
+        await _to_client(client, chunk, client_stall)
+        moved += len(chunk)
     return moved
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
+import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -139,11 +141,13 @@ async def _respond(
         sent = await _write(sock, request, response, close, config.stall_timeout)
     except _CONNECTION_ERRORS as exc:
         log.debug("response cut short", extra={"path": request.path, "error": repr(exc)})
+        _reset(sock)
         return False
     # A body fed from another layer (a peer relay) fails in its own ways; the head is
-    # already out, so the only honest end is closing this one connection.
+    # already out, so the only honest end is resetting this one connection.
     except Exception as exc:  # noqa: BLE001
         log.warning("response aborted", extra={"path": request.path, "error": repr(exc)})
+        _reset(sock)
         return False
     finally:
         response.release()
@@ -151,6 +155,15 @@ async def _respond(
             observe(request, response, sent, trio.current_time() - started)
     core.response_sent(trio.current_time())
     return True
+
+
+def _reset(sock: trio.socket.SocketType) -> None:
+    """Make the coming close a reset (RST), never a clean end of a body cut short."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 async def _write(

@@ -31,6 +31,7 @@ from mirror.server.http import API_VERSION_HEADER, JSON_TYPE
 from mirror.server.localstore import MANIFEST_CACHE_BYTES, LocalStore, Lru
 from mirror.server.request import Request
 from mirror.server.response import FileBody, Response, error_response
+from mirror.server.streamcap import StreamCap
 
 # Spegel's loop-prevention header: a request carrying it is served from local content only.
 MIRRORED_HEADER = "x-spegel-mirrored"
@@ -63,6 +64,10 @@ class MissHandler(Protocol):
     ) -> Response | None: ...
 
 
+class InflightSource(Protocol):
+    async def response(self, request: Request, digest: str) -> Response | None: ...
+
+
 class RegistryHandler:
     def __init__(
         self,
@@ -72,8 +77,14 @@ class RegistryHandler:
         ready: Callable[[], bool] = lambda: True,
         miss: MissHandler | None = None,
         on_local_miss: Callable[[str], None] | None = None,
+        inflight: InflightSource | None = None,
+        stream_cap: StreamCap | None = None,
     ) -> None:
         self.store = store
+        # Blobs this node's containerd is still downloading, served to peers as they grow.
+        self.inflight = inflight
+        # Bounds how many peers stream one blob from this node at a time.
+        self.stream_cap = stream_cap
         # Told of every key this node could not serve from its own store (it may be
         # advertising it still: containerd's GC removes content without an event).
         self.on_local_miss = on_local_miss
@@ -146,11 +157,12 @@ class RegistryHandler:
     async def _pull(self, request: Request, pull: _Pull) -> Response:
         """Local content first; then the mirroring layer, unless a peer asked."""
         route, registry = pull.route, pull.registry
+        from_peer = MIRRORED_HEADER in request.headers
         response: Response | None
         if route.kind is Kind.MANIFEST:
             response = await self._local_manifest(request, route, registry)
         else:
-            response = self._local_blob(request, route)
+            response = await self._blob(request, route, from_peer)
         if response is not None:
             return response
         if self.on_local_miss is not None:
@@ -158,11 +170,40 @@ class RegistryHandler:
                 self.on_local_miss(str(route.digest))
             elif registry is not None:
                 self.on_local_miss(f"{registry}/{route.name}:{route.tag}")
-        if self.miss is not None and MIRRORED_HEADER not in request.headers:
+        if self.miss is not None and not from_peer:
             mirrored = await self.miss.fetch(request, route, registry)
             if mirrored is not None:
                 return mirrored
         return self._unknown(route, "not on this node")
+
+    async def _blob(
+        self, request: Request, route: DistributionPath, from_peer: bool
+    ) -> Response | None:
+        """This node's blob; for a peer also one still downloading, within the stream cap."""
+        response = self._local_blob(request, route)
+        if not from_peer:
+            return response
+        digest = str(route.digest)
+        if response is None and self.inflight is not None:
+            response = await self.inflight.response(request, digest)
+            if response is None:  # committed while we looked
+                response = self._local_blob(request, route)
+        return None if response is None else self._capped(request, digest, response)
+
+    def _capped(self, request: Request, digest: str, response: Response) -> Response:
+        """A peer's blob body, counted against the per-blob stream cap (busy past it)."""
+        body = response.body
+        if self.stream_cap is None or request.method != "GET" or isinstance(body, bytes):
+            return response
+        if not self.stream_cap.acquire(digest):
+            response.release()
+            busy = error_response(
+                503, "TOOMANYREQUESTS", "streaming this blob to enough peers", handler="blob"
+            )
+            busy.headers.append(("Retry-After", "1"))
+            return busy
+        response.body = self.stream_cap.hold(digest, body)
+        return response
 
     @staticmethod
     def _unknown(route: DistributionPath, why: str) -> Response:

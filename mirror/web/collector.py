@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from dht import NodeStats
+from mirror.ingest.state import ColdStartState
 from mirror.oci.reference import parse_image_name, split_registry
 from mirror.web.view import NodeView
 
@@ -53,6 +54,49 @@ def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
 
 def _counter(name: str, help_text: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, help_text, value=value)
+
+
+def coldstart_families(state: ColdStartState) -> Iterator[Metric]:
+    downloads = state.in_progress()
+    yield _gauge(
+        "mirror_inflight_downloads",
+        "Blobs this node's containerd is downloading now (ingests), each a source for peers.",
+        len(downloads),
+    )
+    yield _gauge(
+        "mirror_inflight_download_bytes",
+        "Bytes on disk of the downloads in progress.",
+        sum(ingest.size for ingest in downloads),
+    )
+    yield _gauge(
+        "mirror_coldstart_claims_held",
+        "Blobs this node claimed: its containerd fetches them from the upstream for the cluster.",
+        len(state.claims_held()),
+    )
+    yield _gauge(
+        "mirror_peer_streams",
+        "Blob bodies this node is streaming to peers now.",
+        len(state.streams),
+    )
+    yield _counter(
+        "mirror_peer_streams_refused",
+        "Peer requests answered busy (503): the blob was already streaming to "
+        "--peer-streams-per-blob peers.",
+        state.streams.refused,
+    )
+    ended = CounterMetricFamily(
+        "mirror_inflight_downloads_ended",
+        "Downloads in progress that ended, committed or aborted.",
+        labels=["how"],
+    )
+    ended.add_metric(["committed"], state.announcer.committed)
+    ended.add_metric(["aborted"], state.announcer.aborted)
+    yield ended
+    yield _counter(
+        "mirror_inflight_announcements",
+        "In-flight provider records published to the DHT.",
+        state.announcer.announced,
+    )
 
 
 def families(
@@ -125,12 +169,16 @@ class NodeCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         view = self._view
-        return families(
+        yield from families(
             AdvertisedCounts.of(view.advertiser.images),
             view.dht.stats,
             view.registry.open_connections,
         )
+        if view.coldstart is not None:
+            yield from coldstart_families(view.coldstart)
 
     def describe(self) -> Iterator[Metric]:
         empty = NodeStats(**{name: 0 for name in NodeStats.__dataclass_fields__})
-        return families(AdvertisedCounts(), empty, 0)
+        yield from families(AdvertisedCounts(), empty, 0)
+        if self._view.coldstart is not None:
+            yield from coldstart_families(self._view.coldstart)

@@ -13,6 +13,7 @@ import trio
 from hypercorn.config import Config, Sockets
 from quart_trio import QuartTrio
 
+from mirror.ingest.state import ColdStartState
 from mirror.metrics import Telemetry
 from mirror.server.listener import parse_listen_address
 from mirror.web.app import create_app
@@ -124,9 +125,12 @@ def metrics_front_end(
     images: ImageLister,
     ready: Callable[[], bool],
     debug_web: bool = True,
+    coldstart: ColdStartState | None = None,
 ) -> MetricsServer:
     """The whole front end of one node, ready to `run`; `mirror registry` wires it in."""
-    view = NodeView(dht, advertiser, registry, telemetry, CachedImages(images), ready)
+    view = NodeView(
+        dht, advertiser, registry, telemetry, CachedImages(images), ready, coldstart=coldstart
+    )
     telemetry.registry.register(NodeCollector(view))
     server = MetricsServer(create_app(view, debug_web=debug_web), addr)
     view.metrics_addresses = server.urls

@@ -36,6 +36,29 @@ def image_rows(images: dict[str, str], advertised: set[str]) -> list[dict[str, A
     return rows
 
 
+def coldstart_json(view: NodeView) -> dict[str, Any] | None:
+    """Downloads in progress on this node, who streams them, and the claims it holds."""
+    state = view.coldstart
+    if state is None:
+        return None
+    claims = set(state.claims_held())
+    return {
+        "downloads": [
+            {
+                "digest": ingest.digest,
+                "size": ingest.size,
+                "total": ingest.total,
+                "peer_streams": state.streams.streams(ingest.digest),
+                "claimed": ingest.digest in claims,
+            }
+            for ingest in state.in_progress()
+        ],
+        "claims": sorted(claims),
+        "peer_streams": len(state.streams),
+        "refused": state.streams.refused,
+    }
+
+
 async def snapshot(view: NodeView, *, events: int = 50) -> dict[str, Any]:
     telemetry = view.telemetry
     listed = dict(await view.images())
@@ -67,5 +90,6 @@ async def snapshot(view: NodeView, *, events: int = 50) -> dict[str, Any]:
         ],
         "images": image_rows(listed, set(view.advertiser.images)),
         "dht": asdict(view.dht.stats),
+        "coldstart": coldstart_json(view),
         "events": [event_json(seq, event) for seq, event in telemetry.feed.recent(events)],
     }

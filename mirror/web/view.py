@@ -15,6 +15,7 @@ import trio
 
 from dht import Contact, NodeStats, Provider
 from mirror.containerd.errors import ContainerdError
+from mirror.ingest.state import ColdStartState
 from mirror.metrics import Telemetry
 
 log = logging.getLogger("mirror.web")
@@ -89,6 +90,7 @@ class NodeView:
     images: ImageLister = no_images
     ready: Callable[[], bool] = lambda: True
     metrics_addresses: list[str] = field(default_factory=list)
+    coldstart: ColdStartState | None = None
 
     def registry_endpoint(self) -> tuple[str, int]:
         """Where this node's own registry port answers, for pulls through it."""

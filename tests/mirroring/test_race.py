@@ -7,6 +7,7 @@ body short. Only the provider list is a stand-in for the DHT.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import AsyncIterator
@@ -76,8 +77,8 @@ async def _stalling_peer(nursery: trio.Nursery) -> int:
     return int(listener.getsockname()[1])
 
 
-async def _truncating_peer(nursery: trio.Nursery, cut_at: int) -> int:
-    """Answers with the real head, then sends `cut_at` body bytes and resets."""
+async def _scripted_peer(nursery: trio.Nursery, head: bytes, body: bytes) -> int:
+    """Answers every request with `head` then `body`, and closes (a reset if cut short)."""
     listener = trio.socket.socket()
     await listener.bind(("127.0.0.1", 0))
     listener.listen(16)
@@ -86,16 +87,22 @@ async def _truncating_peer(nursery: trio.Nursery, cut_at: int) -> int:
         with listener:
             while True:
                 sock, _ = await listener.accept()
-                with sock:
+                with sock, contextlib.suppress(OSError):  # the client may leave first
                     await sock.recv(65536)
-                    head = (
-                        f"HTTP/1.1 200 OK\r\nContent-Length: {len(BLOB)}\r\n"
-                        f"Docker-Content-Digest: {DIGEST}\r\n\r\n"
-                    ).encode()
-                    await sock.send(head + BLOB[:cut_at])
+                    view = memoryview(head + body)
+                    while view:
+                        view = view[await sock.send(view[: 1 << 16]) :]
 
     nursery.start_soon(serve)
     return int(listener.getsockname()[1])
+
+
+async def _truncating_peer(nursery: trio.Nursery, cut_at: int) -> int:
+    """Answers with the real head, then sends `cut_at` body bytes and resets."""
+    head = (
+        f"HTTP/1.1 200 OK\r\nContent-Length: {len(BLOB)}\r\nDocker-Content-Digest: {DIGEST}\r\n\r\n"
+    ).encode()
+    return await _scripted_peer(nursery, head, BLOB[:cut_at])
 
 
 def _dead_port() -> int:

@@ -106,7 +106,32 @@ function applyStats(stats) {
     "no images advertised",
     3,
   );
+  renderDownloads(stats.coldstart);
   if (stats.events && stats.events.length) addEvents(stats.events, 0);
+}
+
+function renderDownloads(coldstart) {
+  const body = $("downloads").tBodies[0];
+  if (!coldstart) {
+    fill(body, [], "cold start is off on this node (--cold-start=false)", 5);
+    return;
+  }
+  fill(
+    body,
+    coldstart.downloads.map((d) =>
+      el("tr", {},
+        el("td", { title: d.digest }, el("code", {}, shortDigest(d.digest))),
+        el("td", { class: "num" },
+          d.total ? `${Math.floor((100 * d.size) / d.total)}% (${formatBytes(d.size)})` : "—"),
+        el("td", { class: "num" }, formatBytes(d.total)),
+        el("td", { class: "num" }, d.peer_streams),
+        el("td", {}, d.claimed ? "this node, for the cluster" : "—"))),
+    "no download in progress",
+    5,
+  );
+  $("downloads-note").textContent = coldstart.refused
+    ? `(${coldstart.refused} peer requests sent elsewhere: stream cap reached)`
+    : "";
 }
 
 function renderLastSuccess() {
@@ -136,7 +161,9 @@ function addEvents(events, dropped) {
 
 function eventRow(e) {
   const time = new Date(e.time * 1000).toLocaleTimeString([], { hour12: false });
-  const from = e.cache === "served" ? "to a peer" : e.source === "peer" ? e.peer : e.source || "—";
+  const from = e.cache === "served"
+    ? (e.source === "inflight" ? "to a peer, while downloading" : "to a peer")
+    : e.source === "peer" ? e.peer : e.source || "—";
   const image = e.registry ? `${e.registry}/${e.repository}` : e.repository;
   return el("tr", {},
     el("td", {}, time),
