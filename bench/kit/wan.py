@@ -184,8 +184,10 @@ class WanRelay(StartStop):
             async with trio.open_nursery() as inner:
                 inner.start_soon(self._read_side, src, send, direction)
                 inner.start_soon(self._write_side, receive, dst)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            # One side reset: the other direction has nothing left to do either.
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            # One side reset: the other direction has nothing left to do either. (The
+            # nursery groups its errors: a plain `except` missed them, and one reset
+            # client took the whole relay down.)
             nursery.cancel_scope.cancel()
 
     async def _read_side(

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import trio
 
 from mirror.mirroring.peer import PeerError, PeerResponse
-from mirror.server.io import PeerStalled, send_all
+from mirror.server.io import BodyIntegrityError, PeerStalled, send_all
 
 COPY_BUFFER = 1024 * 1024
 PIPE_SIZE = 1024 * 1024
@@ -40,7 +40,7 @@ class ClientGone(ConnectionError):
     """The client stopped taking bytes; nothing to resume."""
 
 
-class DigestMismatch(Exception):
+class DigestMismatch(BodyIntegrityError):
     """The relayed bytes do not hash to the digest asked for: the end is never sent."""
 
 

@@ -29,7 +29,7 @@ from mirror.server.core import (
     SendError,
 )
 from mirror.server.http import response_head
-from mirror.server.io import PeerStalled, SourceShort, send_all
+from mirror.server.io import BodyIntegrityError, PeerStalled, SourceShort, send_all
 from mirror.server.request import Request
 from mirror.server.response import Response, error_response
 
@@ -141,13 +141,19 @@ async def _respond(
         sent = await _write(sock, request, response, close, config.stall_timeout)
     except _CONNECTION_ERRORS as exc:
         log.debug("response cut short", extra={"path": request.path, "error": repr(exc)})
+        if isinstance(exc, SourceShort):
+            _reset(sock)
+        return False
+    except BodyIntegrityError as exc:
+        log.warning("response reset: wrong bytes", extra={"path": request.path, "error": str(exc)})
         _reset(sock)
         return False
     # A body fed from another layer (a peer relay) fails in its own ways; the head is
-    # already out, so the only honest end is resetting this one connection.
+    # already out with its Content-Length, so closing short is unambiguous: the
+    # client sees an unexpected EOF, and containerd reopens at its offset then
+    # (a reset fails its pull instead: remotes/docker/httpreadseeker.go).
     except Exception as exc:  # noqa: BLE001
         log.warning("response aborted", extra={"path": request.path, "error": repr(exc)})
-        _reset(sock)
         return False
     finally:
         response.release()
@@ -158,7 +164,8 @@ async def _respond(
 
 
 def _reset(sock: trio.socket.SocketType) -> None:
-    """Make the coming close a reset (RST), never a clean end of a body cut short."""
+    """Make the coming close a reset (RST): for a body whose bytes cannot be trusted,
+    or a local file lost under it (a peer reading a download in progress)."""
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
 

@@ -24,6 +24,10 @@ class SourceShort(Exception):
     """The file ended before the promised length: it was truncated or replaced."""
 
 
+class BodyIntegrityError(Exception):
+    """The bytes of a body are wrong (they do not match their digest): never end it."""
+
+
 async def _wait_writable(sock: trio.socket.SocketType, stall_timeout: float) -> None:
     with trio.move_on_after(stall_timeout) as scope:
         await trio.lowlevel.wait_writable(sock)

@@ -1,0 +1,148 @@
+"""Faults during a cold start on a real 4-node cluster, the upstream behind a slow link.
+
+The claimant (the node fetching a layer from the upstream for the cluster) is hit
+while its download is under way: its mirror killed, or its pull killed. Every
+other node's pull completes with the right bytes, and the upstream sends the
+layer at most twice (the one fetch, plus the rest after the fault).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.harness.localcluster import BenchCluster
+from bench.kit.images import GeneratedImage, generate_image, push_image
+from bench.kit.wan import MB, LinkSpec
+
+pytestmark = pytest.mark.integration
+MIB = 1024 * 1024
+NODES = 4
+LAYER = 24 * MIB
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BenchCluster]:
+    base = tmp_path_factory.mktemp("faults")
+    # 16 MB/s: the layer takes about 1.6 s to come from the upstream.
+    with BenchCluster(
+        NODES, base, LinkSpec(rate=16 * MB, rtt=0.010), log_level="DEBUG", access_log=True
+    ) as running:
+        yield running
+
+
+def _image(cluster: BenchCluster, name: str, seed: int) -> GeneratedImage:
+    image = generate_image(
+        cluster.base_dir / "layouts" / name,
+        name=f"faults/{name}",
+        tag="v1",
+        seed=seed,
+        total_size=LAYER,
+        layers=1,
+    )
+    push_image(image.layout_dir, image.tag, image.ref(cluster.upstream.direct_host))
+    return image
+
+
+def _claims_held(cluster: BenchCluster, node: int) -> float:
+    try:
+        url = cluster[node].mirror.metrics_url + "/metrics"
+        with urllib.request.urlopen(url, timeout=2) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return 0.0
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "mirror_coldstart_claims_held"
+    )
+
+
+def _ingested(cluster: BenchCluster, node: int) -> int:
+    ingest = cluster[node].containerd.content_path / "ingest"
+    return sum(p.stat().st_size for p in ingest.glob("*/data")) if ingest.is_dir() else 0
+
+
+def _claimant_midway(cluster: BenchCluster, layer: int, timeout: float = 30.0) -> int:
+    """The node holding the layer's claim, once a sixth of the layer is on its disk."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for i in range(NODES):
+            if _claims_held(cluster, i) >= 1 and _ingested(cluster, i) >= layer // 6:
+                return i
+        time.sleep(0.02)
+    raise AssertionError("no claimant with a download under way")
+
+
+def _ctr_pull(cluster: BenchCluster, node: int, ref: str) -> subprocess.Popen[bytes]:
+    containerd = cluster[node].containerd
+    name = ref.rsplit("/", 1)[-1].replace(":", "-")
+    with (cluster.base_dir / f"ctr-{name}-{node + 1}.log").open("wb") as log:
+        return subprocess.Popen(
+            [
+                containerd.ctr_binary,
+                "--address",
+                str(containerd.address),
+                "--namespace",
+                containerd.namespace,
+                "images",
+                "pull",
+                "--hosts-dir",
+                str(containerd.config_path),
+                "--plain-http",
+                ref,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _assert_holds(cluster: BenchCluster, nodes: list[int], image: GeneratedImage) -> None:
+    layer = image.layers[0]
+    for i in nodes:
+        data = cluster[i].containerd.blob_path(layer.digest).read_bytes()
+        assert "sha256:" + hashlib.sha256(data).hexdigest() == layer.digest, f"node {i + 1}"
+
+
+def _upstream_gets(cluster: BenchCluster, image: GeneratedImage) -> int:
+    digest = image.layers[0].digest
+    return Counter(d for d, status in cluster.upstream.blob_gets() if status in (200, 206))[digest]
+
+
+def test_the_claimants_mirror_killed_midway(cluster: BenchCluster) -> None:
+    image = _image(cluster, "mirror-killed", seed=31)
+    ref = image.ref(cluster.upstream.host)
+    pulls = {i: _ctr_pull(cluster, i, ref) for i in range(NODES)}
+    victim = _claimant_midway(cluster, LAYER)
+    cluster[victim].mirror.process.stop(timeout=0)  # SIGKILL at once
+    try:
+        others = [i for i in range(NODES) if i != victim]
+        for i in others:
+            assert pulls[i].wait(180) == 0, f"node {i + 1}'s pull failed"
+        pulls[victim].wait(180)  # its containerd went on from the upstream
+        _assert_holds(cluster, others, image)
+        assert _upstream_gets(cluster, image) <= 2
+    finally:
+        cluster[victim].mirror.start()
+
+
+def test_the_claimants_pull_killed_midway(cluster: BenchCluster) -> None:
+    image = _image(cluster, "pull-killed", seed=32)
+    ref = image.ref(cluster.upstream.host)
+    pulls = {i: _ctr_pull(cluster, i, ref) for i in range(NODES)}
+    victim = _claimant_midway(cluster, LAYER)
+    pulls[victim].kill()  # its download stops growing, then is left behind
+    pulls[victim].wait(10)
+    others = [i for i in range(NODES) if i != victim]
+    for i in others:
+        assert pulls[i].wait(180) == 0, f"node {i + 1}'s pull failed"
+    _assert_holds(cluster, others, image)
+    assert _upstream_gets(cluster, image) <= 2
