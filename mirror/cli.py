@@ -161,6 +161,11 @@ COMMANDS: dict[str, tuple[str, list[Flag]]] = {
                 "Peers one node streams one blob to at once; past it they are sent elsewhere "
                 "(0: no limit).",
             ),
+            Flag(
+                "peer-upload-rate",
+                "int",
+                "Bytes per second this node sends to peers, all streams together (0: no limit).",
+            ),
             Flag("debug-web-enabled", "bool", "When true enables the debug web page."),
             Flag(
                 "resolve-latest-tag",
@@ -337,6 +342,9 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
         streams = values["peer_streams_per_blob"]
         if isinstance(streams, int) and streams < 0:
             raise UsageError("--peer-streams-per-blob: use 0 (no limit) or more")
+        rate = values["peer_upload_rate"]
+        if isinstance(rate, int) and rate < 0:
+            raise UsageError("--peer-upload-rate: use 0 (no limit) or a rate in bytes per second")
         if not values["resolve_latest_tag"]:
             filters = values["registry_filters"]
             assert isinstance(filters, tuple)

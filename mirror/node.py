@@ -49,6 +49,7 @@ from mirror.options import RegistryOptions
 from mirror.server.connection import ConnectionConfig
 from mirror.server.listener import RegistryServer, parse_listen_address
 from mirror.server.localstore import LocalStore, TagTarget, target_from
+from mirror.server.pacing import Pacer
 from mirror.server.registry import RegistryHandler
 from mirror.server.streamcap import StreamCap
 from mirror.web.server import metrics_front_end
@@ -318,6 +319,7 @@ class Node:
             on_local_miss=advertiser.local_miss,
             inflight=inflight if options.cold_start else None,
             stream_cap=stream_cap,
+            peer_pacer=Pacer(options.peer_upload_rate) if options.peer_upload_rate else None,
         )
         server = RegistryServer(
             telemetry.instrument(handler),

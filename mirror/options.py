@@ -44,6 +44,7 @@ class RegistryOptions:
     mirror_relay: RelayMode = "splice"
     cold_start: bool = True
     peer_streams_per_blob: int = 3
+    peer_upload_rate: int = 0
     debug_web_enabled: bool = True
     resolve_latest_tag: bool = True
     otel_enabled: bool = False

@@ -88,10 +88,19 @@ class BenchCluster(LocalCluster):
         mirror_args: Sequence[str] = (),
         log_level: str = "WARN",
         access_log: bool = False,
+        containerd_series: str = "1.6",
+        cri: bool = False,
     ) -> None:
         if n > 250:
             raise ValueError("at most 250 nodes: 127.0.0.254 is the upstream's")
-        super().__init__(n, base_dir, mirror_args=mirror_args, log_level=log_level)
+        super().__init__(
+            n,
+            base_dir,
+            mirror_args=mirror_args,
+            log_level=log_level,
+            containerd_series=containerd_series,
+            cri=cri,
+        )
         self.upstream: ShapedUpstream = ShapedUpstream(
             self.base_dir / "upstream", link, access_log=access_log
         )  # type: ignore[assignment]

@@ -21,6 +21,7 @@ from bench.kit.containerd import ContainerdNode
 from bench.kit.mirror import MirrorNode
 from bench.kit.procs import KitError, StartStop
 from bench.kit.registry import UpstreamRegistry
+from bench.kit.releases import containerd_release
 
 
 @dataclass
@@ -70,7 +71,11 @@ class LocalCluster(StartStop):
         keep: bool = False,
         log_level: str = "DEBUG",
         with_mirror: bool = True,
+        containerd_series: str = "1.6",
+        cri: bool = False,
     ) -> None:
+        """`containerd_series`: 1.6 (installed), 1.7 or 2.1 (see releases.py) on every
+        node; `cri`: its CRI plugin on (the kubelet's pull path)."""
         if not 1 <= n <= 250:
             raise ValueError("a local cluster has 1 to 250 nodes")
         self._own_dir = base_dir is None
@@ -79,9 +84,16 @@ class LocalCluster(StartStop):
         self.upstream = UpstreamRegistry(self.base_dir / "upstream")
         self.nodes: list[ClusterNode] = []
         self.with_mirror = with_mirror
+        release = containerd_release(containerd_series)
         for i in range(n):
             ip = f"127.0.0.{i + 1}"
-            containerd = ContainerdNode(f"node-{i + 1}", self.base_dir)
+            containerd = ContainerdNode(
+                f"node-{i + 1}",
+                self.base_dir,
+                containerd_binary=release.containerd,
+                ctr_binary=release.ctr,
+                cri=cri,
+            )
             mirror = MirrorNode(
                 host=ip,
                 containerd_sock=containerd.address,

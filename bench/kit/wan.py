@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import trio
 
 from bench.kit.procs import KitError, StartStop
+from mirror.server.pacing import TokenBucket
 
 MB = 1_000_000
 CHUNK = 64 * 1024
@@ -39,31 +40,6 @@ class LinkSpec:
     def describe(self) -> str:
         rate = "unlimited" if self.rate <= 0 else f"{self.rate / MB:g} MB/s"
         return f"{rate} each way, {self.rtt * 1000:g} ms round trip"
-
-
-class TokenBucket:
-    """Token bucket with debt: `reserve(n)` returns how long to wait before sending `n` bytes.
-
-    Reservations may exceed the burst and drive the balance negative; the debt
-    is what later callers queue behind, so concurrent senders are served in
-    reservation order and the long-run rate never exceeds `rate`. Pure: the
-    caller passes the clock.
-    """
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        if rate <= 0 or burst <= 0:
-            raise ValueError("rate and burst must be positive")
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.stamp = now
-
-    def reserve(self, n: int, now: float) -> float:
-        if now > self.stamp:
-            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-            self.stamp = now
-        self.tokens -= n
-        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
 
 def queue_chunks(link: LinkSpec, chunk: int = CHUNK) -> int:

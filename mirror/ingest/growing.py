@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import trio
 
 from mirror.server.io import SourceShort, send_file
+from mirror.server.pacing import Pacer
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ class GrowingFileBody:
     wait_changed: Callable[[], Awaitable[None]]
     growth_stall_timeout: float = 10.0
     poll_interval: float = 0.05
+    pacer: Pacer | None = None
 
     async def send(self, sock: trio.socket.SocketType, stall_timeout: float) -> None:
         follower = GrowthFollower(
@@ -112,7 +114,12 @@ class GrowingFileBody:
             if isinstance(step, SendUpTo):
                 count = step.end - follower.position
                 await send_file(
-                    sock, self.fd, follower.position, count, stall_timeout=stall_timeout
+                    sock,
+                    self.fd,
+                    follower.position,
+                    count,
+                    stall_timeout=stall_timeout,
+                    pacer=self.pacer,
                 )
                 follower.sent(count)
                 continue

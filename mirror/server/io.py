@@ -13,6 +13,8 @@ import socket
 
 import trio
 
+from mirror.server.pacing import PACED_CHUNK, Pacer
+
 SENDFILE_CHUNK = 4 * 1024 * 1024
 
 
@@ -74,10 +76,15 @@ async def send_file(
     *,
     stall_timeout: float = 30.0,
     chunk: int = SENDFILE_CHUNK,
+    pacer: Pacer | None = None,
 ) -> int:
-    """Send `length` bytes of `file_fd` from `offset`; returns the bytes sent."""
+    """Send `length` bytes of `file_fd` from `offset`; returns the bytes sent.
+
+    With a `pacer`, smaller chunks, each followed by the wait the budget asks."""
     out_fd = sock.fileno()
     remaining = length
+    if pacer is not None:
+        chunk = min(chunk, PACED_CHUNK)
     while remaining:
         try:
             sent = os.sendfile(out_fd, file_fd, offset, min(chunk, remaining))
@@ -88,6 +95,9 @@ async def send_file(
             raise SourceShort(f"file ended {remaining} bytes early")
         offset += sent
         remaining -= sent
-        # Between chunks: let other connections run and honour cancellation.
-        await trio.lowlevel.checkpoint()
+        if pacer is not None:
+            await pacer.sent(sent)
+        else:
+            # Between chunks: let other connections run and honour cancellation.
+            await trio.lowlevel.checkpoint()
     return length

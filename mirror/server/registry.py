@@ -29,6 +29,7 @@ from mirror.oci.mediatypes import BLOB_CONTENT_TYPE
 from mirror.oci.ranges import Unsatisfiable, parse_range
 from mirror.server.http import API_VERSION_HEADER, JSON_TYPE
 from mirror.server.localstore import MANIFEST_CACHE_BYTES, LocalStore, Lru
+from mirror.server.pacing import Pacer
 from mirror.server.request import Request
 from mirror.server.response import FileBody, Response, error_response
 from mirror.server.streamcap import StreamCap
@@ -79,7 +80,10 @@ class RegistryHandler:
         on_local_miss: Callable[[str], None] | None = None,
         inflight: InflightSource | None = None,
         stream_cap: StreamCap | None = None,
+        peer_pacer: Pacer | None = None,
     ) -> None:
+        # One upload budget for every blob body sent to a peer (--peer-upload-rate).
+        self.peer_pacer = peer_pacer
         self.store = store
         # Blobs this node's containerd is still downloading, served to peers as they grow.
         self.inflight = inflight
@@ -193,7 +197,11 @@ class RegistryHandler:
     def _capped(self, request: Request, digest: str, response: Response) -> Response:
         """A peer's blob body, counted against the per-blob stream cap (busy past it)."""
         body = response.body
-        if self.stream_cap is None or request.method != "GET" or isinstance(body, bytes):
+        if request.method != "GET" or isinstance(body, bytes):
+            return response
+        if self.peer_pacer is not None and hasattr(body, "pacer"):
+            body.pacer = self.peer_pacer
+        if self.stream_cap is None:
             return response
         if not self.stream_cap.acquire(digest):
             response.release()

@@ -10,6 +10,7 @@ import trio
 
 from mirror.server.http import API_VERSION_HEADER, JSON_TYPE, error_body
 from mirror.server.io import send_file
+from mirror.server.pacing import Pacer
 
 
 class Body(Protocol):
@@ -29,9 +30,12 @@ class FileBody:
     fd: int
     offset: int
     length: int
+    pacer: Pacer | None = None
 
     async def send(self, sock: trio.socket.SocketType, stall_timeout: float) -> None:
-        await send_file(sock, self.fd, self.offset, self.length, stall_timeout=stall_timeout)
+        await send_file(
+            sock, self.fd, self.offset, self.length, stall_timeout=stall_timeout, pacer=self.pacer
+        )
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -1,6 +1,6 @@
 """P2P from the first byte on a real cluster: 5 containerd daemons pull a new image at once.
 
-The upstream sits behind the shaping relay (so a layer takes a while to
+On containerd 1.6 and 2.1. The upstream sits behind the shaping relay (so a layer takes a while to
 arrive) with its access log on: each layer must be sent by the upstream once
 for the whole cluster, and every node must end with every blob intact.
 """
@@ -25,11 +25,19 @@ MIB = 1024 * 1024
 NODES = 5
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BenchCluster]:
-    base = tmp_path_factory.mktemp("coldstart")
+@pytest.fixture(scope="module", params=["1.6", "2.1"])
+def cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BenchCluster]:
+    series = str(request.param)
+    base = tmp_path_factory.mktemp(f"coldstart{series}")
     with BenchCluster(
-        NODES, base, LinkSpec(rate=100 * MB, rtt=0.020), log_level="DEBUG", access_log=True
+        NODES,
+        base,
+        LinkSpec(rate=100 * MB, rtt=0.020),
+        log_level="DEBUG",
+        access_log=True,
+        containerd_series=series,
     ) as running:
         yield running
 
