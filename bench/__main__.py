@@ -21,10 +21,12 @@ COMMANDS: dict[str, str] = {
     "measure": "cluster pull times with and without the mirror: create and rolling update",
     "analyze": "JSON, markdown table and PNG charts from measure's results",
     "web_overhead": "blob throughput while /metrics is scraped and the debug page is open",
+    "coldstart-sim": "a new image reaching 1,000-5,000 nodes at once: the real cores, simulated",
 }
 # Commands not in bench/<name>.py (bench/measure.py holds the shared stats helpers).
 MODULES = {
-    name: f"bench.harness.{name}_cmd" for name in ("generate", "cluster", "measure", "analyze")
+    **{name: f"bench.harness.{name}_cmd" for name in ("generate", "cluster", "measure", "analyze")},
+    "coldstart-sim": "bench.coldstart_sim",
 }
 
 

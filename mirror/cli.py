@@ -156,10 +156,10 @@ COMMANDS: dict[str, tuple[str, list[Flag]]] = {
                 "the others stream it from that download while it arrives.",
             ),
             Flag(
-                "peer-streams-per-blob",
+                "peer-streams",
                 "int",
-                "Peers one node streams one blob to at once; past it they are sent elsewhere "
-                "(0: no limit).",
+                "Blob bodies this node streams to peers at once; past it a peer is told busy "
+                "and takes another source (0: no limit).",
             ),
             Flag(
                 "peer-upload-rate",
@@ -339,9 +339,9 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
     if command == "registry":
         if values["mirror_relay"] not in ("copy", "splice"):
             raise UsageError("--mirror-relay: use copy or splice")
-        streams = values["peer_streams_per_blob"]
+        streams = values["peer_streams"]
         if isinstance(streams, int) and streams < 0:
-            raise UsageError("--peer-streams-per-blob: use 0 (no limit) or more")
+            raise UsageError("--peer-streams: use 0 (no limit) or more")
         rate = values["peer_upload_rate"]
         if isinstance(rate, int) and rate < 0:
             raise UsageError("--peer-upload-rate: use 0 (no limit) or a rate in bytes per second")

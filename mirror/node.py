@@ -307,7 +307,7 @@ class Node:
             watcher, content_root, expecting=lambda key: book.holds(key, trio.current_time())
         )
         # Without cold start nothing waits out a busy answer: no cap then.
-        stream_cap = StreamCap(options.peer_streams_per_blob if options.cold_start else 0)
+        stream_cap = StreamCap(options.peer_streams if options.cold_start else 0)
         mirror = PeerMirror(
             cache, settings, on_event=telemetry.on_mirror_event, claims=dht, book=book
         )

@@ -43,7 +43,7 @@ class RegistryOptions:
     mirror_resolve_retries: int = 3
     mirror_relay: RelayMode = "splice"
     cold_start: bool = True
-    peer_streams_per_blob: int = 3
+    peer_streams: int = 3
     peer_upload_rate: int = 0
     debug_web_enabled: bool = True
     resolve_latest_tag: bool = True

@@ -23,6 +23,12 @@ SPEGEL_UPDATE = {
 
 # The targets for the update phase improvement (average), by image size.
 UPDATE_TARGETS = {"10MB": 90.0, "100MB": 80.0, "1GB": 60.0}
+# Cold start (the create phase, every node at once): upstream bytes with the mirror
+# at most 1.1x the image, and the p50 pull time at most 0.35x of without, for
+# 100 MB and larger images.
+CREATE_UPSTREAM_TARGET = 1.1
+CREATE_P50_TARGET = 0.35
+CREATE_TIME_SIZES = frozenset({"100MB", "1GB"})
 
 
 @dataclass(frozen=True)
@@ -77,12 +83,41 @@ def first_batch(run: Run) -> tuple[int, int] | None:
 def checks(found: list[Row]) -> list[Check]:
     result = []
     for row in found:
+        if row.phase == "create":
+            result += _create_checks(row)
+            continue
         value = row.improvement_mean
         if row.phase != "update" or value is None:
             continue
         target = UPDATE_TARGETS.get(Case.parse(row.case).label)
         if target is not None:
             result.append(Check(f"update improvement {row.case} (avg)", value, ">=", target, "%"))
+    return result
+
+
+def _create_checks(row: Row) -> list[Check]:
+    result = []
+    upstream = row.upstream.get("mirror")
+    if upstream is not None:
+        # `<` with a hair of slack: the target is "at most".
+        result.append(
+            Check(
+                f"create upstream bytes {row.case} (x image)",
+                upstream,
+                "<",
+                CREATE_UPSTREAM_TARGET + 1e-9,
+            )
+        )
+    if (
+        row.baseline is not None
+        and row.mirror is not None
+        and row.baseline.p50 > 0
+        and Case.parse(row.case).label in CREATE_TIME_SIZES
+    ):
+        ratio = row.mirror.p50 / row.baseline.p50
+        result.append(
+            Check(f"create p50 {row.case} (with / without)", ratio, "<", CREATE_P50_TARGET + 1e-9)
+        )
     return result
 
 

@@ -195,7 +195,7 @@ class RegistryHandler:
         return None if response is None else self._capped(request, digest, response)
 
     def _capped(self, request: Request, digest: str, response: Response) -> Response:
-        """A peer's blob body, counted against the per-blob stream cap (busy past it)."""
+        """A peer's blob body, counted against the node's peer stream cap (busy past it)."""
         body = response.body
         if request.method != "GET" or isinstance(body, bytes):
             return response
@@ -206,7 +206,10 @@ class RegistryHandler:
         if not self.stream_cap.acquire(digest):
             response.release()
             busy = error_response(
-                503, "TOOMANYREQUESTS", "streaming this blob to enough peers", handler="blob"
+                503,
+                "TOOMANYREQUESTS",
+                "streaming to as many peers as it may; ask another source",
+                handler="blob",
             )
             busy.headers.append(("Retry-After", "1"))
             return busy

@@ -80,8 +80,8 @@ def coldstart_families(state: ColdStartState) -> Iterator[Metric]:
     )
     yield _counter(
         "mirror_peer_streams_refused",
-        "Peer requests answered busy (503): the blob was already streaming to "
-        "--peer-streams-per-blob peers.",
+        "Peer requests answered busy (503): this node was already streaming --peer-streams "
+        "bodies to peers.",
         state.streams.refused,
     )
     ended = CounterMetricFamily(

@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.harness.localcluster import BenchCluster
 from bench.kit.images import GeneratedImage, generate_image, push_image
@@ -83,6 +85,20 @@ def _assert_every_node_holds(cluster: BenchCluster, image: GeneratedImage) -> No
             assert digest == blob.digest, f"{blob.digest} corrupt on {node.name}"
 
 
+def _metric_sum(cluster: BenchCluster, name: str, **labels: str) -> float:
+    total = 0.0
+    for node in cluster.nodes:
+        with urllib.request.urlopen(node.mirror.metrics_url + "/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+        total += sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+        )
+    return total
+
+
 def _upstream_layer_gets(cluster: BenchCluster, image: GeneratedImage) -> Counter[str]:
     wanted = {layer.digest for layer in image.layers}
     return Counter(
@@ -115,3 +131,9 @@ def test_each_layer_comes_from_the_upstream_once(
     sent = cluster.upstream.served_bytes() - before
     # Manifests and configs still come from the upstream on every node (small).
     assert sent < layer_bytes + largest + NODES * MIB, (sent, layer_bytes)
+    if name == "together":
+        # Every layer claimed (and fetched) once; the other nodes streamed downloads
+        # in progress, and their metrics say so.
+        won = _metric_sum(cluster, "mirror_coldstart_claims_total", outcome="won")
+        assert len(image.layers) <= won <= len(image.layers) + 2  # + the config blob
+        assert _metric_sum(cluster, "mirror_served_bytes_total", source="inflight") > 0

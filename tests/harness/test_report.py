@@ -45,8 +45,10 @@ def test_rows_improvements_and_upstream_multiples() -> None:
     assert create.upstream == {"baseline": pytest.approx(5.0), "mirror": pytest.approx(5.0)}
 
 
-def test_targets_apply_to_the_update_average() -> None:
-    (check,) = checks(rows(_run()))
+def test_targets_apply_to_the_update_average_and_the_create_upstream() -> None:
+    upstream, check = checks(rows(_run()))
+    assert upstream.name == "create upstream bytes 10MB-1 (x image)"
+    assert upstream.value == pytest.approx(5.0) and not upstream.passed
     assert check.name == "update improvement 10MB-1 (avg)"
     assert check.value == pytest.approx(70.0)
     assert check.threshold == 90.0
@@ -68,8 +70,22 @@ def test_a_one_mode_run_has_no_improvement() -> None:
     run.pulls = [p for p in run.pulls if p.mode == "mirror"]
     update = rows(run)[1]
     assert update.baseline is None and update.improvement_mean is None
-    assert checks(rows(run)) == []
+    assert [c.name for c in checks(rows(run))] == ["create upstream bytes 10MB-1 (x image)"]
     assert "| 10MB x1 | - | 0.30 / 0.10 / 0.97 | - | - |" in markdown(run)
+
+
+def test_create_pull_time_target_for_large_images() -> None:
+    run = Run("local", settings={"nodes": 2})
+    run.image_sizes["100MB-1"] = 100 * 2**20
+    for mode, seconds in (("baseline", 10.0), ("mirror", 3.0)):
+        for node in ("node-1", "node-2"):
+            run.pulls.append(Pull("100MB-1", mode, "create", node, 0, "r", seconds))
+        served = (2 if mode == "baseline" else 1) * 100 * 2**20
+        run.upstream.append(Upstream("100MB-1", mode, "create", 0, served))
+    upstream, p50 = checks(rows(run))
+    assert upstream.passed and upstream.value == pytest.approx(1.0)
+    assert p50.name == "create p50 100MB-1 (with / without)"
+    assert p50.value == pytest.approx(0.3) and p50.passed
 
 
 def test_json_round_trip_and_merging_two_kubernetes_runs(tmp_path: Path) -> None:

@@ -1,0 +1,50 @@
+"""The cold-start simulation drives the product's own cores: checked on small clusters."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.coldstart_sim import MB, SimConfig, simulate
+
+
+def _config(**changes: float) -> SimConfig:
+    base = {
+        "nodes": 30,
+        "layers": 3,
+        "layer_size": 30 * MB,
+        "uplink": 100 * MB,
+        "downlink": 100 * MB,
+        "upstream": 1000 * MB,
+        "dt": 0.01,
+        "time_limit": 120.0,
+    }
+    base.update(changes)
+    return SimConfig(**base)  # type: ignore[arg-type]
+
+
+def test_every_node_gets_the_image_and_each_layer_leaves_the_upstream_once() -> None:
+    result = simulate(_config())
+    assert result.unfinished == 0 and len(result.times) == 30
+    assert result.upstream_fetches == {0: 1, 1: 1, 2: 1}
+    assert min(result.times) >= result.ideal - 0.05  # nobody beats its own downlink
+    assert result.claims["won"] == 3
+
+
+def test_staggered_starts_use_complete_holders_too() -> None:
+    result = simulate(_config(stagger=5.0))
+    assert result.unfinished == 0
+    assert result.upstream_fetches == {0: 1, 1: 1, 2: 1}
+
+
+def test_the_stream_cap_spreads_the_uploads() -> None:
+    capped = simulate(_config(peer_streams=2))
+    uncapped = simulate(_config(peer_streams=0))
+    assert capped.busiest_share < uncapped.busiest_share
+    assert uncapped.busiest_share > 0.3  # without a cap the first holder serves most
+
+
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_tiny_clusters(nodes: int) -> None:
+    result = simulate(_config(nodes=nodes))
+    assert result.unfinished == 0
+    assert sum(result.upstream_fetches.values()) == 3
