@@ -425,3 +425,23 @@ def test_network_policy_opens_exactly_what_is_used() -> None:
     daemonset = find(docs, "DaemonSet", "spegel")
     ports = {(p["containerPort"], p["protocol"]) for p in container(daemonset, "registry")["ports"]}
     assert {(5001, "UDP"), (5000, "TCP"), (9090, "TCP")} <= ports
+
+
+def test_cold_start_values_become_flags_only_when_changed(
+    default_docs: list[dict[str, Any]],
+) -> None:
+    default_args = _args(find(default_docs, "DaemonSet", "spegel"), "registry")
+    assert not [a for a in default_args if a.startswith(("--cold-start", "--peer-"))]
+    changed = find(
+        documents(
+            render_set(
+                "coldStart.enabled=false,coldStart.peerStreams=8,coldStart.peerUploadRate=3000000000"
+            )
+        ),
+        "DaemonSet",
+        "spegel",
+    )
+    args = _args(changed, "registry")
+    assert {"--cold-start=false", "--peer-streams=8", "--peer-upload-rate=3000000000"} <= set(args)
+    with pytest.raises(helm.HelmValuesError, match="peerStream"):
+        render_set("coldStart.peerStream=2")
