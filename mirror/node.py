@@ -298,6 +298,7 @@ class Node:
             reference_filter,
             namespace=options.containerd_namespace,
             on_image_change=store.forget_tag,
+            on_content_gone=store.forget_digest,
         )
         announcer = IngestAnnouncer(
             dht, content_root, book, on_committed=advertiser.content_committed

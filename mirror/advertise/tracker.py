@@ -58,6 +58,7 @@ class Advertiser:
         *,
         namespace: str,
         on_image_change: Callable[[str], None] | None = None,
+        on_content_gone: Callable[[str], None] | None = None,
         max_backoff: float = 5.0,
         settle: float = 2.0,
         audit_period: float = 60.0,
@@ -69,6 +70,8 @@ class Advertiser:
         self._filter = reference_filter
         self._namespace = namespace
         self._on_image_change = on_image_change
+        # Told of every digest found gone (event or reconcile): cached answers for it end.
+        self._on_content_gone = on_content_gone
         self._max_backoff = max_backoff
         self._settle = settle
         self._audit_period = audit_period
@@ -205,6 +208,9 @@ class Advertiser:
 
     async def _content_gone(self, digests: Collection[str]) -> None:
         """Re-walk every image that advertised one of `digests`; drop them as loose keys."""
+        if self._on_content_gone is not None:
+            for digest in digests:
+                self._on_content_gone(digest)
         await self._drop_loose(digests)
         gone = set(digests)
         for name, keys in list(self.images.items()):

@@ -51,11 +51,12 @@ from mirror.oci.mediatypes import (
     parse_manifest,
     referenced_digests,
 )
+from mirror.oci.ranges import parse_decimal
 from mirror.server.http import API_VERSION_HEADER
 from mirror.server.io import PeerStalled
 from mirror.server.registry import MIRRORED_HEADER
 from mirror.server.request import Request
-from mirror.server.response import Response
+from mirror.server.response import Response, error_response
 
 log = logging.getLogger("mirror.mirroring")
 
@@ -158,6 +159,8 @@ class _Miss:
         return headers
 
     def validate(self, peer: PeerResponse) -> None:
+        if peer.status == 416 and self.client_range is not None:
+            return  # the range selects nothing: the holder knows the size
         if peer.status not in (200, 206):
             raise PeerError(f"peer answered {peer.status}")
         if peer.status == 206 and self.client_range is None:
@@ -316,6 +319,8 @@ class PeerMirror:
         if miss.kind == "manifest" and miss.digest is None and served_digest:
             # containerd asks for the manifest by this digest next.
             self.cache.hint(served_digest, served.provider)
+        if served.peer.status == 416:
+            return self._unsatisfiable(miss, served)
         if miss.method == "HEAD":
             return self._head(miss, served)
         if miss.kind == "manifest":
@@ -346,6 +351,11 @@ class PeerMirror:
             if isinstance(step, GiveUp):
                 if step.won:
                     log.info("claimed: fetching from the upstream", extra={"key": miss.key})
+                else:
+                    log.info(
+                        "no source and no claim: the upstream serves this one",
+                        extra={"key": miss.key, "reason": step.reason, "claims": core.claims},
+                    )
                 return _RaceResult(), step.reason
             if isinstance(step, ClaimIt):
                 answer = await self.claims.claim(miss.key, self.settings.claim_lease)
@@ -365,6 +375,16 @@ class PeerMirror:
                     return found, "lost" if core.claims else "busy"
                 deferred |= found.busy_at
                 core.search_failed(trio.current_time(), busy=found.busy)
+
+    def _unsatisfiable(self, miss: _Miss, served: _Served) -> Response:
+        served.peer.close()
+        self._finished(miss, served, "peer", 0)
+        response = error_response(416, "RANGE_INVALID", "range not satisfiable", handler=miss.kind)
+        content_range = served.peer.header("content-range")
+        if content_range and content_range.startswith("bytes */"):
+            response.headers.append(("Content-Range", content_range))
+        response.headers.append((PEER_HEADER, served.name))
+        return response
 
     def _head(self, miss: _Miss, served: _Served) -> Response:
         served.peer.close()
@@ -542,13 +562,13 @@ def _range_offset(header: str | None) -> int:
     """`bytes=100-` / `bytes=100-199` -> 100; 0 for no (or any other) range."""
     if not header or not header.startswith("bytes="):
         return 0
-    first = header[6:].split("-", 1)[0].strip()
-    return int(first) if first.isdigit() and len(first) < 20 else 0
+    value = parse_decimal(header[6:].split("-", 1)[0].strip())
+    return 0 if value is None else value
 
 
 def _range_start(content_range: str | None) -> int:
     """`bytes 100-199/1000` -> 100; -1 when absent or malformed."""
     if not content_range or not content_range.startswith("bytes "):
         return -1
-    first = content_range[6:].split("-", 1)[0]
-    return int(first) if first.isdigit() else -1
+    value = parse_decimal(content_range[6:].split("-", 1)[0])
+    return -1 if value is None else value

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import httptools
 import trio
 
+from mirror.oci.ranges import BEYOND_ANY_SIZE, parse_decimal
 from mirror.server.io import send_all
 
 MAX_HEAD = 16 * 1024
@@ -90,15 +91,15 @@ async def request_head(
                 raise PeerError(f"malformed response: {exc}") from None
             if received > MAX_HEAD and not collector.complete:
                 raise PeerError("response head too large")
-        length = collector.headers.get("content-length")
-        if length is None or not length.isdigit():
+        length = parse_decimal(collector.headers.get("content-length") or "")
+        if length is None or length >= BEYOND_ANY_SIZE:
             raise PeerError("response without a usable Content-Length")
         return PeerResponse(
             parser.get_status_code(),
             collector.headers,
             sock,
             bytes(collector.body),
-            int(length),
+            length,
         )
     except OSError as exc:
         sock.close()

@@ -6,7 +6,23 @@ whole body is sent, which RFC 9110 allows.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+_ASCII_DIGITS = re.compile(r"[0-9]+")
+# More digits than any file size has: read as "past the end" (Python's int() would
+# refuse past 4,300 digits, and `str.isdigit` accepts superscripts).
+MAX_DIGITS = 19
+BEYOND_ANY_SIZE = 1 << 63
+
+
+def parse_decimal(text: str) -> int | None:
+    """ASCII digits only -> int (huge values become BEYOND_ANY_SIZE); else None."""
+    if not _ASCII_DIGITS.fullmatch(text):
+        return None
+    if len(text.lstrip("0")) > MAX_DIGITS:
+        return BEYOND_ANY_SIZE
+    return int(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,15 +53,17 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     if not dash:
         return None
     first, last = first.strip(), last.strip()
-    if (first and not first.isdigit()) or (last and not last.isdigit()) or not (first or last):
+    start = parse_decimal(first) if first else None
+    end_given = parse_decimal(last) if last else None
+    if (first and start is None) or (last and end_given is None) or not (first or last):
         return None
-    if not first:
-        suffix = int(last)
+    if start is None:
+        assert end_given is not None
+        suffix = end_given
         if suffix == 0 or size == 0:
             raise Unsatisfiable(header)
         return ByteRange(max(size - suffix, 0), size - 1)
-    start = int(first)
-    end = int(last) if last else size - 1
+    end = end_given if end_given is not None else size - 1
     if last and end < start:
         return None
     if start >= size:

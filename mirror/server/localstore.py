@@ -133,7 +133,10 @@ class LocalStore:
     def manifest(self, digest: Digest) -> Manifest | None:
         cached = self._manifests.get(digest)
         if cached is not None:
-            return cached
+            if os.path.exists(blob_path(self.content_root, digest)):
+                return cached
+            self.forget_digest(digest)  # deleted under us (GC, `ctr content rm`)
+            return None
         blob = self.open_blob(digest)
         if blob is None:
             return None
@@ -159,6 +162,12 @@ class LocalStore:
 
     def forget_tag(self, image_name: str) -> None:
         self._tag_cache.pop(image_name)
+        self.generation += 1
+
+    def forget_digest(self, digest: Digest | str) -> None:
+        """Content gone from the store: its cached manifest and every prepared answer."""
+        key = digest if isinstance(digest, Digest) else parse_digest(digest)
+        self._manifests.pop(key)
         self.generation += 1
 
 

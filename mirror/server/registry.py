@@ -123,6 +123,10 @@ class RegistryHandler:
                 return Response(
                     200, prepared.headers, prepared.body, handler="manifest", source="local"
                 )
+        if request.method == "CONNECT":
+            response = error_response(405, "UNSUPPORTED", "not a proxy", close=True)
+            response.headers.append(("Allow", "GET, HEAD"))
+            return response
         path = request.path
         if path == "/livez":
             return Response(200, list(_TEXT), b"ok\n", handler="livez")
@@ -133,6 +137,12 @@ class RegistryHandler:
         return self._route_distribution(request, path)
 
     def _route_distribution(self, request: Request, path: str) -> Response | _Pull:
+        if request.method not in ("GET", "HEAD") and (path == "/v2" or path.startswith("/v2/")):
+            # Before the path: a push (`POST /v2/<name>/blobs/uploads/`) is refused as a
+            # method this read-only registry does not allow, not as a bad path.
+            response = error_response(405, "UNSUPPORTED", "only GET and HEAD are served")
+            response.headers.append(("Allow", "GET, HEAD"))
+            return response
         try:
             route = parse_distribution_path(path)
         except PathError as exc:
@@ -140,10 +150,6 @@ class RegistryHandler:
             return error_response(status, exc.code, exc.message)
         if route is None:
             return Response(404, list(_TEXT), b"not found\n")
-        if request.method not in ("GET", "HEAD"):
-            response = error_response(405, "UNSUPPORTED", "only GET and HEAD are served")
-            response.headers.append(("Allow", "GET, HEAD"))
-            return response
         if route.kind is Kind.BASE:
             return Response(
                 200, [("Content-Type", JSON_TYPE), API_VERSION_HEADER], b"{}", handler="v2"

@@ -73,7 +73,9 @@ class RequestParser:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            pass  # The head is complete; an upgrade is never granted.
+            # The head is complete; an upgrade is never granted, and httptools parses
+            # nothing after it, so that request is answered and the connection closed.
+            pass
         except httptools.HttpParserError as exc:
             cause = exc.__context__
             if isinstance(cause, HeadError):
@@ -117,12 +119,14 @@ class RequestParser:
             raise HeadError(505, "only HTTP/1.x is served")
         headers = self._headers
         has_body = "transfer-encoding" in headers or headers.get("content-length", "0") != "0"
+        method = parser.get_method().decode("ascii", "replace")
+        upgrade = method == "CONNECT" or "upgrade" in headers
         self._ready.append(
             Request(
-                method=parser.get_method().decode("ascii", "replace"),
+                method=method,
                 target=self._url.decode("latin-1"),
                 headers=headers,
-                keep_alive=bool(parser.should_keep_alive()) and not has_body,
+                keep_alive=bool(parser.should_keep_alive()) and not has_body and not upgrade,
                 has_body=has_body,
             )
         )

@@ -343,3 +343,17 @@ async def test_a_race_lost_to_the_budget_closes_its_connection() -> None:
                 assert (await sock.recv(65536)).startswith(b"HEAD ")
                 assert await sock.recv(65536) == b""  # the mirror hung up
         nursery.cancel_scope.cancel()
+
+
+async def test_an_unsatisfiable_range_through_a_peer_is_a_416(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        good = _provider(await _good_peer(nursery, tmp_path), b"good")
+        mirror = await _mirror(nursery, [good])
+        target = f"/v2/team/app/blobs/{DIGEST}?ns=example.com"
+        request = Request("GET", target, {"range": f"bytes={len(BLOB)}-"}, True, False)
+        route = parse_distribution_path(request.path)
+        assert route is not None
+        response = await mirror.fetch(request, route, "example.com")
+        assert response is not None and response.status == 416
+        assert ("Content-Range", f"bytes */{len(BLOB)}") in response.headers
+        nursery.cancel_scope.cancel()

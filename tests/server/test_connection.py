@@ -110,3 +110,37 @@ async def test_drain_closes_idle_connections_and_finishes_busy_ones(
     assert busy_raw.count(b"HTTP/1.1 200 OK") == 1
     assert b"Connection: close" in busy_raw
     assert not drain.cores
+
+
+async def _exchange(data: bytes, handler_status: int = 200) -> tuple[bytes, list[str]]:
+    """Send `data` at once, serve the connection to its end: (bytes back, methods seen)."""
+    seen: list[str] = []
+
+    async def handler(request: Request) -> Response:
+        seen.append(request.method)
+        if request.method == "CONNECT":
+            return Response(405, [], b"no", close=True)
+        return Response(handler_status, [], b"ok")
+
+    server, client = trio.socket.socketpair()
+    with client:
+        await client.send(data)
+        with trio.fail_after(5):
+            await serve_connection(server, handler, ConnectionConfig(), Drain())
+        raw = await _read_until_closed(client)
+    return raw, seen
+
+
+async def test_an_upgrade_request_is_answered_then_the_connection_closes() -> None:
+    upgrade = b"GET /v2/ HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    raw, seen = await _exchange(upgrade + GET)
+    # Answered without the upgrade; what was pipelined behind it is never silently lost
+    # on an open connection: the close tells the client to send it again.
+    assert seen == ["GET"]
+    assert raw.count(b"HTTP/1.1 200 OK") == 1 and b"Connection: close" in raw
+
+
+async def test_connect_is_refused_and_closes() -> None:
+    raw, seen = await _exchange(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    assert seen == ["CONNECT"]
+    assert raw.startswith(b"HTTP/1.1 405")

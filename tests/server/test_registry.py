@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 
@@ -81,6 +82,50 @@ async def test_ranges_and_other_methods_do_not_take_a_prepared_answer(tmp_path: 
     refused = await handler(_get(target, "DELETE"))
     assert refused.status == 405
     assert ("Allow", "GET, HEAD") in refused.headers
+
+
+@pytest.mark.parametrize(
+    ("method", "target"),
+    [
+        ("POST", "/v2/team/app/blobs/uploads/"),
+        ("PUT", "/v2/team/app/manifests/v1"),
+        ("PATCH", "/v2/team/app/blobs/uploads/1234"),
+        ("DELETE", "/v2/"),
+    ],
+)
+async def test_pushes_are_a_method_not_allowed(tmp_path: Path, method: str, target: str) -> None:
+    store, _, _ = _store(tmp_path)
+    refused = await RegistryHandler(store)(_get(target, method))
+    assert refused.status == 405
+    assert ("Allow", "GET, HEAD") in refused.headers
+
+
+async def test_a_deleted_manifest_stops_being_served_by_digest(tmp_path: Path) -> None:
+    store, _, digest = _store(tmp_path)
+    handler = RegistryHandler(store)
+    target = f"/v2/team/app/manifests/{digest}"
+    assert (await handler(_get(target))).status == 200
+    assert (await handler(_get(target))).status == 200  # the prepared answer
+    (tmp_path / "blobs" / "sha256" / digest.removeprefix("sha256:")).unlink()
+    store.forget_digest(digest)  # what the advertiser says on /content/delete
+    assert (await handler(_get(target))).status == 404
+
+
+async def test_a_manifest_deleted_without_an_event_is_not_served_from_the_cache(
+    tmp_path: Path,
+) -> None:
+    store, _, digest = _store(tmp_path)
+    handler = RegistryHandler(store)
+    target = f"/v2/team/app/manifests/{digest}"
+    assert (await handler(_get(target, range="bytes=0-1"))).status == 206  # cached, not prepared
+    (tmp_path / "blobs" / "sha256" / digest.removeprefix("sha256:")).unlink()
+    assert (await handler(_get(target, range="bytes=0-1"))).status == 404
+
+
+async def test_connect_is_refused_and_ends_the_connection(tmp_path: Path) -> None:
+    store, _, _ = _store(tmp_path)
+    refused = await RegistryHandler(store)(_get("example.com:443", "CONNECT"))
+    assert (refused.status, refused.close) == (405, True)
 
 
 async def test_health_and_unknown_paths(tmp_path: Path) -> None:

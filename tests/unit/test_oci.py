@@ -106,6 +106,13 @@ def test_registry_parameter() -> None:
         ("bytes=x-1", 10, None),
         ("bytes=5-2", 10, None),
         ("bytes=-", 10, None),
+        # Huge numbers are past the end, never a 500 (int() refuses 4,300+ digits).
+        ("bytes=0-" + "9" * 5000, 10, ByteRange(0, 9)),
+        ("bytes=-" + "9" * 5000, 10, ByteRange(0, 9)),
+        ("bytes=00000000000000000000000003-4", 10, ByteRange(3, 4)),
+        # Only ASCII digits: superscripts and other Unicode digits are not numbers.
+        ("bytes=\u00b2-", 10, None),
+        ("bytes=0-\u0663", 10, None),
     ],
 )
 def test_ranges(header: str | None, size: int, expected: ByteRange | None) -> None:
@@ -113,7 +120,14 @@ def test_ranges(header: str | None, size: int, expected: ByteRange | None) -> No
 
 
 @pytest.mark.parametrize(
-    ("header", "size"), [("bytes=10-", 10), ("bytes=10-20", 10), ("bytes=-0", 10), ("bytes=0-", 0)]
+    ("header", "size"),
+    [
+        ("bytes=10-", 10),
+        ("bytes=10-20", 10),
+        ("bytes=-0", 10),
+        ("bytes=0-", 0),
+        ("bytes=" + "9" * 5000 + "-", 10),
+    ],
 )
 def test_unsatisfiable_ranges(header: str, size: int) -> None:
     with pytest.raises(Unsatisfiable):
