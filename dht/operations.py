@@ -481,7 +481,13 @@ class ArbiterOp(Operation):
         if self.done or op is not self._lookup:
             return
         self._lookup = None
-        contacts: list[Contact | None] = list(op.result()) if isinstance(op, LookupOp) else []
+        # Every candidate not known dead, answered or merely slow: a lookup passes over
+        # a node slower than its stall deadline, but an arbiter chosen that way depends
+        # on who was slow for whom, and two claimants could both win at different ones.
+        # A slow arbiter is asked anyway; only a timeout passes it over.
+        contacts: list[Contact | None] = []
+        if isinstance(op, LookupOp):
+            contacts = list(op.lookup.known()[: op.lookup.k])
         key = id_to_int(self.key)
         own = self.host.own_id()
         contacts.append(None)  # this node

@@ -155,6 +155,22 @@ def test_a_dead_arbiter_is_passed_over_for_the_next_closest() -> None:
     assert isinstance(lost, Lost) and lost.claim.holder == record(b)
 
 
+def test_a_slow_arbiter_is_still_the_arbiter() -> None:
+    # Slower than the lookup's stall deadline (50 ms), faster than a request timeout
+    # (200 ms here): an overloaded node, not a dead one. Passing it over would let a
+    # claimant that saw it slow and one that saw it fast win at different arbiters.
+    net = joined(seed=16)
+    arbiter, second, *others = by_distance(net, KEY)
+    a, b = others[0], others[3]
+    net.slow[arbiter.bound] = 0.1
+    assert isinstance(claim(net, a), Won)
+    assert arbiter.claims.get(key_id(KEY), net.now) is not None
+    net.slow.clear()
+    lost = claim(net, b)
+    assert isinstance(lost, Lost) and lost.claim.holder == record(a)
+    assert second.claims.get(key_id(KEY), net.now) is None
+
+
 def test_claims_are_refused_when_the_arbiter_is_full() -> None:
     net = joined(seed=17)
     arbiter, *others = by_distance(net, KEY)

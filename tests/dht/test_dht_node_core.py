@@ -149,6 +149,8 @@ class SimNet:
         self.cores: dict[Address, NodeCore] = {}
         self.wake: dict[Address, float] = {}
         self.dead: set[Address] = set()
+        # Extra delay of every datagram to these nodes (overloaded, not dead).
+        self.slow: dict[Address, float] = {}
         self._queue: list[tuple[float, int, Address, Address, bytes]] = []
         self._seq = 0
         self.seed_address: Address = ("127.0.2.1", 5001)
@@ -176,7 +178,7 @@ class SimNet:
                 if isinstance(command, Send):
                     self._seq += 1
                     item = (
-                        self.now + self.latency,
+                        self.now + self.latency + self.slow.get(command.address, 0.0),
                         self._seq,
                         command.address,
                         address,
