@@ -121,16 +121,12 @@ def test_each_layer_comes_from_the_upstream_once(
     assert not errors, errors
     _assert_every_node_holds(cluster, image)
     gets = _upstream_layer_gets(cluster, image)
-    assert set(gets) == {layer.digest for layer in image.layers}, gets
-    # Without the mirror: NODES fetches per layer. A claim is not a lock: when the
-    # arbiter's answer is lost on a loaded machine, two nodes may both win, so the
-    # bound is one duplicate for the whole image.
-    assert sum(gets.values()) <= len(image.layers) + 1, gets
-    largest = max(layer.size for layer in image.layers)
+    # Without the mirror: NODES fetches per layer.
+    assert gets == Counter({layer.digest: 1 for layer in image.layers}), gets
     layer_bytes = sum(layer.size for layer in image.layers)
     sent = cluster.upstream.served_bytes() - before
     # Manifests and configs still come from the upstream on every node (small).
-    assert sent < layer_bytes + largest + NODES * MIB, (sent, layer_bytes)
+    assert sent < layer_bytes * 1.1 + NODES * MIB, (sent, layer_bytes)
     if name == "together":
         # Every layer claimed (and fetched) once; the other nodes streamed downloads
         # in progress, and their metrics say so.
