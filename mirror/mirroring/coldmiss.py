@@ -19,8 +19,10 @@ must never break; lost, search with the holder. A search where some source
 answered busy pauses and searches again (sources exist; asking the upstream
 would fetch the layer once more). A search that failed otherwise pauses,
 backing off, and claims again: the holder may be gone and its lease lapsed,
-and then this node takes over. Everything is bounded by `wait_budget`: past
-it the answer is the 404 and containerd fetches the layer itself.
+and then this node takes over. Everything is bounded by `wait_budget` since
+the last busy answer (sources that are busy are alive and streaming: waiting
+for them beats fetching once more), and by `busy_budget` in all: past either
+the answer is the 404 and containerd fetches the layer itself.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from dht.claims import ClaimAnswer, Lost, Won
 @dataclass(frozen=True, slots=True)
 class ColdMissLimits:
     wait_budget: float = 15.0
+    busy_budget: float = 120.0
     first_pause: float = 0.05
     max_pause: float = 1.0
     # How long a search waits for the DHT to name a source (the first race's is
@@ -76,6 +79,7 @@ class ColdMiss:
         """`busy`: the race before this found sources, all at their stream cap; then
         this starts with a pause and a search (someone holds the blob: no claim)."""
         self.limits = limits or ColdMissLimits()
+        self.started = now
         self.deadline = now + self.limits.wait_budget
         self.holder: Provider | None = None
         self.claims = 0
@@ -117,6 +121,15 @@ class ColdMiss:
         if isinstance(self._next, GiveUp):
             return
         self.searches += 1
+        if busy:
+            limits = self.limits
+            self.deadline = max(
+                self.deadline,
+                min(
+                    now + limits.wait_budget,
+                    self.started + max(limits.busy_budget, limits.wait_budget),
+                ),
+            )
         self._after_pause = Search(self.holder) if busy else ClaimIt()
         self._next = Pause(min(now + self._pause, self.deadline))
         self._pause = min(self._pause * 2, self.limits.max_pause)

@@ -146,3 +146,21 @@ def test_the_claimants_pull_killed_midway(cluster: BenchCluster) -> None:
         assert pulls[i].wait(180) == 0, f"node {i + 1}'s pull failed"
     _assert_holds(cluster, others, image)
     assert _upstream_gets(cluster, image) <= 2
+
+
+def test_the_claimants_containerd_killed_midway(cluster: BenchCluster) -> None:
+    image = _image(cluster, "containerd-killed", seed=33)
+    ref = image.ref(cluster.upstream.host)
+    pulls = {i: _ctr_pull(cluster, i, ref) for i in range(NODES)}
+    victim = _claimant_midway(cluster, LAYER)
+    containerd = cluster[victim].containerd
+    containerd.stop(timeout=0)  # SIGKILL: its download stops where it is
+    try:
+        pulls[victim].wait(30)  # its ctr fails with the daemon gone
+        others = [i for i in range(NODES) if i != victim]
+        for i in others:
+            assert pulls[i].wait(180) == 0, f"node {i + 1}'s pull failed"
+        _assert_holds(cluster, others, image)
+        assert _upstream_gets(cluster, image) <= 2
+    finally:
+        containerd.start()

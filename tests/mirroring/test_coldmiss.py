@@ -79,7 +79,7 @@ def test_the_holder_gone_and_its_lease_lapsed_makes_this_node_the_fetcher() -> N
 
 
 def test_the_wait_budget_ends_in_the_404() -> None:
-    core = ColdMiss(0.0, ColdMissLimits(wait_budget=2.0, first_pause=5.0))
+    core = ColdMiss(0.0, ColdMissLimits(wait_budget=2.0, busy_budget=2.0, first_pause=5.0))
     core.claimed(_lost(), 0.0)
     core.search_failed(0.5, busy=True)
     assert core.next_step(0.5) == Pause(2.0)  # never past the deadline
@@ -118,3 +118,30 @@ def test_busy_sources_before_any_claim_mean_wait_and_search_not_claim() -> None:
     assert core.next_step(0.0) == Pause(0.1)
     assert core.next_step(0.1) == Search(None)
     assert core.claims == 0
+
+
+def test_busy_answers_keep_the_wait_going_up_to_the_busy_budget() -> None:
+    core = ColdMiss(0.0, ColdMissLimits(wait_budget=2.0, busy_budget=5.0, first_pause=1.0))
+    core.claimed(_lost(), 0.0)
+    now = 0.0
+    while not isinstance(step := core.next_step(now), GiveUp):
+        if isinstance(step, Pause):
+            now = step.until
+        else:
+            core.search_failed(now, busy=True)  # every source still busy
+    assert step == GiveUp("timeout")
+    assert 4.9 <= now <= 5.0  # past the 2 s wait budget, bounded by the busy budget
+
+
+def test_without_busy_answers_the_wait_budget_holds() -> None:
+    core = ColdMiss(0.0, ColdMissLimits(wait_budget=2.0, busy_budget=5.0, first_pause=1.0))
+    core.claimed(_lost(), 0.0)
+    now = 0.0
+    while not isinstance(step := core.next_step(now), GiveUp):
+        if isinstance(step, Pause):
+            now = step.until
+        elif isinstance(step, ClaimIt):
+            core.claimed(_lost(), now)
+        else:
+            core.search_failed(now, busy=False)
+    assert now == 2.0
