@@ -120,20 +120,8 @@ def test_busy_sources_before_any_claim_mean_wait_and_search_not_claim() -> None:
     assert core.claims == 0
 
 
-def test_busy_answers_keep_the_wait_going_up_to_the_busy_budget() -> None:
-    core = ColdMiss(0.0, ColdMissLimits(wait_budget=2.0, busy_budget=5.0, first_pause=1.0))
-    core.claimed(_lost(), 0.0)
-    now = 0.0
-    while not isinstance(step := core.next_step(now), GiveUp):
-        if isinstance(step, Pause):
-            now = step.until
-        else:
-            core.search_failed(now, busy=True)  # every source still busy
-    assert step == GiveUp("timeout")
-    assert 4.9 <= now <= 5.0  # past the 2 s wait budget, bounded by the busy budget
-
-
-def test_without_busy_answers_the_wait_budget_holds() -> None:
+def _until_given_up(*, busy: bool) -> tuple[GiveUp, float]:
+    """Every search fails (busy or not) and every claim is lost: when does it end?"""
     core = ColdMiss(0.0, ColdMissLimits(wait_budget=2.0, busy_budget=5.0, first_pause=1.0))
     core.claimed(_lost(), 0.0)
     now = 0.0
@@ -143,5 +131,16 @@ def test_without_busy_answers_the_wait_budget_holds() -> None:
         elif isinstance(step, ClaimIt):
             core.claimed(_lost(), now)
         else:
-            core.search_failed(now, busy=False)
-    assert now == 2.0
+            core.search_failed(now, busy=busy)
+    return step, now
+
+
+def test_busy_answers_keep_the_wait_going_up_to_the_busy_budget() -> None:
+    step, now = _until_given_up(busy=True)
+    assert step == GiveUp("timeout")
+    assert 4.9 <= now <= 5.0  # past the 2 s wait budget, bounded by the busy budget
+
+
+def test_without_busy_answers_the_wait_budget_holds() -> None:
+    step, now = _until_given_up(busy=False)
+    assert step == GiveUp("timeout") and now == 2.0
