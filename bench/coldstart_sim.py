@@ -155,10 +155,6 @@ class ColdStartSim:
 
     # -- decisions (the product's cores) ----------------------------------------
 
-    def _has_room(self, node: int) -> bool:
-        cap = self.caps[node]
-        return cap.limit <= 0 or len(cap) < cap.limit
-
     def _try_sources(self, f: _Fetch, now: float) -> str:
         """Start a transfer from a source with room, complete holders first (from a
         random one on), then the download in progress furthest along: "started",
@@ -169,7 +165,7 @@ class ColdStartSim:
             first = self.rng.randrange(len(complete))
             for i in range(len(complete)):
                 node = complete[(first + i) % len(complete)]
-                if self._has_room(node) and self.caps[node].acquire(key):
+                if self.caps[node].acquire(key):
                     self._begin(f, node, now)
                     return "started"
         any_found = bool(complete)
@@ -188,7 +184,7 @@ class ColdStartSim:
             if not usable_source(provider, int(f.got), holder):
                 continue
             any_found = True
-            if got > best_got and self._has_room(node):
+            if got > best_got and not self.caps[node].full:
                 best, best_got = node, got
         if best >= 0 and self.caps[best].acquire(key):
             self._begin(f, best, now)

@@ -23,11 +23,9 @@ import trio
 from mirror.ingest.growing import GrowingFileBody
 from mirror.ingest.records import Ingest
 from mirror.ingest.scan import open_ingest_data
-from mirror.oci.mediatypes import BLOB_CONTENT_TYPE
 from mirror.oci.ranges import Unsatisfiable, parse_range
-from mirror.server.http import API_VERSION_HEADER
 from mirror.server.request import Request
-from mirror.server.response import Response, error_response
+from mirror.server.response import Response, blob_headers, range_not_satisfiable
 
 log = logging.getLogger("mirror.ingest")
 
@@ -56,7 +54,6 @@ class InflightBlobs:
         self.expecting = expecting
         self.appear_timeout = appear_timeout
         self.growth_stall_timeout = growth_stall_timeout
-        self.served = 0
 
     async def _ingest(self, digest: str) -> Ingest | None:
         ingest = self.view.get(digest)
@@ -77,16 +74,8 @@ class InflightBlobs:
         try:
             byte_range = parse_range(request.headers.get("range"), total)
         except Unsatisfiable:
-            response = error_response(416, "RANGE_INVALID", "range not satisfiable", handler="blob")
-            response.headers.append(("Content-Range", f"bytes */{total}"))
-            return response
-        headers = [
-            ("Content-Type", BLOB_CONTENT_TYPE),
-            ("Docker-Content-Digest", digest),
-            API_VERSION_HEADER,
-            ("Accept-Ranges", "bytes"),
-            (INFLIGHT_HEADER, f"{ingest.size}/{total}"),
-        ]
+            return range_not_satisfiable(total, "blob")
+        headers = [*blob_headers(digest), (INFLIGHT_HEADER, f"{ingest.size}/{total}")]
         start, length, status = 0, total, 200
         if byte_range is not None:
             start, length, status = byte_range.start, byte_range.length, 206
@@ -101,7 +90,6 @@ class InflightBlobs:
             os.close(fd)
             log.warning("ingest larger than its total", extra={"digest": digest})
             return None
-        self.served += 1
         body = GrowingFileBody(
             fd,
             start,

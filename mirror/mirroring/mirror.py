@@ -94,7 +94,8 @@ class MirrorEvent:
     duration: float
     resumes: int = 0
     time_to_head: float = 0.0
-    # "" (none), "won", "lost", "refused", "timeout": how a blob nobody held was decided.
+    # "" (none), "won", "lost", "busy", "refused", "timeout": how a blob nobody held
+    # was decided.
     claim: str = ""
     digest_mismatch: bool = False
     inflight_source: bool = False
@@ -209,6 +210,11 @@ class _Served:
     def name(self) -> str:
         return f"{self.provider.host}:{self.provider.registry_port}"
 
+    @property
+    def inflight(self) -> bool:
+        """The peer is serving a download it is still making (serving.py says so)."""
+        return self.peer.header(INFLIGHT_HEADER.lower()) is not None
+
     def response_headers(self, key: str) -> list[tuple[str, str]]:
         peer = self.peer
         headers = [
@@ -281,7 +287,7 @@ class PeerMirror:
                 served.time_to_head,
                 served.claim,
                 digest_mismatch,
-                served.peer.header(INFLIGHT_HEADER.lower()) is not None,
+                served.inflight,
             )
         )
 
@@ -441,7 +447,7 @@ class PeerMirror:
         # Bytes of a download in progress are proven on the way (the whole blob only:
         # a range cannot be hashed against the digest).
         verify = None
-        if peer.header(INFLIGHT_HEADER.lower()) is not None and start == 0 and peer.status == 200:
+        if served.inflight and start == 0 and peer.status == 200:
             verify = miss.digest
 
         body = RelayBody(

@@ -54,7 +54,6 @@ class RelayStats:
     bytes_relayed: int = 0
     resumes: int = 0
     mode: str = "copy"
-    verified: bool = False
     digest_mismatch: bool = False
 
 
@@ -122,8 +121,6 @@ class RelayBody:
             except DigestMismatch:
                 self.stats.digest_mismatch = True
                 raise
-            finally:
-                self.stats.verified = not self.stats.digest_mismatch
         if early:
             await _to_client(sock, early, stall)
         try:

@@ -25,13 +25,18 @@ from mirror.oci.distribution import (
     valid_registry,
 )
 from mirror.oci.filters import ReferenceFilter
-from mirror.oci.mediatypes import BLOB_CONTENT_TYPE
 from mirror.oci.ranges import Unsatisfiable, parse_range
 from mirror.server.http import API_VERSION_HEADER, JSON_TYPE
 from mirror.server.localstore import MANIFEST_CACHE_BYTES, LocalStore, Lru
 from mirror.server.pacing import Pacer
 from mirror.server.request import Request
-from mirror.server.response import FileBody, Response, error_response
+from mirror.server.response import (
+    FileBody,
+    Response,
+    blob_headers,
+    error_response,
+    range_not_satisfiable,
+)
 from mirror.server.streamcap import StreamCap
 
 # Spegel's loop-prevention header: a request carrying it is served from local content only.
@@ -87,7 +92,7 @@ class RegistryHandler:
         self.store = store
         # Blobs this node's containerd is still downloading, served to peers as they grow.
         self.inflight = inflight
-        # Bounds how many peers stream one blob from this node at a time.
+        # Bounds how many bodies this node streams to peers at once (--peer-streams).
         self.stream_cap = stream_cap
         # Told of every key this node could not serve from its own store (it may be
         # advertising it still: containerd's GC removes content without an event).
@@ -124,9 +129,7 @@ class RegistryHandler:
                     200, prepared.headers, prepared.body, handler="manifest", source="local"
                 )
         if request.method == "CONNECT":
-            response = error_response(405, "UNSUPPORTED", "not a proxy", close=True)
-            response.headers.append(("Allow", "GET, HEAD"))
-            return response
+            return _not_allowed("not a proxy", close=True)
         path = request.path
         if path == "/livez":
             return Response(200, list(_TEXT), b"ok\n", handler="livez")
@@ -140,9 +143,7 @@ class RegistryHandler:
         if request.method not in ("GET", "HEAD") and (path == "/v2" or path.startswith("/v2/")):
             # Before the path: a push (`POST /v2/<name>/blobs/uploads/`) is refused as a
             # method this read-only registry does not allow, not as a bad path.
-            response = error_response(405, "UNSUPPORTED", "only GET and HEAD are served")
-            response.headers.append(("Allow", "GET, HEAD"))
-            return response
+            return _not_allowed("only GET and HEAD are served")
         try:
             route = parse_distribution_path(path)
         except PathError as exc:
@@ -255,7 +256,7 @@ class RegistryHandler:
         try:
             byte_range = parse_range(request.headers.get("range"), size)
         except Unsatisfiable:
-            return _range_not_satisfiable(size, "manifest")
+            return range_not_satisfiable(size, "manifest")
         if byte_range is None:
             expires = (
                 math.inf if route.digest is not None else trio.current_time() + self.store.tag_ttl
@@ -274,17 +275,12 @@ class RegistryHandler:
         blob = self.store.open_blob(route.digest)
         if blob is None:
             return None
-        headers = [
-            ("Content-Type", BLOB_CONTENT_TYPE),
-            ("Docker-Content-Digest", str(route.digest)),
-            API_VERSION_HEADER,
-            ("Accept-Ranges", "bytes"),
-        ]
+        headers = blob_headers(str(route.digest))
         try:
             byte_range = parse_range(request.headers.get("range"), blob.size)
         except Unsatisfiable:
             FileBody(blob.fd, 0, 0).close()
-            return _range_not_satisfiable(blob.size, "blob")
+            return range_not_satisfiable(blob.size, "blob")
         if byte_range is None:
             return Response(
                 200, headers, FileBody(blob.fd, 0, blob.size), handler="blob", source="local"
@@ -294,7 +290,7 @@ class RegistryHandler:
         return Response(206, headers, body, handler="blob", source="local")
 
 
-def _range_not_satisfiable(size: int, handler: str) -> Response:
-    response = error_response(416, "RANGE_INVALID", "range not satisfiable", handler=handler)
-    response.headers.append(("Content-Range", f"bytes */{size}"))
+def _not_allowed(message: str, *, close: bool = False) -> Response:
+    response = error_response(405, "UNSUPPORTED", message, close=close)
+    response.headers.append(("Allow", "GET, HEAD"))
     return response

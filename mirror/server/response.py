@@ -8,6 +8,7 @@ from typing import Protocol
 
 import trio
 
+from mirror.oci.mediatypes import BLOB_CONTENT_TYPE
 from mirror.server.http import API_VERSION_HEADER, JSON_TYPE, error_body
 from mirror.server.io import send_file
 from mirror.server.pacing import Pacer
@@ -65,6 +66,23 @@ class Response:
     def release(self) -> None:
         if not isinstance(self.body, bytes):
             self.body.close()
+
+
+def blob_headers(digest: str) -> list[tuple[str, str]]:
+    """The head of a blob answer (before any Content-Range)."""
+    return [
+        ("Content-Type", BLOB_CONTENT_TYPE),
+        ("Docker-Content-Digest", digest),
+        API_VERSION_HEADER,
+        ("Accept-Ranges", "bytes"),
+    ]
+
+
+def range_not_satisfiable(size: int, handler: str) -> Response:
+    """416 with the size the range missed, as RFC 9110 asks."""
+    response = error_response(416, "RANGE_INVALID", "range not satisfiable", handler=handler)
+    response.headers.append(("Content-Range", f"bytes */{size}"))
+    return response
 
 
 def error_response(

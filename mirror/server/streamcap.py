@@ -33,8 +33,12 @@ class StreamCap:
     def streams(self, key: str) -> int:
         return self._streams[key]
 
+    @property
+    def full(self) -> bool:
+        return self.limit > 0 and self._total >= self.limit
+
     def acquire(self, key: str) -> bool:
-        if self.limit > 0 and self._total >= self.limit:
+        if self.full:
             self.refused += 1
             return False
         self._streams[key] += 1

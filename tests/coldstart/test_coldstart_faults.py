@@ -11,16 +11,15 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench.harness.localcluster import BenchCluster
 from bench.kit.images import GeneratedImage, generate_image, push_image
 from bench.kit.wan import MB, LinkSpec
+from tests.metrics import metric_sum
 
 pytestmark = pytest.mark.integration
 MIB = 1024 * 1024
@@ -53,17 +52,9 @@ def _image(cluster: BenchCluster, name: str, seed: int) -> GeneratedImage:
 
 def _claims_held(cluster: BenchCluster, node: int) -> float:
     try:
-        url = cluster[node].mirror.metrics_url + "/metrics"
-        with urllib.request.urlopen(url, timeout=2) as reply:
-            text = reply.read().decode()
-    except OSError:
+        return metric_sum(cluster[node].mirror.metrics_url, "mirror_coldstart_claims_held")
+    except OSError:  # a node being killed or restarted
         return 0.0
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "mirror_coldstart_claims_held"
-    )
 
 
 def _ingested(cluster: BenchCluster, node: int) -> int:

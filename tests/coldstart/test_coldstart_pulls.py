@@ -10,17 +10,16 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench.harness.localcluster import BenchCluster
 from bench.kit.images import GeneratedImage, generate_image, push_image
 from bench.kit.wan import MB, LinkSpec
+from tests.metrics import metric_sum
 
 pytestmark = pytest.mark.integration
 MIB = 1024 * 1024
@@ -86,17 +85,7 @@ def _assert_every_node_holds(cluster: BenchCluster, image: GeneratedImage) -> No
 
 
 def _metric_sum(cluster: BenchCluster, name: str, **labels: str) -> float:
-    total = 0.0
-    for node in cluster.nodes:
-        with urllib.request.urlopen(node.mirror.metrics_url + "/metrics", timeout=5) as reply:
-            text = reply.read().decode()
-        total += sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
-        )
-    return total
+    return sum(metric_sum(node.mirror.metrics_url, name, **labels) for node in cluster.nodes)
 
 
 def _upstream_layer_gets(cluster: BenchCluster, image: GeneratedImage) -> Counter[str]:

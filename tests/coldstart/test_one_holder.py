@@ -7,15 +7,14 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench.kit.cluster import LocalCluster
 from bench.kit.images import GeneratedImage, generate_image, push_image
 from tests.httpclient import fetch
+from tests.metrics import metric_sum
 
 pytestmark = pytest.mark.integration
 MIB = 1024 * 1024
@@ -37,14 +36,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 
 def _served(cluster: LocalCluster, node: int) -> float:
-    with urllib.request.urlopen(cluster[node].mirror.metrics_url + "/metrics", timeout=5) as reply:
-        text = reply.read().decode()
+    url = cluster[node].mirror.metrics_url
     return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "mirror_served_bytes_total"
-        and sample.labels.get("source") in ("local", "inflight")
+        metric_sum(url, "mirror_served_bytes_total", source=source)
+        for source in ("local", "inflight")
     )
 
 
