@@ -86,6 +86,7 @@ class Advertiser:
         self._lock = trio.Lock()
         self._suspects: set[str] = set()
         self._recheck: dict[str, float] = {}
+        self._loose_recheck: dict[str, float] = {}
         self._wake = trio.Event()
 
     def counts(self) -> dict[str, int]:
@@ -205,6 +206,10 @@ class Advertiser:
                 return
             self.loose.add(digest)
             await self._apply([digest], [])
+        # GC may drop it at once (discard_unpacked_layers), silently: check it again
+        # after the settle time, as an image's walk is.
+        self._loose_recheck[digest] = trio.current_time() + self._settle
+        self._wake.set()
 
     async def _content_gone(self, digests: Collection[str]) -> None:
         """Re-walk every image that advertised one of `digests`; drop them as loose keys."""
@@ -226,7 +231,10 @@ class Advertiser:
     async def _reconcile(self) -> None:
         """Check what the hot path reported missing, and re-walk images whose settle time came."""
         while True:
-            due = min(self._recheck.values(), default=math.inf)
+            due = min(
+                min(self._recheck.values(), default=math.inf),
+                min(self._loose_recheck.values(), default=math.inf),
+            )
             with trio.move_on_at(due):
                 await self._wake.wait()
             self._wake = trio.Event()
@@ -235,6 +243,10 @@ class Advertiser:
             names = [name for name, when in self._recheck.items() if when <= now]
             for name in names:
                 del self._recheck[name]
+            for digest in [d for d, when in self._loose_recheck.items() if when <= now]:
+                del self._loose_recheck[digest]
+                if digest in self.loose:
+                    suspects.add(digest)
             try:
                 if suspects:
                     await self._check(suspects)

@@ -251,3 +251,20 @@ async def test_loose_content_waits_for_the_image_when_registries_are_filtered(
     fake.images[NAME] = manifest
     await advertiser._handle(ImageEvent("create", "k8s.io", NAME))
     assert advertiser.advertised() == {manifest, config, *layers, NAME}
+
+
+async def test_a_loose_key_discarded_without_an_event_is_withdrawn_after_settle(
+    tmp_path: Path,
+) -> None:
+    _, _, layers = _image(tmp_path, "g")
+    fake, publisher = FakeContainerd(), FakePublisher()
+    advertiser = _advertiser(tmp_path, fake, publisher, settle=0.1, audit_period=3600)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(advertiser.run)
+        await fake.subscribed.wait()
+        await advertiser.content_committed(layers[0])  # a download just committed
+        await _settled(advertiser, frozenset({layers[0]}))
+        _remove(tmp_path, layers[0])  # GC, no /content/delete
+        await _settled(advertiser, frozenset(), within=2.0)
+        assert layers[0] in publisher.withdrawn and advertiser.loose == set()
+        nursery.cancel_scope.cancel()
