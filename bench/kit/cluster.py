@@ -140,7 +140,15 @@ class LocalCluster(StartStop):
                 node.mirror.start_wait_ready(remaining)
 
     def pull(self, i: int, ref: str, **kwargs: object):  # type: ignore[no-untyped-def]
-        return self.nodes[i].containerd.pull(ref, **kwargs)  # type: ignore[arg-type]
+        """`ctr pull` on node i; a failure carries the lines of its mirror's log that
+        tell why (CI keeps no log files)."""
+        try:
+            return self.nodes[i].containerd.pull(ref, **kwargs)  # type: ignore[arg-type]
+        except KitError as exc:
+            trouble = self.nodes[i].mirror.trouble() if self.with_mirror else ""
+            if not trouble:
+                raise
+            raise KitError(f"{exc}\n{self.nodes[i].mirror.name} log:\n{trouble}") from exc
 
     def stop(self) -> None:
         errors = []

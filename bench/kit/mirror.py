@@ -104,3 +104,21 @@ class MirrorNode(StartStop):
 
     def tail(self, n: int = 40) -> str:
         return self.process.tail(n)
+
+    def trouble(self, n: int = 30) -> str:
+        """The last `n` log lines that say why a pull went wrong: warnings, errors,
+        requests that no peer served, cold-start decisions."""
+        try:
+            lines = self.process.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        marks = (
+            '"level": "WARNING"',
+            '"level": "ERROR"',
+            '"outcome": "miss"',
+            '"outcome": "failed"',
+            '"no peer answered"',
+            "claim",
+        )
+        picked = [line for line in lines if any(mark in line for mark in marks)]
+        return "\n".join(picked[-n:])

@@ -91,6 +91,8 @@ def test_nine_pulls_from_one_holder_spread_over_the_pullers(cluster: LocalCluste
             thread.join(300)
     finally:
         cluster.upstream.start()
+    for error in errors:
+        print(error)  # in full: the assertion's repr is cut short
     assert not errors, errors
     for node in cluster.nodes[1:]:
         for layer in image.layers:
