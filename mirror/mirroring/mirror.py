@@ -39,11 +39,13 @@ from mirror.mirroring.coldmiss import (
     Pause,
     usable_source,
 )
+from mirror.mirroring.distrust import SourceDistrust, Where
 from mirror.mirroring.peer import PeerError, PeerResponse
 from mirror.mirroring.providers import ProviderCache
 from mirror.mirroring.race import Race, RaceLimits
 from mirror.mirroring.racer import HeadRequest, RaceShell
 from mirror.mirroring.relay import RelayBody, RelayStats
+from mirror.oci.digest import digest_matches
 from mirror.oci.distribution import DistributionPath, Kind
 from mirror.oci.mediatypes import (
     BLOB_CONTENT_TYPE,
@@ -63,6 +65,10 @@ log = logging.getLogger("mirror.mirroring")
 # Tells the client (and an operator with curl) which peer served a mirrored response.
 PEER_HEADER = "X-Mirror-Peer"
 
+# A blob up to this size is read whole and proven before it is sent, so a wrong one
+# is replaced by the next source rather than cut off (image configs, small layers).
+SMALL_BLOB_SIZE = MAX_MANIFEST_SIZE
+
 
 @dataclass(frozen=True)
 class MirrorSettings:
@@ -77,6 +83,8 @@ class MirrorSettings:
     cold_start: bool = True
     claim_lease: float = 5.0
     cold: ColdMissLimits = field(default_factory=ColdMissLimits)
+    # Sources tried again after one served wrong bytes for a manifest or small blob.
+    wrong_source_retries: int = 2
 
 
 @dataclass(frozen=True)
@@ -245,6 +253,7 @@ class PeerMirror:
         self.claims = claims
         self.book = book if book is not None else ClaimBook(self.settings.claim_lease)
         self.latencies = HeadLatencies()
+        self.distrust = SourceDistrust()
         self._on_event = on_event
 
     def _emit(self, event: MirrorEvent) -> None:
@@ -299,6 +308,26 @@ class PeerMirror:
             return None
         budget = self.settings.manifest_budget if miss.bounded else math.inf
         head = HeadRequest(miss.method, miss.target, miss.request_headers(), miss.validate)
+        for _ in range(1 + self.settings.wrong_source_retries):
+            left = budget - (trio.current_time() - miss.started)
+            served = await self._find(miss, head, left)
+            if served is None:
+                return None
+            if served.peer.status == 416:
+                return self._unsatisfiable(miss, served)
+            if miss.method == "HEAD":
+                return self._head(miss, served)
+            if miss.kind == "manifest" or _small_whole(miss, served):
+                try:
+                    return await self._small(miss, served, budget)
+                except WrongBytes:
+                    continue  # that source is distrusted now: the next one
+            return self._blob(miss, served)
+        return None
+
+    async def _find(self, miss: _Miss, head: HeadRequest, budget: float) -> _Served | None:
+        """The peer that serves `miss`: a race, then the cold-start path for a blob
+        nobody held; None (after a miss event) when no source answered."""
         found = await self._race(miss.key, head, budget, miss.offset)
         claim = ""
         if found.peer is None and self._cold_eligible(miss):
@@ -320,18 +349,7 @@ class PeerMirror:
                 )
             )
             return None
-        served = _Served(found.provider, found.peer, trio.current_time() - miss.started, claim)
-        served_digest = served.peer.header("docker-content-digest")
-        if miss.kind == "manifest" and miss.digest is None and served_digest:
-            # containerd asks for the manifest by this digest next.
-            self.cache.hint(served_digest, served.provider)
-        if served.peer.status == 416:
-            return self._unsatisfiable(miss, served)
-        if miss.method == "HEAD":
-            return self._head(miss, served)
-        if miss.kind == "manifest":
-            return await self._manifest(miss, served, budget)
-        return self._blob(miss, served)
+        return _Served(found.provider, found.peer, trio.current_time() - miss.started, claim)
 
     def _cold_eligible(self, miss: _Miss) -> bool:
         return (
@@ -404,26 +422,54 @@ class PeerMirror:
             declared_length=served.peer.content_length,
         )
 
-    async def _manifest(self, miss: _Miss, served: _Served, budget: float) -> Response | None:
+    async def _small(self, miss: _Miss, served: _Served, budget: float) -> Response | None:
+        """A manifest, or a blob small enough to hold: read whole and proven before it
+        is sent (WrongBytes when it does not hash to its digest: try the next source)."""
         peer = served.peer
+        deadline = trio.current_time() + max(budget - served.time_to_head, 0.001)
         try:
-            with trio.fail_after(max(budget - served.time_to_head, 0.001)):
-                body = await _read_small_body(peer)
+            with trio.fail_at(deadline):
+                body = await _read_small_body(peer, self.settings.stall_timeout)
         except (PeerError, PeerStalled, OSError, trio.TooSlowError) as exc:
-            log.warning("peer failed mid-manifest", extra={"peer": served.name, "error": str(exc)})
+            log.warning("peer failed mid-body", extra={"peer": served.name, "error": str(exc)})
             self._finished(miss, served, "failed", 0)
             return None
         finally:
             peer.close()
+        served_digest = peer.header("docker-content-digest")
+        expected = miss.digest or served_digest
+        if peer.status == 200 and expected is not None and not digest_matches(expected, body):
+            self._wrong_bytes(miss, served, expected, [peer.where], len(body))
+            raise WrongBytes(expected)
         self._finished(miss, served, "peer", len(body))
-        document = parse_manifest(body) if peer.status == 200 else None
-        # The peer that holds a manifest almost surely holds what it names: the
-        # requests for those follow at once and need not wait for the DHT.
-        for child in referenced_digests(document) if document else ():
-            self.cache.hint(child, served.provider)
+        if miss.kind == "manifest":
+            if miss.digest is None and served_digest:
+                # containerd asks for the manifest by this digest next.
+                self.cache.hint(served_digest, served.provider)
+            document = parse_manifest(body) if peer.status == 200 else None
+            # The peer that holds a manifest almost surely holds what it names: the
+            # requests for those follow at once and need not wait for the DHT.
+            for child in referenced_digests(document) if document else ():
+                self.cache.hint(child, served.provider)
         return Response(
             peer.status, served.response_headers(miss.key), body, handler=miss.kind, source="peer"
         )
+
+    def _wrong_bytes(
+        self, miss: _Miss, served: _Served, digest: str, sources: list[Where], sent: int
+    ) -> None:
+        """Sources that served bytes not matching `digest`: counted, logged, and not
+        asked for it again."""
+        now = trio.current_time()
+        for where in sources:
+            self.distrust.distrust(digest, where, now)
+            if miss.key != digest:  # a tag: that source's answers for it are suspect too
+                self.distrust.distrust(miss.key, where, now)
+        log.warning(
+            "peer served wrong bytes: source dropped for this digest",
+            extra={"key": miss.key, "digest": digest, "peers": [f"{h}:{p}" for h, p in sources]},
+        )
+        self._finished(miss, served, "failed", sent, digest_mismatch=True)
 
     def _blob(self, miss: _Miss, served: _Served) -> Response:
         peer = served.peer
@@ -434,6 +480,9 @@ class PeerMirror:
             return await self._resume(miss.key, miss.target, offset, end)
 
         def relay_done(stats: RelayStats) -> None:
+            if stats.digest_mismatch and miss.digest is not None:
+                self._wrong_bytes(miss, served, miss.digest, stats.sources, stats.bytes_relayed)
+                return
             complete = stats.bytes_relayed == peer.content_length
             self._finished(
                 miss,
@@ -441,14 +490,11 @@ class PeerMirror:
                 "peer" if complete else "failed",
                 stats.bytes_relayed,
                 stats.resumes,
-                stats.digest_mismatch,
             )
 
-        # Bytes of a download in progress are proven on the way (the whole blob only:
-        # a range cannot be hashed against the digest).
-        verify = None
-        if served.inflight and start == 0 and peer.status == 200:
-            verify = miss.digest
+        # A whole blob is proven on the way, its end held back until it is; a range
+        # cannot be hashed against the digest (containerd proves it on commit).
+        verify = miss.digest if start == 0 and _whole(peer) else None
 
         body = RelayBody(
             peer,
@@ -499,6 +545,10 @@ class PeerMirror:
         later: list[Provider] = []
         async for provider in self.cache.providers(key):
             if not usable_source(provider, offset, holder):
+                continue
+            if self.distrust.distrusted(
+                key, (provider.host, provider.registry_port), trio.current_time()
+            ):
                 continue
             if deferred and (provider.host, provider.registry_port) in deferred:
                 later.append(provider)
@@ -552,14 +602,43 @@ class PeerMirror:
         return result
 
 
-async def _read_small_body(peer: PeerResponse) -> bytes:
+class WrongBytes(PeerError):
+    """A source's answer did not hash to its digest."""
+
+
+def _whole(peer: PeerResponse) -> bool:
+    """The answer carries the whole object: a 200, or a 206 whose range covers it all."""
+    if peer.status == 200:
+        return True
+    content_range = peer.header("content-range") or ""
+    return _range_start(content_range) == 0 and content_range.endswith(
+        f"-{peer.content_length - 1}/{peer.content_length}"
+    )
+
+
+def _small_whole(miss: _Miss, served: _Served) -> bool:
+    """A whole blob small enough to hold and prove before any byte goes out (one
+    still downloading streams as it arrives, proven on the way: relay.py)."""
+    peer = served.peer
+    return (
+        miss.digest is not None
+        and peer.status == 200
+        and peer.content_length <= SMALL_BLOB_SIZE
+        and not served.inflight
+    )
+
+
+async def _read_small_body(peer: PeerResponse, stall_timeout: float) -> bytes:
     if peer.content_length > MAX_MANIFEST_SIZE:
         raise PeerError("manifest too large")
     body = bytearray(peer.early_body[: peer.content_length])
     while len(body) < peer.content_length:
-        data = await peer.sock.recv(min(65536, peer.content_length - len(body)))
+        with trio.move_on_after(stall_timeout) as scope:
+            data = await peer.sock.recv(min(65536, peer.content_length - len(body)))
+        if scope.cancelled_caught:
+            raise PeerStalled(f"peer sent nothing for {stall_timeout}s")
         if not data:
-            raise PeerError("peer closed mid-manifest")
+            raise PeerError("peer closed mid-body")
         body += data
     return bytes(body)
 

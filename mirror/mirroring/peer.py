@@ -31,6 +31,7 @@ class PeerResponse:
     # Body bytes that arrived in the same reads as the head.
     early_body: bytes = b""
     content_length: int = 0
+    where: tuple[str, int] = ("", 0)  # the peer's host and registry port
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name)
@@ -100,6 +101,7 @@ async def request_head(
             sock,
             bytes(collector.body),
             length,
+            (host, port),
         )
     except OSError as exc:
         sock.close()

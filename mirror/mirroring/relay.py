@@ -55,6 +55,8 @@ class RelayStats:
     resumes: int = 0
     mode: str = "copy"
     digest_mismatch: bool = False
+    # Every peer that sent bytes of this body, in order (resumes add one each).
+    sources: list[tuple[str, int]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -80,6 +82,7 @@ class RelayBody:
         if self.verify is not None:
             algorithm, _, _ = self.verify.partition(":")
             self._hasher = hashlib.new(algorithm)
+        self.stats.sources.append(self.peer.where)
         try:
             while True:
                 try:
@@ -94,6 +97,7 @@ class RelayBody:
                     self.peer.close()
                     self.stats.resumes += 1
                     self.peer = await self.resume(self.start + sent)
+                    self.stats.sources.append(self.peer.where)
         finally:
             self.stats.bytes_relayed = sent
             if self.on_done is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -41,3 +42,12 @@ def is_digest(text: str) -> bool:
     except InvalidDigest:
         return False
     return True
+
+
+def digest_matches(digest: str, data: bytes) -> bool:
+    """`data` hashes to `digest` (False for a malformed or unsupported digest)."""
+    try:
+        parsed = parse_digest(digest)
+    except InvalidDigest:
+        return False
+    return hashlib.new(parsed.algorithm, data).hexdigest() == parsed.hex

@@ -26,7 +26,7 @@ from mirror.server.registry import RegistryHandler
 from mirror.server.request import Request
 from mirror.server.response import Response
 
-BLOB = os.urandom(3 * 1024 * 1024 + 17)
+BLOB = os.urandom(5 * 1024 * 1024 + 17)  # past SMALL_BLOB_SIZE: relayed, not held
 DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
 
 
