@@ -71,6 +71,17 @@ async def _fetch_manifest(mirror: PeerMirror, reference: str) -> Response | None
     return await mirror.fetch(request, route, "example.com")
 
 
+async def _manifest_peers(nursery: trio.Nursery) -> tuple[int, int]:
+    """A peer that answers the manifest altered (and its digest unchanged), one that
+    answers it right."""
+    wrong = _altered(MANIFEST)
+    liar = await _scripted_peer(nursery, _answer(wrong, MANIFEST_DIGEST, MANIFEST_TYPE), wrong)
+    honest = await _scripted_peer(
+        nursery, _answer(MANIFEST, MANIFEST_DIGEST, MANIFEST_TYPE), MANIFEST
+    )
+    return liar, honest
+
+
 async def _small_blob_peer(nursery: trio.Nursery, body: bytes, digest: str) -> int:
     return await _scripted_peer(nursery, _answer(body, digest), body)
 
@@ -78,14 +89,7 @@ async def _small_blob_peer(nursery: trio.Nursery, body: bytes, digest: str) -> i
 async def test_a_wrong_manifest_by_digest_is_never_sent_and_the_next_peer_serves_it() -> None:
     events: list[MirrorEvent] = []
     async with trio.open_nursery() as nursery:
-        liar = await _scripted_peer(
-            nursery,
-            _answer(_altered(MANIFEST), MANIFEST_DIGEST, MANIFEST_TYPE),
-            _altered(MANIFEST),
-        )
-        honest = await _scripted_peer(
-            nursery, _answer(MANIFEST, MANIFEST_DIGEST, MANIFEST_TYPE), MANIFEST
-        )
+        liar, honest = await _manifest_peers(nursery)
         mirror = await _mirror(nursery, [liar, honest], events)
         response = await _fetch_manifest(mirror, MANIFEST_DIGEST)
         assert response is not None and response.body == MANIFEST
@@ -117,14 +121,7 @@ async def test_a_wrong_manifest_with_no_other_source_is_a_miss() -> None:
 async def test_a_tag_answered_with_a_body_that_is_not_its_digest_goes_to_the_next_peer() -> None:
     events: list[MirrorEvent] = []
     async with trio.open_nursery() as nursery:
-        liar = await _scripted_peer(
-            nursery,
-            _answer(_altered(MANIFEST), MANIFEST_DIGEST, MANIFEST_TYPE),
-            _altered(MANIFEST),
-        )
-        honest = await _scripted_peer(
-            nursery, _answer(MANIFEST, MANIFEST_DIGEST, MANIFEST_TYPE), MANIFEST
-        )
+        liar, honest = await _manifest_peers(nursery)
         mirror = await _mirror(nursery, [liar, honest], events)
         response = await _fetch_manifest(mirror, "v1")
         assert response is not None and response.body == MANIFEST
