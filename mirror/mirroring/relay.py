@@ -204,27 +204,93 @@ async def _copy_verified(
     client_stall: float,
 ) -> int:
     """`_copy`, hashing every byte; the chunk that ends the body goes out only if the
-    hash matches (each call's `remaining` ends where the whole body does)."""
-    buffer = memoryview(bytearray(min(COPY_BUFFER, max(remaining, 1))))
+    hash matches (each call's `remaining` ends where the whole body does).
+
+    Each chunk is hashed on a worker thread (hashlib lets go of the GIL) while the
+    next one is read, alternating between two buffers: on this project's machine
+    hashing on the event loop held one relay to about 850 MiB/s."""
+    hashing = _ThreadedHash(hasher)
+    buffers = [memoryview(bytearray(min(COPY_BUFFER, max(remaining, 1)))) for _ in range(2)]
     moved = 0
-    pending: bytes | memoryview = early
-    while moved < remaining:
-        if pending:
-            chunk, pending = pending, b""
-        else:
-            try:
-                received = await _from_peer(
-                    peer, buffer[: min(len(buffer), remaining - moved)], peer_stall
-                )
-            except (PeerError, PeerStalled, OSError) as exc:
-                raise PeerFailure(exc, moved) from None
-            chunk = buffer[:received]
-        hasher.update(chunk)
-        if moved + len(chunk) == remaining and hasher.hexdigest() != expected_hex:
-            raise DigestMismatch(f"relayed bytes hash to {hasher.name}:{hasher.hexdigest()}")
-        await _to_client(client, chunk, client_stall)
-        moved += len(chunk)
-    return moved
+    turn = 0
+    try:
+        while moved < remaining:
+            if early:
+                chunk: bytes | memoryview = early
+                early = b""
+            else:
+                buffer = buffers[turn]
+                turn ^= 1
+                try:
+                    got = await _fill(
+                        peer, buffer[: min(len(buffer), remaining - moved)], peer_stall
+                    )
+                except (PeerError, PeerStalled, OSError) as exc:
+                    raise PeerFailure(exc, moved) from None
+                chunk = buffer[:got]
+            await hashing.update(chunk)  # waits for the chunk before, so `buffer` is free
+            if moved + len(chunk) == remaining:
+                await hashing.wait()
+                if hasher.hexdigest() != expected_hex:
+                    raise DigestMismatch(
+                        f"relayed bytes hash to {hasher.name}:{hasher.hexdigest()}"
+                    )
+            await _to_client(client, chunk, client_stall)
+            moved += len(chunk)
+        return moved
+    finally:
+        # The hasher must hold exactly the bytes sent before a resume goes on with it.
+        with trio.CancelScope(shield=True):
+            await hashing.wait()
+
+
+class _ThreadedHash:
+    """`hasher.update` on a worker thread, one chunk at a time, in order."""
+
+    def __init__(self, hasher: hashlib._Hash) -> None:
+        self._hasher = hasher
+        self._token = trio.lowlevel.current_trio_token()
+        self._done: trio.Event | None = None
+
+    async def wait(self) -> None:
+        """Until the chunk handed over last is in the hash."""
+        if self._done is not None:
+            await self._done.wait()
+            self._done = None
+
+    async def update(self, chunk: bytes | memoryview) -> None:
+        await self.wait()
+        done = self._done = trio.Event()
+        hasher, token = self._hasher, self._token
+
+        def deliver(_: object) -> None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(done.set)
+
+        trio.lowlevel.start_thread_soon(lambda: hasher.update(chunk), deliver)
+
+
+async def _fill(peer: trio.socket.SocketType, view: memoryview, stall: float) -> int:
+    """Read into `view`: wait for the first bytes, then take what is already there."""
+    filled = 0
+    fd = peer.fileno()
+    while filled < len(view):
+        try:
+            got = os.readv(fd, [view[filled:]])
+        except BlockingIOError:
+            if filled:
+                return filled
+            with trio.move_on_after(stall) as scope:
+                await trio.lowlevel.wait_readable(peer)
+            if scope.cancelled_caught:
+                raise PeerStalled(f"peer sent nothing for {stall}s") from None
+            continue
+        if got == 0:
+            if filled:
+                return filled
+            raise PeerError("peer closed the connection mid-body")
+        filled += got
+    return filled
 
 
 async def _splice(
