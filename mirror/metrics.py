@@ -231,7 +231,8 @@ class Telemetry:
             "mirror_coldstart_claims_total",
             "Blob misses no peer could serve, by how the claim decided them: won (this node "
             "fetched from the upstream for the cluster), lost (streamed from the claimant "
-            "instead), refused or timeout (fetched from the upstream, as without a mirror).",
+            "instead), refused or timeout (fetched from the upstream, as without a mirror), "
+            "distrusted (the claimant had served wrong bytes of it: the upstream serves it).",
             ["outcome"],
             registry=r,
         )

@@ -43,6 +43,7 @@ from mirror.ingest.watcher import IngestWatcher
 from mirror.metrics import Telemetry, TimedProviders
 from mirror.mirroring.claimbook import ClaimBook
 from mirror.mirroring.mirror import MirrorSettings, PeerMirror
+from mirror.mirroring.poisoned import PoisonedIngests
 from mirror.mirroring.providers import ProviderCache
 from mirror.oci.filters import ReferenceFilter
 from mirror.options import RegistryOptions
@@ -310,7 +311,12 @@ class Node:
         # Without cold start nothing waits out a busy answer: no cap then.
         stream_cap = StreamCap(options.peer_streams if options.cold_start else 0)
         mirror = PeerMirror(
-            cache, settings, on_event=telemetry.on_mirror_event, claims=dht, book=book
+            cache,
+            settings,
+            on_event=telemetry.on_mirror_event,
+            claims=dht,
+            book=book,
+            abort_ingest=PoisonedIngests(client).abort,
         )
         handler = RegistryHandler(
             store,

@@ -113,7 +113,7 @@ class MirrorNode(StartStop):
         except OSError:
             return ""
         marks = (
-            '"level": "WARNING"',
+            '"level": "WARN',  # WARN, as the mirror's JSON log names it
             '"level": "ERROR"',
             '"outcome": "miss"',
             '"outcome": "failed"',

@@ -14,6 +14,8 @@ Usage::
     await client.get_image(name)                  -> Image | None
     await client.content_info(digest)             -> ContentInfo | None
     await client.list_content()                   -> list[ContentInfo]
+    await client.ingests()                        -> list[IngestStatus]
+    await client.abort_ingest(ref)                -> bool (False: no such ingest)
     await client.content_root()                   -> Path | None
     async with client.subscribe(filters) as events:
         async for ev in events:                   # ImageEvent | ContentEvent
@@ -71,8 +73,10 @@ from mirror.containerd.model import (
     Descriptor,
     Image,
     ImageEvent,
+    IngestStatus,
     content_info_from_pb,
     image_from_pb,
+    ingest_status_from_pb,
 )
 from mirror.containerd.proto import content_pb2, events_pb2, images_pb2, introspection_pb2
 
@@ -193,6 +197,26 @@ class ContainerdClient:
             "Content.List", self._get_stubs().content_list, content_pb2.ListContentRequest()
         )
         return [content_info_from_pb(info) for response in responses for info in response.info]
+
+    async def ingests(self) -> list[IngestStatus]:
+        """The downloads in progress in this namespace."""
+        response = await self._call(
+            "Content.ListStatuses",
+            self._get_stubs().content_statuses,
+            content_pb2.ListStatusesRequest(),
+        )
+        return [ingest_status_from_pb(status) for status in response.statuses]
+
+    async def abort_ingest(self, ref: str) -> bool:
+        """Drop a download in progress and its bytes; False when there was none."""
+        request = content_pb2.AbortRequest(ref=ref)
+        try:
+            await self._call("Content.Abort", self._get_stubs().content_abort, request)
+        except ContainerdError as exc:
+            if exc.code == "NOT_FOUND":
+                return False
+            raise
+        return True
 
     async def content_root(self) -> Path | None:
         """Where the content store keeps its files, as the content plugin exports it."""

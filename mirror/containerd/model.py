@@ -34,6 +34,16 @@ class ContentInfo:
 
 
 @dataclass(frozen=True)
+class IngestStatus:
+    """A download in progress in the content store (`ref`: the writer's name)."""
+
+    ref: str
+    offset: int
+    total: int
+    expected: str
+
+
+@dataclass(frozen=True)
 class ImageEvent:
     """An image record was created, updated (re-pointed or relabelled) or deleted."""
 
@@ -71,3 +81,7 @@ def image_from_pb(pb: images_pb2.Image) -> Image:
 
 def content_info_from_pb(pb: content_pb2.Info) -> ContentInfo:
     return ContentInfo(digest=pb.digest, size=pb.size, labels=dict(pb.labels))
+
+
+def ingest_status_from_pb(pb: content_pb2.Status) -> IngestStatus:
+    return IngestStatus(ref=pb.ref, offset=pb.offset, total=pb.total, expected=pb.expected)

@@ -67,6 +67,10 @@ class Stubs:
         self.image_list = _unary(channel, images + "List", images_pb2.ListImagesResponse)
         self.content_info = _unary(channel, content + "Info", content_pb2.InfoResponse)
         self.content_list = _stream(channel, content + "List", content_pb2.ListContentResponse)
+        self.content_statuses = _unary(
+            channel, content + "ListStatuses", content_pb2.ListStatusesResponse
+        )
+        self.content_abort = _unary(channel, content + "Abort", Empty)
         self.plugins = _unary(
             channel,
             "/containerd.services.introspection.v1.Introspection/Plugins",

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -102,7 +102,7 @@ class MirrorEvent:
     duration: float
     resumes: int = 0
     time_to_head: float = 0.0
-    # "" (none), "won", "lost", "busy", "refused", "timeout": how a blob nobody held
+    # "" (none), "won", "lost", "busy", "refused", "timeout", "distrusted": how a blob nobody held
     # was decided.
     claim: str = ""
     digest_mismatch: bool = False
@@ -247,6 +247,7 @@ class PeerMirror:
         on_event: Callable[[MirrorEvent], None] | None = None,
         claims: ClaimSource | None = None,
         book: ClaimBook | None = None,
+        abort_ingest: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.cache = cache
         self.settings = settings or MirrorSettings()
@@ -254,6 +255,8 @@ class PeerMirror:
         self.book = book if book is not None else ClaimBook(self.settings.claim_lease)
         self.latencies = HeadLatencies()
         self.distrust = SourceDistrust()
+        # Drops the local download a wrong relay poisoned, before its reset (poisoned.py).
+        self.abort_ingest = abort_ingest
         self._on_event = on_event
 
     def _emit(self, event: MirrorEvent) -> None:
@@ -389,9 +392,14 @@ class PeerMirror:
             elif isinstance(step, Pause):
                 await trio.sleep_until(step.until)
             else:
+                holder = step.holder
+                if holder is not None and self._distrusted(miss.key, holder):
+                    # It served wrong bytes of this blob: the upstream serves it now.
+                    log.info("the claim's holder is distrusted", extra={"key": miss.key})
+                    return _RaceResult(), "distrusted"
                 self.cache.forget(miss.key)
-                if step.holder is not None:
-                    self.cache.hint(miss.key, step.holder)
+                if holder is not None:
+                    self.cache.hint(miss.key, holder)
                 found = await self._race(
                     miss.key, head, math.inf, miss.offset, step.holder, deferred
                 )
@@ -399,6 +407,10 @@ class PeerMirror:
                     return found, "lost" if core.claims else "busy"
                 deferred |= found.busy_at
                 core.search_failed(trio.current_time(), busy=found.busy)
+
+    def _distrusted(self, key: str, provider: Provider) -> bool:
+        where = (provider.host, provider.registry_port)
+        return self.distrust.distrusted(key, where, trio.current_time())
 
     def _unsatisfiable(self, miss: _Miss, served: _Served) -> Response:
         served.peer.close()
@@ -439,7 +451,7 @@ class PeerMirror:
         served_digest = peer.header("docker-content-digest")
         expected = miss.digest or served_digest
         if peer.status == 200 and expected is not None and not digest_matches(expected, body):
-            self._wrong_bytes(miss, served, expected, [peer.where], len(body))
+            self._wrong_bytes(miss, served, expected, [peer.where], sent=0)
             raise WrongBytes(expected)
         self._finished(miss, served, "peer", len(body))
         if miss.kind == "manifest":
@@ -506,10 +518,17 @@ class PeerMirror:
             use_splice=self.settings.use_splice,
             on_done=relay_done,
             verify=verify,
+            before_reset=self._aborter(miss.digest) if verify else None,
         )
         return Response(
             peer.status, served.response_headers(miss.key), body, handler=miss.kind, source="peer"
         )
+
+    def _aborter(self, digest: str | None) -> Callable[[], Awaitable[None]] | None:
+        abort = self.abort_ingest
+        if abort is None or digest is None:
+            return None
+        return lambda: abort(digest)
 
     async def _resume(self, key: str, target: str, offset: int, end: int) -> PeerResponse:
         def validate(peer: PeerResponse) -> None:
@@ -546,9 +565,7 @@ class PeerMirror:
         async for provider in self.cache.providers(key):
             if not usable_source(provider, offset, holder):
                 continue
-            if self.distrust.distrusted(
-                key, (provider.host, provider.registry_port), trio.current_time()
-            ):
+            if self._distrusted(key, provider):
                 continue
             if deferred and (provider.host, provider.registry_port) in deferred:
                 later.append(provider)

@@ -41,7 +41,12 @@ class ClientGone(ConnectionError):
 
 
 class DigestMismatch(BodyIntegrityError):
-    """The relayed bytes do not hash to the digest asked for: the end is never sent."""
+    """The relayed bytes do not hash to the digest asked for: the end is never sent
+    (`moved`: the bytes of this call that did reach the client)."""
+
+    def __init__(self, message: str, moved: int = 0) -> None:
+        super().__init__(message)
+        self.moved = moved
 
 
 # Given the absolute offset of the next byte needed, a response from another
@@ -75,6 +80,8 @@ class RelayBody:
     # A whole blob's digest (`sha256:<hex>`): the bytes are hashed on the way (copy
     # relay) and the last chunk is held back until they match it.
     verify: str | None = None
+    # Awaited when the bytes proved wrong, before the client's connection is reset.
+    before_reset: Callable[[], Awaitable[None]] | None = None
     _hasher: hashlib._Hash | None = None
 
     async def send(self, sock: trio.socket.SocketType, stall_timeout: float) -> None:
@@ -88,6 +95,11 @@ class RelayBody:
                 try:
                     sent += await self._move(self.peer, sock, self.length - sent, stall_timeout)
                     return
+                except DigestMismatch as mismatch:
+                    sent += mismatch.moved
+                    if self.before_reset is not None:
+                        await self.before_reset()
+                    raise
                 except PeerFailure as failure:
                     sent += failure.moved
                     if self.resume is None or self.stats.resumes >= self.max_resumes:
@@ -233,7 +245,7 @@ async def _copy_verified(
                 await hashing.wait()
                 if hasher.hexdigest() != expected_hex:
                     raise DigestMismatch(
-                        f"relayed bytes hash to {hasher.name}:{hasher.hexdigest()}"
+                        f"relayed bytes hash to {hasher.name}:{hasher.hexdigest()}", moved
                     )
             await _to_client(client, chunk, client_stall)
             moved += len(chunk)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -290,5 +291,42 @@ async def test_survives_containerd_restart(own_node: ContainerdNode, archive: Oc
         assert archive.name in {image.name for image in images}
         async with client.subscribe(event_filters(node.namespace)) as events:
             await wait_live(node, events, archive.name)
+    finally:
+        await client.aclose()
+
+
+@contextmanager
+def _held_ingest(node: ContainerdNode, ref: str, size: int) -> Iterator[None]:
+    """`ctr content ingest` fed by a pipe held open: an ingest that stays active."""
+    command = [str(node.ctr_binary), "--address", str(node.address), "--namespace"]
+    command += [node.namespace, "content", "ingest", "--expected-size", str(size), ref]
+    feeder = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        assert feeder.stdin is not None
+        feeder.stdin.write(b"x" * 4096)
+        feeder.stdin.flush()
+        yield
+    finally:
+        feeder.kill()
+        feeder.wait()
+
+
+async def test_a_download_in_progress_is_listed_and_aborted(node: ContainerdNode) -> None:
+    ref = f"layer-sha256:{uuid.uuid4().hex}"
+    client = client_for(node)
+    try:
+        with _held_ingest(node, ref, 1_000_000):
+            listed = []
+            for _ in range(200):
+                listed = [s for s in await client.ingests() if s.ref == ref]
+                if listed:
+                    break
+                await trio.sleep(0.05)
+            assert [status.total for status in listed] == [1_000_000]
+            assert await client.abort_ingest(ref) is True
+            assert ref not in {s.ref for s in await client.ingests()}
+            assert await client.abort_ingest(ref) is False  # nothing left to abort
     finally:
         await client.aclose()

@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%mirror/containerd/proto/content.proto\x12\x1e\x63ontainerd.services.content.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf5\x01\n\x04Info\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12@\n\x06labels\x18\x05 \x03(\x0b\x32\x30.containerd.services.content.v1.Info.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1d\n\x0bInfoRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"B\n\x0cInfoResponse\x12\x32\n\x04info\x18\x01 \x01(\x0b\x32$.containerd.services.content.v1.Info\"%\n\x12ListContentRequest\x12\x0f\n\x07\x66ilters\x18\x01 \x03(\t\"I\n\x13ListContentResponse\x12\x32\n\x04info\x18\x01 \x03(\x0b\x32$.containerd.services.content.v1.Info2\xdf\x01\n\x07\x43ontent\x12\x61\n\x04Info\x12+.containerd.services.content.v1.InfoRequest\x1a,.containerd.services.content.v1.InfoResponse\x12q\n\x04List\x12\x32.containerd.services.content.v1.ListContentRequest\x1a\x33.containerd.services.content.v1.ListContentResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%mirror/containerd/proto/content.proto\x12\x1e\x63ontainerd.services.content.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf5\x01\n\x04Info\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12@\n\x06labels\x18\x05 \x03(\x0b\x32\x30.containerd.services.content.v1.Info.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1d\n\x0bInfoRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"B\n\x0cInfoResponse\x12\x32\n\x04info\x18\x01 \x01(\x0b\x32$.containerd.services.content.v1.Info\"%\n\x12ListContentRequest\x12\x0f\n\x07\x66ilters\x18\x01 \x03(\t\"I\n\x13ListContentResponse\x12\x32\n\x04info\x18\x01 \x03(\x0b\x32$.containerd.services.content.v1.Info\"\xa6\x01\n\x06Status\x12.\n\nstarted_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03ref\x18\x03 \x01(\t\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\r\n\x05total\x18\x05 \x01(\x03\x12\x10\n\x08\x65xpected\x18\x06 \x01(\t\"&\n\x13ListStatusesRequest\x12\x0f\n\x07\x66ilters\x18\x01 \x03(\t\"P\n\x14ListStatusesResponse\x12\x38\n\x08statuses\x18\x01 \x03(\x0b\x32&.containerd.services.content.v1.Status\"\x1b\n\x0c\x41\x62ortRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t2\xa9\x03\n\x07\x43ontent\x12\x61\n\x04Info\x12+.containerd.services.content.v1.InfoRequest\x1a,.containerd.services.content.v1.InfoResponse\x12q\n\x04List\x12\x32.containerd.services.content.v1.ListContentRequest\x1a\x33.containerd.services.content.v1.ListContentResponse0\x01\x12y\n\x0cListStatuses\x12\x33.containerd.services.content.v1.ListStatusesRequest\x1a\x34.containerd.services.content.v1.ListStatusesResponse\x12M\n\x05\x41\x62ort\x12,.containerd.services.content.v1.AbortRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,18 +35,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_INFO_LABELSENTRY']._loaded_options = None
   _globals['_INFO_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_INFO']._serialized_start=107
-  _globals['_INFO']._serialized_end=352
-  _globals['_INFO_LABELSENTRY']._serialized_start=307
-  _globals['_INFO_LABELSENTRY']._serialized_end=352
-  _globals['_INFOREQUEST']._serialized_start=354
-  _globals['_INFOREQUEST']._serialized_end=383
-  _globals['_INFORESPONSE']._serialized_start=385
-  _globals['_INFORESPONSE']._serialized_end=451
-  _globals['_LISTCONTENTREQUEST']._serialized_start=453
-  _globals['_LISTCONTENTREQUEST']._serialized_end=490
-  _globals['_LISTCONTENTRESPONSE']._serialized_start=492
-  _globals['_LISTCONTENTRESPONSE']._serialized_end=565
-  _globals['_CONTENT']._serialized_start=568
-  _globals['_CONTENT']._serialized_end=791
+  _globals['_INFO']._serialized_start=136
+  _globals['_INFO']._serialized_end=381
+  _globals['_INFO_LABELSENTRY']._serialized_start=336
+  _globals['_INFO_LABELSENTRY']._serialized_end=381
+  _globals['_INFOREQUEST']._serialized_start=383
+  _globals['_INFOREQUEST']._serialized_end=412
+  _globals['_INFORESPONSE']._serialized_start=414
+  _globals['_INFORESPONSE']._serialized_end=480
+  _globals['_LISTCONTENTREQUEST']._serialized_start=482
+  _globals['_LISTCONTENTREQUEST']._serialized_end=519
+  _globals['_LISTCONTENTRESPONSE']._serialized_start=521
+  _globals['_LISTCONTENTRESPONSE']._serialized_end=594
+  _globals['_STATUS']._serialized_start=597
+  _globals['_STATUS']._serialized_end=763
+  _globals['_LISTSTATUSESREQUEST']._serialized_start=765
+  _globals['_LISTSTATUSESREQUEST']._serialized_end=803
+  _globals['_LISTSTATUSESRESPONSE']._serialized_start=805
+  _globals['_LISTSTATUSESRESPONSE']._serialized_end=885
+  _globals['_ABORTREQUEST']._serialized_start=887
+  _globals['_ABORTREQUEST']._serialized_end=914
+  _globals['_CONTENT']._serialized_start=917
+  _globals['_CONTENT']._serialized_end=1342
 # @@protoc_insertion_point(module_scope)
