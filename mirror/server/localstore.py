@@ -8,6 +8,8 @@ cache because every pull resolves the tag first.
 from __future__ import annotations
 
 import errno
+import hashlib
+import logging
 import os
 from collections import OrderedDict
 from collections.abc import Callable
@@ -20,6 +22,8 @@ import trio
 from mirror.containerd.paths import blob_path
 from mirror.oci.digest import Digest, parse_digest
 from mirror.oci.mediatypes import MAX_MANIFEST_SIZE, detect_manifest_type
+
+log = logging.getLogger("mirror.server")
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +150,13 @@ class LocalStore:
             os.close(blob.fd)
         media_type = detect_manifest_type(content) if content else None
         if media_type is None:
+            return None
+        if hashlib.new(digest.algorithm, content).hexdigest() != digest.hex:
+            log.error(
+                "a local manifest does not match its digest: not served "
+                "(remove it with `ctr content rm` and pull again)",
+                extra={"digest": str(digest)},
+            )
             return None
         manifest = Manifest(digest, media_type, content)
         self._manifests.put(digest, manifest)

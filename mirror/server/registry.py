@@ -29,6 +29,7 @@ from mirror.oci.ranges import Unsatisfiable, parse_range
 from mirror.server.http import API_VERSION_HEADER, JSON_TYPE
 from mirror.server.localstore import MANIFEST_CACHE_BYTES, LocalStore, Lru
 from mirror.server.pacing import Pacer
+from mirror.server.proofs import BlobProofs
 from mirror.server.request import Request
 from mirror.server.response import (
     FileBody,
@@ -86,7 +87,10 @@ class RegistryHandler:
         inflight: InflightSource | None = None,
         stream_cap: StreamCap | None = None,
         peer_pacer: Pacer | None = None,
+        proofs: BlobProofs | None = None,
     ) -> None:
+        # Local blobs hashed once before a peer is sent them (proofs.py).
+        self.proofs = proofs if proofs is not None else BlobProofs()
         # One upload budget for every blob body sent to a peer (--peer-upload-rate).
         self.peer_pacer = peer_pacer
         self.store = store
@@ -195,11 +199,21 @@ class RegistryHandler:
         if not from_peer:
             return response
         digest = str(route.digest)
+        if response is not None and not await self._proven(request, route, response):
+            response.release()
+            return None
         if response is None and self.inflight is not None:
             response = await self.inflight.response(request, digest)
             if response is None:  # committed while we looked
                 response = self._local_blob(request, route)
         return None if response is None else self._capped(request, digest, response)
+
+    async def _proven(self, request: Request, route: DistributionPath, response: Response) -> bool:
+        """A local blob a peer asked for hashes to its digest (a HEAD sends no bytes)."""
+        body = response.body
+        if request.method != "GET" or not isinstance(body, FileBody) or route.digest is None:
+            return True
+        return await self.proofs.servable(route.digest, body.fd)
 
     def _capped(self, request: Request, digest: str, response: Response) -> Response:
         """A peer's blob body, counted against the node's peer stream cap (busy past it)."""
