@@ -166,6 +166,13 @@ COMMANDS: dict[str, tuple[str, list[Flag]]] = {
                 "int",
                 "Bytes per second this node sends to peers, all streams together (0: no limit).",
             ),
+            Flag(
+                "mirror-min-rate",
+                "int",
+                "Least bytes per second a peer holding a whole blob must send while it is "
+                "relayed (over 10s of waiting for it); below it another peer takes over "
+                "through Range (0: no floor).",
+            ),
             Flag("debug-web-enabled", "bool", "When true enables the debug web page."),
             Flag(
                 "resolve-latest-tag",
@@ -345,6 +352,9 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
         rate = values["peer_upload_rate"]
         if isinstance(rate, int) and rate < 0:
             raise UsageError("--peer-upload-rate: use 0 (no limit) or a rate in bytes per second")
+        floor = values["mirror_min_rate"]
+        if isinstance(floor, int) and floor < 0:
+            raise UsageError("--mirror-min-rate: use 0 (no floor) or a rate in bytes per second")
         if not values["resolve_latest_tag"]:
             filters = values["registry_filters"]
             assert isinstance(filters, tuple)

@@ -290,6 +290,7 @@ class Node:
             resolve_retries=options.mirror_resolve_retries,
             use_splice=options.mirror_relay == "splice",
             cold_start=options.cold_start,
+            min_rate=options.mirror_min_rate,
         )
         book = ClaimBook(settings.claim_lease)
         advertiser = Advertiser(

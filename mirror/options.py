@@ -45,6 +45,7 @@ class RegistryOptions:
     cold_start: bool = True
     peer_streams: int = 3
     peer_upload_rate: int = 0
+    mirror_min_rate: int = 65536
     debug_web_enabled: bool = True
     resolve_latest_tag: bool = True
     otel_enabled: bool = False

@@ -79,6 +79,9 @@ class MirrorSettings:
     stall_timeout: float = 10.0
     max_resumes: int = 3
     use_splice: bool = False
+    # The least a complete holder must send while a body is relayed (relay.py), bytes/s.
+    min_rate: float = 65536.0
+    rate_window: float = 10.0
     # A blob nobody holds yet: claim it, or wait for the claimant (see coldmiss.py).
     cold_start: bool = True
     claim_lease: float = 5.0
@@ -489,7 +492,8 @@ class PeerMirror:
         end = start + peer.content_length - 1
 
         async def resume(offset: int) -> PeerResponse:
-            return await self._resume(miss.key, miss.target, offset, end)
+            # Every source of this body so far broke or fell below the rate floor.
+            return await self._resume(miss.key, miss.target, offset, end, set(body.stats.sources))
 
         def relay_done(stats: RelayStats) -> None:
             if stats.digest_mismatch and miss.digest is not None:
@@ -516,6 +520,8 @@ class PeerMirror:
             max_resumes=self.settings.max_resumes,
             stall_timeout=self.settings.stall_timeout,
             use_splice=self.settings.use_splice,
+            min_rate=self.settings.min_rate,
+            rate_window=self.settings.rate_window,
             on_done=relay_done,
             verify=verify,
             before_reset=self._aborter(miss.digest) if verify else None,
@@ -530,7 +536,9 @@ class PeerMirror:
             return None
         return lambda: abort(digest)
 
-    async def _resume(self, key: str, target: str, offset: int, end: int) -> PeerResponse:
+    async def _resume(
+        self, key: str, target: str, offset: int, end: int, failed: set[Where]
+    ) -> PeerResponse:
         def validate(peer: PeerResponse) -> None:
             if peer.status != 206 or _range_start(peer.header("content-range")) != offset:
                 raise PeerError(f"peer cannot resume at {offset} (status {peer.status})")
@@ -538,7 +546,7 @@ class PeerMirror:
         headers = [(MIRRORED_HEADER, "true"), ("Range", f"bytes={offset}-{end}")]
         self.cache.forget(key)  # sources found before the failure may be all there was
         found = await self._race(
-            key, HeadRequest("GET", target, headers, validate), math.inf, offset
+            key, HeadRequest("GET", target, headers, validate), math.inf, offset, failed=failed
         )
         if found.peer is None or found.provider is None:
             raise PeerError(f"no provider could resume {key} at byte {offset}")
@@ -558,14 +566,17 @@ class PeerMirror:
         offset: int,
         holder: Provider | None,
         deferred: set[tuple[str, int]] | None = None,
+        failed: set[Where] | None = None,
     ) -> AsyncIterator[Provider]:
-        """The providers of `key` that can serve from `offset`; those in `deferred`
-        (busy a moment ago) after all the others."""
+        """The providers of `key` that can serve from `offset`, but those in `failed`;
+        those in `deferred` (busy a moment ago) after all the others."""
         later: list[Provider] = []
         async for provider in self.cache.providers(key):
             if not usable_source(provider, offset, holder):
                 continue
             if self._distrusted(key, provider):
+                continue
+            if failed and (provider.host, provider.registry_port) in failed:
                 continue
             if deferred and (provider.host, provider.registry_port) in deferred:
                 later.append(provider)
@@ -582,6 +593,7 @@ class PeerMirror:
         offset: int = 0,
         holder: Provider | None = None,
         deferred: set[tuple[str, int]] | None = None,
+        failed: set[Where] | None = None,
     ) -> _RaceResult:
         """Race the usable sources of `key` for a head; `busy_at`: those at their stream cap."""
         result = _RaceResult()
@@ -609,7 +621,7 @@ class PeerMirror:
             budget=budget,
         )
         race = Race[Provider](limits, trio.current_time())
-        sources = self._sources(key, offset, holder, deferred)
+        sources = self._sources(key, offset, holder, deferred, failed)
         done, peer = await RaceShell(race, sources, head).run()
         if done.winner is None or peer is None:
             log.debug("no peer answered", extra={"key": key, "reason": done.reason})

@@ -13,7 +13,10 @@ checkpoint per splice call (one per 8 MiB; waits are checkpoints anyway), and
 the try-once-then-wait pattern on both ends.
 A failure on the peer's side is resumed from another provider with `Range`
 from the first byte not yet received, so the client sees one unbroken body; a
-failure on the client's side ends the transfer.
+failure on the client's side ends the transfer. A complete holder that sends
+less than a floor rate (ratefloor.py) is a failure too: a trickle never trips
+the stall timeout of one read. A download still in progress is exempt: its pace
+is its upstream's, and its own source stops it when it stops growing.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from dataclasses import dataclass, field
 
 import trio
 
+from mirror.ingest.serving import INFLIGHT_HEADER
 from mirror.mirroring.peer import PeerError, PeerResponse
+from mirror.mirroring.ratefloor import RateFloor
 from mirror.server.io import BodyIntegrityError, PeerStalled, send_all
 
 COPY_BUFFER = 1024 * 1024
@@ -75,6 +80,10 @@ class RelayBody:
     max_resumes: int = 3
     stall_timeout: float = 10.0
     use_splice: bool = False
+    # The least a complete holder must send (bytes/s over `rate_window` s of waiting
+    # for it); 0: no floor.
+    min_rate: float = 0.0
+    rate_window: float = 10.0
     stats: RelayStats = field(default_factory=RelayStats)
     on_done: Callable[[RelayStats], None] | None = None
     # A whole blob's digest (`sha256:<hex>`): the bytes are hashed on the way (copy
@@ -121,17 +130,17 @@ class RelayBody:
         """Move up to `remaining` bytes; raises PeerFailure with the count moved before it."""
         early = peer.early_body[:remaining]
         peer.early_body = b""
+        source = _PeerSide(peer.sock, self.stall_timeout, self._floor(peer))
         if self._hasher is not None and self.verify is not None:
             self.stats.mode = "copy"
             try:
                 return await _copy_verified(
-                    peer.sock,
+                    source,
                     sock,
                     early,
                     remaining,
                     self._hasher,
                     self.verify.partition(":")[2],
-                    self.stall_timeout,
                     stall,
                 )
             except DigestMismatch:
@@ -142,17 +151,18 @@ class RelayBody:
         try:
             if self.use_splice:
                 self.stats.mode = "splice"
-                moved = await _splice(
-                    peer.sock, sock, remaining - len(early), self.stall_timeout, stall
-                )
+                moved = await _splice(source, sock, remaining - len(early), stall)
             else:
-                moved = await _copy(
-                    peer.sock, sock, remaining - len(early), self.stall_timeout, stall
-                )
+                moved = await _copy(source, sock, remaining - len(early), stall)
         except PeerFailure as failure:
             failure.moved += len(early)
             raise
         return moved + len(early)
+
+    def _floor(self, peer: PeerResponse) -> RateFloor | None:
+        if self.min_rate <= 0 or peer.header(INFLIGHT_HEADER.lower()) is not None:
+            return None
+        return RateFloor(self.min_rate, self.rate_window)
 
     def close(self) -> None:
         self.peer.close()
@@ -174,30 +184,44 @@ async def _to_client(sock: trio.socket.SocketType, data: bytes | memoryview, sta
         raise ClientGone(str(exc)) from exc
 
 
-async def _from_peer(peer: trio.socket.SocketType, view: memoryview, stall: float) -> int:
-    with trio.move_on_after(stall) as scope:
-        received = await peer.recv_into(view)
-    if scope.cancelled_caught:
-        raise PeerStalled(f"peer sent nothing for {stall}s")
-    if received == 0:
-        raise PeerError("peer closed the connection mid-body")
-    return received
+@dataclass(slots=True)
+class _PeerSide:
+    """The peer's socket, its stall timeout and its rate floor: every wait for it."""
+
+    sock: trio.socket.SocketType
+    stall: float
+    floor: RateFloor | None
+
+    async def wait(self) -> None:
+        """Until the peer's socket is readable; PeerStalled past the stall timeout, or
+        when waiting ends a window of the floor short of its quota."""
+        floor = self.floor
+        if floor is None:
+            with trio.move_on_after(self.stall) as scope:
+                await trio.lowlevel.wait_readable(self.sock)
+        else:
+            started = trio.current_time()
+            with trio.move_on_after(floor.wait_limit(self.stall)) as scope:
+                await trio.lowlevel.wait_readable(self.sock)
+            floor.waited(trio.current_time() - started)
+            if not floor.met():
+                raise PeerStalled(f"peer sent less than {floor.min_rate:.0f} bytes/s")
+        if scope.cancelled_caught:
+            raise PeerStalled(f"peer sent nothing for {self.stall}s")
+
+    def received(self, count: int) -> None:
+        if self.floor is not None:
+            self.floor.received(count)
 
 
 async def _copy(
-    peer: trio.socket.SocketType,
-    client: trio.socket.SocketType,
-    remaining: int,
-    peer_stall: float,
-    client_stall: float,
+    peer: _PeerSide, client: trio.socket.SocketType, remaining: int, client_stall: float
 ) -> int:
     buffer = memoryview(bytearray(min(COPY_BUFFER, max(remaining, 1))))
     moved = 0
     while moved < remaining:
         try:
-            received = await _from_peer(
-                peer, buffer[: min(len(buffer), remaining - moved)], peer_stall
-            )
+            received = await _fill(peer, buffer[: min(len(buffer), remaining - moved)])
         except (PeerError, PeerStalled, OSError) as exc:
             raise PeerFailure(exc, moved) from None
         await _to_client(client, buffer[:received], client_stall)
@@ -206,13 +230,12 @@ async def _copy(
 
 
 async def _copy_verified(
-    peer: trio.socket.SocketType,
+    peer: _PeerSide,
     client: trio.socket.SocketType,
     early: bytes,
     remaining: int,
     hasher: hashlib._Hash,
     expected_hex: str,
-    peer_stall: float,
     client_stall: float,
 ) -> int:
     """`_copy`, hashing every byte; the chunk that ends the body goes out only if the
@@ -234,9 +257,7 @@ async def _copy_verified(
                 buffer = buffers[turn]
                 turn ^= 1
                 try:
-                    got = await _fill(
-                        peer, buffer[: min(len(buffer), remaining - moved)], peer_stall
-                    )
+                    got = await _fill(peer, buffer[: min(len(buffer), remaining - moved)])
                 except (PeerError, PeerStalled, OSError) as exc:
                     raise PeerFailure(exc, moved) from None
                 chunk = buffer[:got]
@@ -282,35 +303,29 @@ class _ThreadedHash:
         trio.lowlevel.start_thread_soon(lambda: hasher.update(chunk), deliver)
 
 
-async def _fill(peer: trio.socket.SocketType, view: memoryview, stall: float) -> int:
+async def _fill(peer: _PeerSide, view: memoryview) -> int:
     """Read into `view`: wait for the first bytes, then take what is already there."""
     filled = 0
-    fd = peer.fileno()
+    fd = peer.sock.fileno()
     while filled < len(view):
         try:
             got = os.readv(fd, [view[filled:]])
         except BlockingIOError:
             if filled:
-                return filled
-            with trio.move_on_after(stall) as scope:
-                await trio.lowlevel.wait_readable(peer)
-            if scope.cancelled_caught:
-                raise PeerStalled(f"peer sent nothing for {stall}s") from None
+                break
+            await peer.wait()
             continue
         if got == 0:
             if filled:
-                return filled
+                break
             raise PeerError("peer closed the connection mid-body")
         filled += got
+    peer.received(filled)
     return filled
 
 
 async def _splice(
-    peer: trio.socket.SocketType,
-    client: trio.socket.SocketType,
-    remaining: int,
-    peer_stall: float,
-    client_stall: float,
+    peer: _PeerSide, client: trio.socket.SocketType, remaining: int, client_stall: float
 ) -> int:
     read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     with contextlib.suppress(OSError):
@@ -325,7 +340,7 @@ async def _splice(
             if want and in_pipe < PIPE_SIZE:
                 try:
                     in_pipe += await _peer_to_pipe(
-                        peer, write_end, min(want, PIPE_SIZE - in_pipe), peer_stall, in_pipe == 0
+                        peer, write_end, min(want, PIPE_SIZE - in_pipe), in_pipe == 0
                     )
                 except (PeerError, PeerStalled, OSError) as exc:
                     await _drain_pipe(read_end, client, in_pipe, client_stall)
@@ -345,9 +360,7 @@ async def _splice(
         os.close(write_end)
 
 
-async def _peer_to_pipe(
-    peer: trio.socket.SocketType, write_end: int, count: int, stall: float, wait: bool
-) -> int:
+async def _peer_to_pipe(peer: _PeerSide, write_end: int, count: int, wait: bool) -> int:
     """Splice up to `count` bytes from the peer into the pipe.
 
     Returns 0 when nothing is ready and `wait` is false (the pipe still holds
@@ -357,18 +370,16 @@ async def _peer_to_pipe(
     while True:
         try:
             got = os.splice(
-                peer.fileno(), write_end, count, flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+                peer.sock.fileno(), write_end, count, flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
             )
         except BlockingIOError:
             if not wait:
                 return 0
-            with trio.move_on_after(stall) as scope:
-                await trio.lowlevel.wait_readable(peer)
-            if scope.cancelled_caught:
-                raise PeerStalled("peer stalled") from None
+            await peer.wait()
             continue
         if got == 0:
             raise PeerError("peer closed mid-body")
+        peer.received(got)
         return got
 
 
