@@ -69,6 +69,10 @@ PEER_HEADER = "X-Mirror-Peer"
 # is replaced by the next source rather than cut off (image configs, small layers).
 SMALL_BLOB_SIZE = MAX_MANIFEST_SIZE
 
+# Records of one host tried before those of every other host (several instances
+# may share a host on different ports; hundreds under one address are a Sybil).
+SOURCES_PER_HOST = 2
+
 
 @dataclass(frozen=True)
 class MirrorSettings:
@@ -569,20 +573,28 @@ class PeerMirror:
         failed: set[Where] | None = None,
     ) -> AsyncIterator[Provider]:
         """The providers of `key` that can serve from `offset`, but those in `failed`;
-        those in `deferred` (busy a moment ago) after all the others."""
+        those in `deferred` (busy a moment ago) after all the others, and a host's records
+        past its first two after those: one host filling the answer with records under
+        many node ids must not hide the other holders."""
         later: list[Provider] = []
+        same_host: list[Provider] = []
+        per_host: dict[str, int] = {}
         async for provider in self.cache.providers(key):
             if not usable_source(provider, offset, holder):
                 continue
             if self._distrusted(key, provider):
                 continue
-            if failed and (provider.host, provider.registry_port) in failed:
+            where = (provider.host, provider.registry_port)
+            if failed and where in failed:
                 continue
-            if deferred and (provider.host, provider.registry_port) in deferred:
+            if deferred and where in deferred:
                 later.append(provider)
+            elif per_host.get(provider.host, 0) >= SOURCES_PER_HOST:
+                same_host.append(provider)
             else:
+                per_host[provider.host] = per_host.get(provider.host, 0) + 1
                 yield provider
-        for provider in later:
+        for provider in (*later, *same_host):
             yield provider
 
     async def _race(

@@ -23,6 +23,11 @@ class PeerError(Exception):
     """The peer could not be reached or answered with something unusable."""
 
 
+class PeerUnreachable(PeerError):
+    """The connection was refused or had no route: nobody serves at that address
+    (a record left by a node that is gone, or forged)."""
+
+
 @dataclass(slots=True)
 class PeerResponse:
     status: int
@@ -74,7 +79,10 @@ async def request_head(
         raise PeerError(f"socket: {exc}") from exc
     try:
         sock.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
-        await sock.connect((host, port))
+        try:
+            await sock.connect((host, port))
+        except OSError as exc:
+            raise PeerUnreachable(f"{host}:{port}: {exc}") from exc
         lines = [f"{method} {target} HTTP/1.1", f"Host: {host}:{port}"]
         lines += [f"{name}: {value}" for name, value in headers]
         await send_all(sock, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))

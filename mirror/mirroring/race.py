@@ -15,7 +15,10 @@ The shell (`racer.py`) feeds it what happened, each with the time it happened
 The rules. Providers come from the DHT as they are found. The first is started as
 soon as it is known; while an attempt is in flight the next one starts only once
 `hedge_delay` has passed since the last start (a hedge), and the first head from
-an attempt in flight wins. There are at most `resolve_retries` attempts. With
+an attempt in flight wins. There are at most `resolve_retries` attempts, not
+counting up to `unreachable_allowance` that found nobody at the address (refused,
+no route: a record of a node that is gone, or forged by the dozen); those cost
+next to nothing, so the race keeps looking past them. With
 nothing in flight the race is a miss once it is out of options (every attempt
 spent, or the lookup over with nobody left to try) or once `resolve_timeout` has
 passed since the race began or since the last attempt in flight failed.
@@ -41,6 +44,7 @@ class RaceLimits:
     hedge_delay: float = 0.1
     head_timeout: float = 5.0
     budget: float = math.inf
+    unreachable_allowance: int = 16
 
 
 # What happened
@@ -60,6 +64,7 @@ class Exhausted:
 class AttemptFailed(Generic[P]):
     provider: P
     reason: str
+    unreachable: bool = False  # nobody at the address: not one of the retries
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +120,7 @@ class Race(Generic[P]):
         "_limits",
         "_pending",
         "_seen",
+        "_unreachable",
     )
 
     def __init__(self, limits: RaceLimits, now: float) -> None:
@@ -124,6 +130,7 @@ class Race(Generic[P]):
         self._seen: set[P] = set()
         self._in_flight: dict[P, float] = {}  # provider -> when its attempt started
         self._attempts = 0
+        self._unreachable = 0
         self._exhausted = False
         self._idle_since = now
         self._hedge_at = math.inf
@@ -147,6 +154,9 @@ class Race(Generic[P]):
         elif isinstance(event, AttemptFailed):
             if event.provider in self._in_flight:
                 self._settle(event.provider, now)
+                if event.unreachable and self._unreachable < self._limits.unreachable_allowance:
+                    self._unreachable += 1
+                    self._attempts -= 1
         else:
             started = self._in_flight.get(event.provider)
             if started is not None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import trio
 
 from dht import Provider
-from mirror.mirroring.peer import PeerError, PeerResponse, request_head
+from mirror.mirroring.peer import PeerError, PeerResponse, PeerUnreachable, request_head
 from mirror.mirroring.race import (
     Abandon,
     AttemptFailed,
@@ -130,7 +130,8 @@ class RaceShell:
 
     def _failed(self, provider: Provider, exc: Exception) -> None:
         _log_failure(provider, str(exc))
-        self._send.send_nowait(AttemptFailed(provider, str(exc)))
+        unreachable = isinstance(exc, PeerUnreachable)
+        self._send.send_nowait(AttemptFailed(provider, str(exc), unreachable))
 
 
 def _log_failure(provider: Provider, error: str) -> None:

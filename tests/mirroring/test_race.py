@@ -201,10 +201,11 @@ async def test_only_stalled_peers_end_at_the_head_timeout() -> None:
 async def test_retries_bound_the_attempts(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
         good = await _good_peer(nursery, tmp_path)
-        dead = [_provider(_dead_port(), bytes([i])) for i in range(3)]
-        mirror = await _mirror(nursery, [*dead, _provider(good, b"good")], resolve_retries=3)
+        gone = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+        wrong = [_provider(await _scripted_peer(nursery, gone, b""), bytes([i])) for i in range(3)]
+        mirror = await _mirror(nursery, [*wrong, _provider(good, b"good")], resolve_retries=3)
         assert await _fetch(mirror) is None
-        mirror = await _mirror(nursery, [*dead, _provider(good, b"good")], resolve_retries=4)
+        mirror = await _mirror(nursery, [*wrong, _provider(good, b"good")], resolve_retries=4)
         response = await _fetch(mirror)
         assert response is not None
         response.release()

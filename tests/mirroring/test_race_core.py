@@ -229,3 +229,40 @@ def test_no_retries_is_a_miss_at_once() -> None:
     race = _race(resolve_retries=0)
     _found(race, 0.0, "a")
     assert _step(race, 0.0) == [Done(None, "retries")]
+
+
+def _fail_each_started(race: Race[str], now: float, *, unreachable: bool) -> list[str]:
+    """Fail every attempt on a provider named dead* or bad* as it starts; the
+    providers started, in order."""
+    started = []
+    while True:
+        command = race.next_command(now)
+        if not isinstance(command, Start):
+            return started
+        started.append(command.provider)
+        if not command.provider.startswith(("dead", "bad")):
+            return started
+        race.receive(AttemptFailed(command.provider, "refused", unreachable), now)
+
+
+def test_addresses_nobody_answers_at_are_not_retries() -> None:
+    race = _race()
+    dead = [f"dead{i}" for i in range(6)]
+    _found(race, 0.0, *dead, "good")
+    assert _fail_each_started(race, 0.0, unreachable=True) == [*dead, "good"]
+    assert _step(race, 0.0) == [WakeAt(4.0)]
+
+
+def test_peers_that_answered_badly_are_retries() -> None:
+    race = _race()
+    _found(race, 0.0, "bad1", "bad2", "bad3", "good")
+    assert _fail_each_started(race, 0.0, unreachable=False) == ["bad1", "bad2", "bad3"]
+    assert _step(race, 0.0) == [Done(None, "retries")]
+
+
+def test_unreachable_addresses_are_bounded_too() -> None:
+    race = _race(unreachable_allowance=4)
+    _found(race, 0.0, *[f"dead{i}" for i in range(10)])
+    # The allowance, then the retries.
+    assert len(_fail_each_started(race, 0.0, unreachable=True)) == 4 + 3
+    assert _step(race, 0.0) == [Done(None, "retries")]
