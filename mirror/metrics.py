@@ -254,6 +254,12 @@ class Telemetry:
             "connection was reset before the end.",
             registry=r,
         )
+        self.tag_disagreements = Counter(
+            "mirror_tag_disagreements_total",
+            "Answers of providers asked for a tag that named another digest than the one "
+            "most of them named (the one served).",
+            registry=r,
+        )
         self._resolve = self.resolve_duration.labels(ROUTER_LABEL)
         self._inflight: dict[str, Any] = {}
         self._per_response: dict[tuple[str, str, int], tuple[Any, Any]] = {}
@@ -351,6 +357,8 @@ class Telemetry:
             self.inflight_relayed.labels(event.outcome).inc()
         if event.digest_mismatch:
             self.digest_mismatches.inc()
+        if event.tag_disagreements:
+            self.tag_disagreements.inc(event.tag_disagreements)
         self.peer_time_to_head.observe(event.time_to_head)
         if event.kind == "blob" and event.method == "GET":
             self.relayed_bodies.labels(self.relay_mode, event.outcome).inc()

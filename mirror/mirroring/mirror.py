@@ -40,11 +40,13 @@ from mirror.mirroring.coldmiss import (
     usable_source,
 )
 from mirror.mirroring.distrust import SourceDistrust, Where
-from mirror.mirroring.peer import PeerError, PeerResponse
+from mirror.mirroring.peer import PeerError, PeerResponse, read_whole_body
 from mirror.mirroring.providers import ProviderCache
 from mirror.mirroring.race import Race, RaceLimits
 from mirror.mirroring.racer import HeadRequest, RaceShell
 from mirror.mirroring.relay import RelayBody, RelayStats
+from mirror.mirroring.tagvote import TagVote, VoteLimits
+from mirror.mirroring.tagvoter import TagVoter
 from mirror.oci.digest import digest_matches
 from mirror.oci.distribution import DistributionPath, Kind
 from mirror.oci.mediatypes import (
@@ -92,6 +94,8 @@ class MirrorSettings:
     cold: ColdMissLimits = field(default_factory=ColdMissLimits)
     # Sources tried again after one served wrong bytes for a manifest or small blob.
     wrong_source_retries: int = 2
+    # Providers asked at once which digest a tag names (tagvote.py).
+    tag_voters: int = 3
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,8 @@ class MirrorEvent:
     claim: str = ""
     digest_mismatch: bool = False
     inflight_source: bool = False
+    # A tag: answers of other providers that named another digest (tagvote.py).
+    tag_disagreements: int = 0
 
 
 class ClaimSource(Protocol):
@@ -290,6 +296,7 @@ class PeerMirror:
         sent: int,
         resumes: int = 0,
         digest_mismatch: bool = False,
+        tag_disagreements: int = 0,
     ) -> None:
         self._emit(
             MirrorEvent(
@@ -307,6 +314,7 @@ class PeerMirror:
                 served.claim,
                 digest_mismatch,
                 served.inflight,
+                tag_disagreements,
             )
         )
 
@@ -318,6 +326,8 @@ class PeerMirror:
             return None
         budget = self.settings.manifest_budget if miss.bounded else math.inf
         head = HeadRequest(miss.method, miss.target, miss.request_headers(), miss.validate)
+        if miss.digest is None:
+            return await self._tag(miss, head, budget)
         for _ in range(1 + self.settings.wrong_source_retries):
             left = budget - (trio.current_time() - miss.started)
             served = await self._find(miss, head, left)
@@ -343,23 +353,70 @@ class PeerMirror:
         if found.peer is None and self._cold_eligible(miss):
             found, claim = await self._cold(miss, head, busy_at=found.busy_at)
         if found.peer is None or found.provider is None:
-            duration = trio.current_time() - miss.started
-            self._emit(
-                MirrorEvent(
-                    miss.kind,
-                    miss.method,
-                    miss.key,
-                    miss.registry,
-                    "miss",
-                    "",
-                    404,
-                    0,
-                    duration,
-                    claim=claim,
-                )
-            )
+            self._missed(miss, claim)
             return None
         return _Served(found.provider, found.peer, trio.current_time() - miss.started, claim)
+
+    def _missed(self, miss: _Miss, claim: str = "") -> None:
+        duration = trio.current_time() - miss.started
+        self._emit(
+            MirrorEvent(
+                miss.kind,
+                miss.method,
+                miss.key,
+                miss.registry,
+                "miss",
+                "",
+                404,
+                0,
+                duration,
+                claim=claim,
+            )
+        )
+
+    async def _tag(self, miss: _Miss, head: HeadRequest, budget: float) -> Response | None:
+        """A manifest by tag: the digest most of the first providers' answers name
+        (tagvote.py), its body proven against it."""
+        settings = self.settings
+        limits = VoteLimits(
+            voters=settings.tag_voters,
+            grace=self.latencies.hedge_delay(),
+            resolve_timeout=settings.resolve_timeout,
+            retries=settings.resolve_retries,
+            budget=budget,
+        )
+
+        def wrong_bytes(provider: Provider, peer: PeerResponse, digest: str) -> None:
+            served = _Served(provider, peer, trio.current_time() - miss.started)
+            self._wrong_bytes(miss, served, digest, [peer.where], sent=0)
+
+        voter = TagVoter(
+            TagVote[Provider](limits, trio.current_time()),
+            self._sources(miss.key, 0, None),
+            head,
+            stall_timeout=settings.stall_timeout,
+            on_wrong_bytes=wrong_bytes,
+        )
+        decided, ballot = await voter.run()
+        if decided.winner is None or ballot is None:
+            self._missed(miss)
+            return None
+        served = _Served(decided.winner, ballot.peer, trio.current_time() - miss.started)
+        if decided.disagreeing:
+            log.warning(
+                "providers disagree on a tag: the digest most of them name is served",
+                extra={
+                    "key": miss.key,
+                    "digest": decided.digest,
+                    "agreeing": decided.agreeing,
+                    "disagreeing": decided.disagreeing,
+                },
+            )
+        self.latencies.add(served.time_to_head)
+        if miss.method == "HEAD":
+            return self._head(miss, served, decided.disagreeing)
+        ballot.peer.close()
+        return self._proven(miss, served, ballot.body, decided.disagreeing)
 
     def _cold_eligible(self, miss: _Miss) -> bool:
         return (
@@ -429,9 +486,9 @@ class PeerMirror:
         response.headers.append((PEER_HEADER, served.name))
         return response
 
-    def _head(self, miss: _Miss, served: _Served) -> Response:
+    def _head(self, miss: _Miss, served: _Served, tag_disagreements: int = 0) -> Response:
         served.peer.close()
-        self._finished(miss, served, "peer", 0)
+        self._finished(miss, served, "peer", 0, tag_disagreements=tag_disagreements)
         return Response(
             served.peer.status,
             served.response_headers(miss.key),
@@ -448,7 +505,7 @@ class PeerMirror:
         deadline = trio.current_time() + max(budget - served.time_to_head, 0.001)
         try:
             with trio.fail_at(deadline):
-                body = await _read_small_body(peer, self.settings.stall_timeout)
+                body = await read_whole_body(peer, self.settings.stall_timeout)
         except (PeerError, PeerStalled, OSError, trio.TooSlowError) as exc:
             log.warning("peer failed mid-body", extra={"peer": served.name, "error": str(exc)})
             self._finished(miss, served, "failed", 0)
@@ -460,7 +517,16 @@ class PeerMirror:
         if peer.status == 200 and expected is not None and not digest_matches(expected, body):
             self._wrong_bytes(miss, served, expected, [peer.where], sent=0)
             raise WrongBytes(expected)
-        self._finished(miss, served, "peer", len(body))
+        return self._proven(miss, served, body)
+
+    def _proven(
+        self, miss: _Miss, served: _Served, body: bytes, tag_disagreements: int = 0
+    ) -> Response:
+        """A manifest or small blob whose body hashes to its digest: sent, and the
+        peer that served a manifest hinted for what it names."""
+        peer = served.peer
+        served_digest = peer.header("docker-content-digest")
+        self._finished(miss, served, "peer", len(body), tag_disagreements=tag_disagreements)
         if miss.kind == "manifest":
             if miss.digest is None and served_digest:
                 # containerd asks for the manifest by this digest next.
@@ -667,21 +733,6 @@ def _small_whole(miss: _Miss, served: _Served) -> bool:
         and peer.content_length <= SMALL_BLOB_SIZE
         and not served.inflight
     )
-
-
-async def _read_small_body(peer: PeerResponse, stall_timeout: float) -> bytes:
-    if peer.content_length > MAX_MANIFEST_SIZE:
-        raise PeerError("manifest too large")
-    body = bytearray(peer.early_body[: peer.content_length])
-    while len(body) < peer.content_length:
-        with trio.move_on_after(stall_timeout) as scope:
-            data = await peer.sock.recv(min(65536, peer.content_length - len(body)))
-        if scope.cancelled_caught:
-            raise PeerStalled(f"peer sent nothing for {stall_timeout}s")
-        if not data:
-            raise PeerError("peer closed mid-body")
-        body += data
-    return bytes(body)
 
 
 def _range_offset(header: str | None) -> int:

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 import httptools
 import trio
 
+from mirror.oci.mediatypes import MAX_MANIFEST_SIZE
 from mirror.oci.ranges import BEYOND_ANY_SIZE, parse_decimal
-from mirror.server.io import send_all
+from mirror.server.io import PeerStalled, send_all
 
 MAX_HEAD = 16 * 1024
 
@@ -118,3 +119,19 @@ async def request_head(
         with contextlib.suppress(OSError):
             sock.close()
         raise
+
+
+async def read_whole_body(peer: PeerResponse, stall_timeout: float) -> bytes:
+    """A manifest or small blob, read whole (at most MAX_MANIFEST_SIZE bytes)."""
+    if peer.content_length > MAX_MANIFEST_SIZE:
+        raise PeerError("manifest too large")
+    body = bytearray(peer.early_body[: peer.content_length])
+    while len(body) < peer.content_length:
+        with trio.move_on_after(stall_timeout) as scope:
+            data = await peer.sock.recv(min(65536, peer.content_length - len(body)))
+        if scope.cancelled_caught:
+            raise PeerStalled(f"peer sent nothing for {stall_timeout}s")
+        if not data:
+            raise PeerError("peer closed mid-body")
+        body += data
+    return bytes(body)

@@ -64,8 +64,10 @@ async def _mirror(nursery: trio.Nursery, ports: list[int], events: list[MirrorEv
     return PeerMirror(cache, MirrorSettings(), on_event=events.append)
 
 
-async def _fetch_manifest(mirror: PeerMirror, reference: str) -> Response | None:
-    request = Request("GET", f"/v2/team/app/manifests/{reference}?ns=example.com", {}, True, False)
+async def _fetch_manifest(
+    mirror: PeerMirror, reference: str, method: str = "GET"
+) -> Response | None:
+    request = Request(method, f"/v2/team/app/manifests/{reference}?ns=example.com", {}, True, False)
     route = parse_distribution_path(request.path)
     assert route is not None
     return await mirror.fetch(request, route, "example.com")
