@@ -24,6 +24,7 @@ from mirror.server.connection import Handler
 from mirror.server.registry import MIRRORED_HEADER
 from mirror.server.request import Request
 from mirror.server.response import Response
+from mirror.version import VERSION
 from mirror.web.feed import EventFeed
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 # Spegel's http_response_size_bytes buckets: 1 kB up to 2 GB.
 RESPONSE_SIZE_BUCKETS = tuple(1024.0 * 5**i for i in range(10))
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 # The label Spegel puts on its DHT resolver is "libp2p"; ours is not libp2p.
 ROUTER_LABEL = "dht"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -156,6 +158,20 @@ class Telemetry:
         self.cache_counts = {"hit": 0, "miss": 0}
         self._clock = clock
         r = self.registry
+        prometheus_client.ProcessCollector(registry=r)
+        Gauge(
+            "mirror_build_info",
+            "Always 1; the version of this node in its label.",
+            ["version"],
+            registry=r,
+        ).labels(VERSION).set(1)
+        self.loop_lag = Histogram(
+            "mirror_event_loop_lag_seconds",
+            "How late the event loop woke a 100 ms sleeper: what every request and DHT "
+            "datagram waits behind whatever holds the loop.",
+            buckets=LOOP_LAG_BUCKETS,
+            registry=r,
+        )
         self.mirror_requests = Counter(
             "spegel_mirror_requests_total",
             "Total number of mirror requests.",

@@ -40,6 +40,7 @@ from mirror.ingest.announcer import IngestAnnouncer
 from mirror.ingest.serving import InflightBlobs
 from mirror.ingest.state import ColdStartState
 from mirror.ingest.watcher import IngestWatcher
+from mirror.looplag import watch_loop_lag
 from mirror.metrics import Telemetry, TimedProviders
 from mirror.mirroring.claimbook import ClaimBook
 from mirror.mirroring.mirror import MirrorSettings, PeerMirror
@@ -360,6 +361,7 @@ class Node:
                     nursery.start_soon(health.watch)
                     nursery.start_soon(advertiser.run)
                     nursery.start_soon(alone.watch)
+                    nursery.start_soon(watch_loop_lag, telemetry.loop_lag.observe)
                     if options.cold_start:
                         await nursery.start(watcher.run)
                         nursery.start_soon(announcer.run)

@@ -7,6 +7,7 @@ import logging
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from bench.kit.containerd import ContainerdNode
 from bench.kit.procs import free_port
 from mirror.node import Node, NodeAddresses
 from mirror.options import RegistryOptions
+from mirror.version import VERSION
 from tests.httpclient import fetch
 
 pytestmark = pytest.mark.integration
@@ -153,3 +155,32 @@ def test_an_address_in_use_is_one_line_naming_the_flag(
     errors = [json.loads(line) for line in result.stderr.splitlines() if '"ERROR"' in line]
     assert len(errors) == 1, result.stderr
     assert f"{flag}={busy}" in errors[0]["msg"]
+
+
+async def test_metrics_tell_the_process_the_version_and_the_loops_lag(
+    containerd: ContainerdNode, tmp_path: Path
+) -> None:
+    node = Node(_options(containerd, tmp_path / "data"))
+    async with trio.open_nursery() as nursery:
+        addresses = await nursery.start(node.run)
+        metrics_host = addresses.metrics[0].removeprefix("http://")
+        await trio.sleep(0.35)
+        # Hold the loop: every sleeper wakes at least this late.
+        time.sleep(0.3)  # noqa: ASYNC251 (the point: a blocked loop)
+        await trio.sleep(0.25)
+        metrics = await trio.to_thread.run_sync(fetch, metrics_host, "/metrics")
+        node.stop()
+    text = metrics.body.decode()
+    samples = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert samples["process_resident_memory_bytes"] > 0
+    assert samples["process_open_fds"] > 0
+    assert samples[f'mirror_build_info{{version="{VERSION}"}}'] == 1
+    assert samples["mirror_event_loop_lag_seconds_count"] >= 3
+    # The 300 ms the loop was held shows: a wake-up came later than 250 ms.
+    assert samples['mirror_event_loop_lag_seconds_bucket{le="0.25"}'] < samples[
+        "mirror_event_loop_lag_seconds_count"
+    ]
