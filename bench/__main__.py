@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "analyze": "JSON, markdown table and PNG charts from measure's results",
     "web_overhead": "blob throughput while /metrics is scraped and the debug page is open",
     "coldstart-sim": "a new image reaching 1,000-5,000 nodes at once: the real cores, simulated",
+    "soak": "mixed hostile load phase after phase: RSS, fds, loop lag and 5xx over time",
 }
 # Commands not in bench/<name>.py (bench/measure.py holds the shared stats helpers).
 MODULES = {

@@ -181,6 +181,7 @@ async def test_metrics_tell_the_process_the_version_and_the_loops_lag(
     assert samples[f'mirror_build_info{{version="{VERSION}"}}'] == 1
     assert samples["mirror_event_loop_lag_seconds_count"] >= 3
     # The 300 ms the loop was held shows: a wake-up came later than 250 ms.
-    assert samples['mirror_event_loop_lag_seconds_bucket{le="0.25"}'] < samples[
-        "mirror_event_loop_lag_seconds_count"
-    ]
+    assert (
+        samples['mirror_event_loop_lag_seconds_bucket{le="0.25"}']
+        < samples["mirror_event_loop_lag_seconds_count"]
+    )
