@@ -156,9 +156,14 @@ async def resolve_content_root(client: ContainerdClient, configured: str) -> Pat
 def make_bootstrapper(options: RegistryOptions) -> Bootstrapper | None:
     kind = options.bootstrap_kind
     if kind == "":
-        return None
+        raise StartupError(
+            "--bootstrap-kind is required: static, dns or http "
+            "(a node on its own: --bootstrap-kind=static with no --static-bootstrap-peers)"
+        )
     if kind == "static":
-        return StaticBootstrapper(options.static_bootstrap_peers)
+        # No peers named: a cluster of one, ready at once (AloneCheck).
+        peers = options.static_bootstrap_peers
+        return StaticBootstrapper(peers) if peers else None
     if kind == "dns":
         if not options.dns_bootstrap_domain:
             raise StartupError("--bootstrap-kind=dns needs --dns-bootstrap-domain")

@@ -48,6 +48,8 @@ class MirrorNode(StartStop):
             f"--containerd-namespace={namespace}",
             f"--containerd-content-path={content_path}",
             f"--data-dir={self.workdir / 'data'}",
+            # On its own unless told otherwise (LocalCluster adds every node's router).
+            "--bootstrap-kind=static",
             *extra_args,
         ]
         self.process = ManagedProcess(argv, log_path=self.workdir / "mirror.log", name=self.name)

@@ -104,6 +104,7 @@ def test_serves_a_blob_from_containerd(
     args = [
         str(mirror_binary),
         "registry",
+        "--bootstrap-kind=static",
         f"--containerd-sock={env.containerd.address}",
         f"--registry-addr={registry}",
         f"--router-addr={host}:{free_udp_port(host)}",

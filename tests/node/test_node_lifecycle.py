@@ -34,6 +34,7 @@ def containerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ContainerdN
 
 def _options(containerd: ContainerdNode, data_dir: Path) -> RegistryOptions:
     return RegistryOptions(
+        bootstrap_kind="static",
         registry_addr=f"127.0.0.1:{free_port()}",
         router_addr=f"127.0.0.1:{free_port()}",
         metrics_addr=f"127.0.0.1:{free_port()}",
@@ -98,7 +99,8 @@ def _run_mirror(*args: str) -> subprocess.CompletedProcess[str]:
     [
         (["--bootstrap-kind=dns"], "--dns-bootstrap-domain"),
         (["--bootstrap-kind=gossip"], "--bootstrap-kind"),
-        (["--router-key-file=/nonexistent/cluster.key"], "--router-key-file"),
+        (["--bootstrap-kind=static", "--router-key-file=/nonexistent/key"], "--router-key-file"),
+        ([], "--bootstrap-kind is required"),
     ],
 )
 def test_startup_error_is_one_log_line_naming_the_flag(
@@ -144,6 +146,7 @@ def test_an_address_in_use_is_one_line_naming_the_flag(
             flag: busy,
         }
         result = _run_mirror(
+            "--bootstrap-kind=static",
             f"--containerd-sock={containerd.address}",
             f"--containerd-content-path={containerd.content_path}",
             "--containerd-config-file=",
