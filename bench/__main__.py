@@ -20,13 +20,17 @@ COMMANDS: dict[str, str] = {
     "cluster": "N local nodes with mirrors and an upstream behind an emulated WAN link",
     "measure": "cluster pull times with and without the mirror: create and rolling update",
     "analyze": "JSON, markdown table and PNG charts from measure's results",
+    "suite": "measure over every size (10 MB, 100 MB, 1 GB) and layer count, then analyze",
     "web_overhead": "blob throughput while /metrics is scraped and the debug page is open",
     "coldstart-sim": "a new image reaching 1,000-5,000 nodes at once: the real cores, simulated",
     "soak": "mixed hostile load phase after phase: RSS, fds, loop lag and 5xx over time",
 }
 # Commands not in bench/<name>.py (bench/measure.py holds the shared stats helpers).
 MODULES = {
-    **{name: f"bench.harness.{name}_cmd" for name in ("generate", "cluster", "measure", "analyze")},
+    **{
+        name: f"bench.harness.{name}_cmd"
+        for name in ("generate", "cluster", "measure", "analyze", "suite")
+    },
     "coldstart-sim": "bench.coldstart_sim",
 }
 

@@ -12,10 +12,14 @@ every blob on node 2 against its digest.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench.kit.cluster import LocalCluster
@@ -51,16 +55,48 @@ def _mirror_events(log_path: Path, since: float) -> list[dict[str, object]]:
     return events
 
 
+class DirectoryInUse(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _own(base: Path) -> Iterator[None]:
+    """Hold `base` for this demo: another demo (or anything else holding the lock)
+    would share its containerd sockets and addresses."""
+    base.mkdir(parents=True, exist_ok=True)
+    with open(base / ".demo.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            raise DirectoryInUse(f"{base} is in use by another demo (pid {holder})") from None
+        lock.truncate(0)
+        lock.write(str(os.getpid()))
+        lock.flush()
+        yield
+
+
 def run(args: argparse.Namespace) -> int:
     if args.nodes < 2:
         print("the demo needs at least 2 nodes")
         return 2
     base = args.dir or Path(tempfile.mkdtemp(prefix="mirror-demo-"))
+    try:
+        with _own(base):
+            return _demo(args, base)
+    except DirectoryInUse as exc:
+        print(f"mirror demo: {exc}; use another --dir")
+        return 2
+
+
+def _demo(args: argparse.Namespace, base: Path) -> int:
     _step(f"starting a {args.nodes}-node cluster in {base}")
     with LocalCluster(args.nodes, base, log_level="INFO", keep=args.keep) as cluster:
         for node in cluster.nodes:
             print(
-                f"    {node.name}: containerd {node.containerd.address}, mirror {node.mirror.url}"
+                f"    {node.name}: containerd {node.containerd.address}, mirror {node.mirror.url},"
+                f" debug page {node.mirror.metrics_url}/debug/web/"
             )
         print(f"    upstream registry: {cluster.upstream.url}")
         image = generate_image(

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
+from bench.harness import suite_cmd
 from bench.harness.cases import Case, matrix, parse_size, select_cases
 
 
@@ -41,3 +44,14 @@ def test_default_cases_and_added_sizes() -> None:
     assert names == ["10MB-1", "10MB-4", "100MB-1", "100MB-4", "1GB-1", "1GB-4"]
     assert [c.name for c in select_cases(["100MB"])] == [c.name for c in select_cases()]
     assert [c.name for c in select_cases(["1GB"], only=["1gb-4", "10MB-1"])] == ["10MB-1", "1GB-4"]
+
+
+def test_the_suite_measures_the_whole_matrix() -> None:
+    parser = argparse.ArgumentParser()
+    suite_cmd.add_arguments(parser)
+    args = suite_cmd.whole_matrix(parser.parse_args([]))
+    names = [case.name for case in select_cases(args.sizes, args.layers, args.cases)]
+    assert names == ["10MB-1", "10MB-4", "100MB-1", "100MB-4", "1GB-1", "1GB-4"]
+    assert args.name == "cluster-pulls-suite"
+    with pytest.raises(SystemExit):
+        suite_cmd.whole_matrix(parser.parse_args(["--cases", "10MB-1"]))
