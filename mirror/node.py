@@ -313,7 +313,10 @@ class Node:
         )
         watcher = IngestWatcher(content_root, on_change=announcer.on_change)
         inflight = InflightBlobs(
-            watcher, content_root, expecting=lambda key: book.holds(key, trio.current_time())
+            watcher,
+            content_root,
+            expecting=lambda key: book.holds(key, trio.current_time()),
+            on_damaged=announcer.disown,
         )
         # Without cold start nothing waits out a busy answer: no cap then.
         stream_cap = StreamCap(options.peer_streams if options.cold_start else 0)

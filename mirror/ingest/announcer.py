@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -25,6 +26,11 @@ from mirror.ingest.records import IngestChange, IngestEnded
 from mirror.mirroring.claimbook import ClaimBook
 
 log = logging.getLogger("mirror.ingest")
+
+
+@dataclass(frozen=True, slots=True)
+class Disown:
+    digest: str
 
 
 class InflightPublisher(Protocol):
@@ -54,8 +60,10 @@ class IngestAnnouncer:
         self._book = book
         self._on_committed = on_committed
         self._plan = AnnouncePlan(refresh)
-        self._pending: dict[str, AnnounceCommand] = {}
+        self._pending: dict[str, AnnounceCommand | Disown] = {}
         self._renew: set[str] = set()
+        # Downloads found damaged (disown): neither announced nor claimed any more.
+        self._disowned: set[str] = set()
         self._wake = trio.Event()
         self.announced = 0
         self.committed = 0
@@ -65,12 +73,26 @@ class IngestAnnouncer:
         now = trio.current_time()
         for change in changes:
             digest = change.ingest.digest
-            if not isinstance(change, IngestEnded) and self._book.renew_due(digest, now):
+            if isinstance(change, IngestEnded):
+                self._disowned.discard(digest)
+            elif digest not in self._disowned and self._book.renew_due(digest, now):
                 self._renew.add(digest)
         for command in self._plan.changes(changes, now):
+            if isinstance(command, AnnounceInflight) and command.digest in self._disowned:
+                continue
             self._pending[command.digest] = command
         if self._pending or self._renew:
             self._wake.set()
+
+    def disown(self, digest: str) -> None:
+        """The download of `digest` proved damaged (serving.py): peers are no longer
+        sent here for it, and its claim goes, so that another node fetches it."""
+        if digest in self._disowned:
+            return
+        self._disowned.add(digest)
+        self._renew.discard(digest)
+        self._pending[digest] = Disown(digest)
+        self._wake.set()
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -92,11 +114,19 @@ class IngestAnnouncer:
         except Exception:
             log.debug("claim renewal failed", extra={"digest": digest}, exc_info=True)
 
-    async def _publish(self, command: AnnounceCommand) -> None:
+    async def _publish(self, command: AnnounceCommand | Disown) -> None:
         try:
             if isinstance(command, AnnounceInflight):
                 await self._publisher.provide_inflight(command.digest, command.done, command.total)
                 self.announced += 1
+            elif isinstance(command, Disown):
+                await self._publisher.withdraw_inflight([command.digest])
+                if self._book.drop(command.digest):
+                    await self._publisher.release(command.digest)
+                log.warning(
+                    "download damaged: in-flight record withdrawn, claim released",
+                    extra={"digest": command.digest},
+                )
             else:
                 await self._gone(command)
         except Exception:  # noqa: BLE001 - a failed announcement only costs sharing

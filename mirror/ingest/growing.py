@@ -18,8 +18,11 @@ from dataclasses import dataclass
 
 import trio
 
-from mirror.server.io import SourceShort, send_file
-from mirror.server.pacing import Pacer
+from mirror.server.io import SourceShort, send_all
+from mirror.server.pacing import PACED_CHUNK, Pacer
+
+# A growing file is read, checked, then sent (not sendfile'd): see send().
+READ_CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,8 @@ class WaitUntil:
 @dataclass(frozen=True)
 class SourceLost:
     reason: str
+    # The bytes on disk are no longer the download's (not merely cut short).
+    damaged: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,12 +70,19 @@ class GrowthFollower:
     def sent(self, n: int) -> None:
         self.position += n
 
-    def step(self, size: int, links: int, now: float) -> FollowStep:
-        """`size` and `links` are the open file's `st_size` and `st_nlink` at `now`."""
+    def step(self, size: int, links: int, now: float, hole: int | None = None) -> FollowStep:
+        """`size` and `links` are the open file's `st_size` and `st_nlink` at `now`;
+        `hole`, where its first hole starts (`size` or None: none)."""
         if self.position >= self.end:
             return Finished()
         if size < self._last_size:
             return SourceLost(f"truncated to {size} bytes")
+        if hole is not None and hole < size:
+            # containerd writes `data` in order and never skips: a hole means it was
+            # truncated and written past since, too fast for the size to show it.
+            return SourceLost(
+                f"a hole at {hole} of {size} bytes: truncated, then written past", damaged=True
+            )
         if size > self._last_size:
             if self._last_size >= 0:
                 self._last_growth = now
@@ -84,6 +96,15 @@ class GrowthFollower:
         return WaitUntil(min(now + self._poll_interval, self._last_growth + self._stall_timeout))
 
 
+def first_hole(fd: int, size: int) -> int:
+    """Where the file's first hole starts; `size` when it has none (or the file
+    system cannot tell: then it is all data)."""
+    try:
+        return os.lseek(fd, 0, os.SEEK_HOLE)
+    except OSError:
+        return size
+
+
 @dataclass(slots=True)
 class GrowingFileBody:
     """`length` bytes from `offset` of a growing file, for the hot path's Body protocol."""
@@ -95,6 +116,7 @@ class GrowingFileBody:
     growth_stall_timeout: float = 10.0
     poll_interval: float = 0.05
     pacer: Pacer | None = None
+    on_damaged: Callable[[], None] | None = None
 
     async def send(self, sock: trio.socket.SocketType, stall_timeout: float) -> None:
         follower = GrowthFollower(
@@ -104,27 +126,38 @@ class GrowingFileBody:
             stall_timeout=self.growth_stall_timeout,
             poll_interval=self.poll_interval,
         )
+        chunk = PACED_CHUNK if self.pacer is not None else READ_CHUNK
         while True:
-            info = os.fstat(self.fd)
-            step = follower.step(info.st_size, info.st_nlink, trio.current_time())
+            step = self._look(follower)
             if isinstance(step, Finished):
                 return
-            if isinstance(step, SourceLost):
-                raise SourceShort(step.reason)
             if isinstance(step, SendUpTo):
-                count = step.end - follower.position
-                await send_file(
-                    sock,
-                    self.fd,
-                    follower.position,
-                    count,
-                    stall_timeout=stall_timeout,
-                    pacer=self.pacer,
-                )
-                follower.sent(count)
-                continue
-            with trio.move_on_at(step.deadline):
-                await self.wait_changed()
+                position = follower.position
+                data = os.pread(self.fd, min(step.end - position, chunk), position)
+                # Read, then look again before sending: containerd never rewrites what
+                # it wrote, so a truncation before the read still shows now (a shorter
+                # file, or a hole once written past). sendfile could not be checked so:
+                # it reads the pages while it sends them.
+                after = self._look(follower)
+                if data and not isinstance(after, SourceLost):
+                    await send_all(sock, data, stall_timeout=stall_timeout)
+                    follower.sent(len(data))
+                    if self.pacer is not None:
+                        await self.pacer.sent(len(data))
+                    continue
+                step = after
+            if isinstance(step, SourceLost):
+                if step.damaged and self.on_damaged is not None:
+                    self.on_damaged()
+                raise SourceShort(step.reason)
+            if isinstance(step, WaitUntil):
+                with trio.move_on_at(step.deadline):
+                    await self.wait_changed()
+
+    def _look(self, follower: GrowthFollower) -> FollowStep:
+        info = os.fstat(self.fd)
+        hole = first_hole(self.fd, info.st_size)
+        return follower.step(info.st_size, info.st_nlink, trio.current_time(), hole)
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -20,7 +20,7 @@ from typing import Protocol
 
 import trio
 
-from mirror.ingest.growing import GrowingFileBody
+from mirror.ingest.growing import GrowingFileBody, first_hole
 from mirror.ingest.records import Ingest
 from mirror.ingest.scan import open_ingest_data
 from mirror.oci.ranges import Unsatisfiable, parse_range
@@ -46,12 +46,14 @@ class InflightBlobs:
         content_root: Path,
         *,
         expecting: Callable[[str], bool] = lambda digest: False,
+        on_damaged: Callable[[str], None] = lambda digest: None,
         appear_timeout: float = 2.0,
         growth_stall_timeout: float = 10.0,
     ) -> None:
         self.view = view
         self.content_root = content_root
         self.expecting = expecting
+        self.on_damaged = on_damaged
         self.appear_timeout = appear_timeout
         self.growth_stall_timeout = growth_stall_timeout
 
@@ -86,9 +88,15 @@ class InflightBlobs:
             fd = open_ingest_data(self.content_root, ingest.directory)
         except OSError:
             return None  # committed or aborted since the scan: the caller looks again
-        if os.fstat(fd).st_size > total:
+        size = os.fstat(fd).st_size
+        if size > total:
             os.close(fd)
             log.warning("ingest larger than its total", extra={"digest": digest})
+            return None
+        if first_hole(fd, size) < size:
+            os.close(fd)
+            log.warning("ingest truncated and written past: not served", extra={"digest": digest})
+            self.on_damaged(digest)
             return None
         body = GrowingFileBody(
             fd,
@@ -96,5 +104,6 @@ class InflightBlobs:
             length,
             self.view.wait_changed,
             growth_stall_timeout=self.growth_stall_timeout,
+            on_damaged=lambda: self.on_damaged(digest),
         )
         return Response(status, headers, body, handler="blob", source="inflight")

@@ -9,6 +9,7 @@ layer at most twice (the one fetch, plus the rest after the fault).
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import time
 from collections import Counter
@@ -155,3 +156,23 @@ def test_the_claimants_containerd_killed_midway(cluster: BenchCluster) -> None:
         assert _upstream_gets(cluster, image) <= 2
     finally:
         containerd.start()
+
+
+def test_the_claimants_download_truncated_midway(cluster: BenchCluster) -> None:
+    """Someone truncates the claimant's ingest `data` to nothing while its containerd
+    writes: the peers streaming it are reset (never given a clean end), take another
+    source or the upstream, and end with the right bytes. (The claimant's containerd
+    goes on writing at its offset; what it commits is its own affair, and its
+    mirror proves a blob before serving it to a peer.)"""
+    image = _image(cluster, "truncated", seed=34)
+    ref = image.ref(cluster.upstream.host)
+    pulls = {i: _ctr_pull(cluster, i, ref) for i in range(NODES)}
+    victim = _claimant_midway(cluster, LAYER)
+    for data in (cluster[victim].containerd.content_path / "ingest").glob("*/data"):
+        os.truncate(data, 0)
+    others = [i for i in range(NODES) if i != victim]
+    for i in others:
+        assert pulls[i].wait(180) == 0, f"node {i + 1}'s pull failed"
+    pulls[victim].wait(180)
+    _assert_holds(cluster, others, image)
+    assert _upstream_gets(cluster, image) <= 2

@@ -184,6 +184,22 @@ async def test_a_download_lost_midway_resets_the_peer(tmp_path: Path, fault: str
     assert body == BLOB[: len(body)]
 
 
+async def test_a_download_truncated_and_written_past_is_not_served(tmp_path: Path) -> None:
+    """The size grew back, but the bytes before containerd's offset are a hole of
+    zeros now: a new peer is not served it (it would get zeros)."""
+    data = _start_ingest(tmp_path)
+    await _grow(data, len(BLOB) // 2)
+    with data.open("r+b") as out:
+        out.truncate(0)
+        out.seek(len(BLOB) // 2)
+        out.write(BLOB[len(BLOB) // 2 : len(BLOB) // 2 + 4096])
+    async with _node(tmp_path) as (port, inflight):
+        await _wait_seen(inflight)
+        peer = await _get(port)
+        body, _ = await _body(peer)
+    assert peer.status == 404 and b"\0" * 4096 not in body
+
+
 async def test_a_planted_symlink_is_never_followed(tmp_path: Path) -> None:
     secret = tmp_path / "secret"
     secret.write_bytes(b"s" * 100)
