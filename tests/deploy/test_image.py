@@ -383,6 +383,7 @@ def test_a_new_image_pulled_through_the_charts_hosts_toml(nodes: Nodes) -> None:
     # Node 1's containerd through the hosts.toml the init container wrote: its own
     # (containerised) mirror first, the node port service next, then the upstream.
     misses = _metric(nodes.metrics_address, "spegel_mirror_requests_total", cache="miss")
-    nodes.node_1.pull(ref, timeout=120)
+    # A second or two when it works; stalled, it fails after 40 s (10 s a try): 20 s.
+    nodes.node_1.pull(ref, timeout=20)
     assert _metric(nodes.metrics_address, "spegel_mirror_requests_total", cache="miss") > misses
     _assert_blobs_match(nodes.node_1, [b.digest for b in fresh.images[0].blobs()])
