@@ -57,3 +57,24 @@ binary: venv
 	$(VENV)/bin/pyinstaller --noconfirm --clean --log-level WARN \
 	  --distpath $(BINARY_DIST) --workpath build/pyinstaller container/binary/mirror.spec
 	$(BINARY_DIST)/mirror version --format json
+
+# The container image, without a container engine: `mirror` frozen into one directory
+# (nothing unpacked at start, so the root filesystem stays read-only), packed by
+# container/image.py into the OCI layout $(IMAGE_DIST), tagged with the version in
+# mirror/version.py. PUSH=<registry>/<repository> copies it there with skopeo
+# (credentials: `skopeo login <registry>`; IMAGE_ARGS=--dest-tls-verify=false for a
+# plain-HTTP registry). container/Containerfile builds the same image with an engine.
+# SOURCE_DATE_EPOCH and PYTHONHASHSEED make PyInstaller's output the same on every
+# build, so two builds on one machine give one digest.
+IMAGE_DIST ?= dist/image
+IMAGE_EPOCH ?= 1704067200
+PUSH ?=
+IMAGE_ARGS ?=
+.PHONY: image
+image: venv
+	MIRROR_ONEDIR=1 SOURCE_DATE_EPOCH=$(IMAGE_EPOCH) PYTHONHASHSEED=0 \
+	  $(VENV)/bin/pyinstaller --noconfirm --clean --log-level WARN \
+	  --distpath build/onedir --workpath build/pyinstaller-onedir container/binary/mirror.spec
+	build/onedir/mirror/mirror version --format json
+	$(PY) -m container.image build/onedir/mirror --out $(IMAGE_DIST) \
+	  $(if $(PUSH),--push $(PUSH)) $(IMAGE_ARGS)

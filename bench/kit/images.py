@@ -8,16 +8,17 @@ written, so size is bounded by disk, not memory.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import random
 import tarfile
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 from bench.kit.distribution import get_manifest, split_ref
 from bench.kit.procs import KitError, run
@@ -104,8 +105,12 @@ class GeneratedImage:
         return f"{registry_host}/{self.name}:{self.tag}"
 
 
-class _HashingWriter:
-    """A write-only file wrapper that hashes and counts what goes through it."""
+class HashingWriter:
+    """A write-only file wrapper that hashes and counts what goes through it.
+
+    Enough for what only writes and tells (tarfile's "w" mode, GzipFile), though
+    their type hints ask for a whole file.
+    """
 
     def __init__(self, f: Any) -> None:
         self._f = f
@@ -121,6 +126,13 @@ class _HashingWriter:
     def tell(self) -> int:
         return self.size
 
+    def flush(self) -> None:
+        self._f.flush()
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.sha.hexdigest()
+
 
 class _RandomReader:
     def __init__(self, rng: random.Random, size: int) -> None:
@@ -133,15 +145,16 @@ class _RandomReader:
         return self._rng.randbytes(n)
 
 
-def _blob_dir(layout_dir: Path) -> Path:
+def blob_dir(layout_dir: Path) -> Path:
+    """`blobs/sha256` of an OCI layout, created if missing."""
     d = layout_dir / "blobs" / "sha256"
     d.mkdir(parents=True, exist_ok=True)
     return d
 
 
-def _write_bytes_blob(layout_dir: Path, data: bytes, media_type: str) -> Blob:
+def write_blob(layout_dir: Path, data: bytes, media_type: str) -> Blob:
     digest = hashlib.sha256(data).hexdigest()
-    path = _blob_dir(layout_dir) / digest
+    path = blob_dir(layout_dir) / digest
     if not path.exists():
         tmp = path.with_name(f".tmp-{digest}")
         tmp.write_bytes(data)
@@ -149,36 +162,52 @@ def _write_bytes_blob(layout_dir: Path, data: bytes, media_type: str) -> Blob:
     return Blob(f"sha256:{digest}", len(data), media_type)
 
 
-def _write_json_blob(layout_dir: Path, obj: Any, media_type: str) -> Blob:
+def write_json_blob(layout_dir: Path, obj: Any, media_type: str) -> Blob:
+    """`obj` as compact JSON with sorted keys: the same object gives the same digest."""
     data = json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
-    return _write_bytes_blob(layout_dir, data, media_type)
+    return write_blob(layout_dir, data, media_type)
+
+
+@contextlib.contextmanager
+def streamed_blob(layout_dir: Path) -> Iterator[HashingWriter]:
+    """A blob written through a HashingWriter, stored under its digest on success.
+
+    The writer is hashed as it goes, so a blob of any size never sits in memory;
+    it is renamed to `blobs/sha256/<digest>` when the block ends without an error,
+    removed otherwise.
+    """
+    directory = blob_dir(layout_dir)
+    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-blob-", dir=directory)
+    os.fchmod(fd, 0o644)  # as write_blob's, not mkstemp's 0600
+    try:
+        with os.fdopen(fd, "wb") as f:
+            writer = HashingWriter(f)
+            yield writer
+        os.replace(tmp_name, directory / writer.sha.hexdigest())
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
 
 
 def _write_layer(layout_dir: Path, seed: str, index: int, size: int, files: int) -> Blob:
     """A tar with a directory and `files` random files totalling `size` bytes."""
-    blob_dir = _blob_dir(layout_dir)
     rng = random.Random(seed)
-    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-layer-", dir=blob_dir)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            writer = _HashingWriter(f)
-            with tarfile.TarFile(
-                fileobj=writer, mode="w", format=tarfile.PAX_FORMAT, copybufsize=CHUNK
-            ) as tar:
-                top = f"layer-{index}"
-                tar.addfile(_tarinfo(top, tarfile.DIRTYPE, 0, 0o755))
-                for i, part in enumerate(_split(size, files)):
-                    info = _tarinfo(f"{top}/data-{i}.bin", tarfile.REGTYPE, part, 0o644)
-                    tar.addfile(info, _RandomReader(rng, part))
-        digest = writer.sha.hexdigest()
-        os.replace(tmp_name, blob_dir / digest)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return Blob(f"sha256:{digest}", writer.size, LAYER_MEDIA_TYPE)
+    with (
+        streamed_blob(layout_dir) as writer,
+        tarfile.TarFile(
+            fileobj=cast(IO[bytes], writer), mode="w", format=tarfile.PAX_FORMAT, copybufsize=CHUNK
+        ) as tar,
+    ):
+        top = f"layer-{index}"
+        tar.addfile(tarinfo(top, tarfile.DIRTYPE, 0, 0o755))
+        for i, part in enumerate(_split(size, files)):
+            info = tarinfo(f"{top}/data-{i}.bin", tarfile.REGTYPE, part, 0o644)
+            tar.addfile(info, _RandomReader(rng, part))
+    return Blob(writer.digest, writer.size, LAYER_MEDIA_TYPE)
 
 
-def _tarinfo(name: str, kind: bytes, size: int, mode: int) -> tarfile.TarInfo:
+def tarinfo(name: str, kind: bytes, size: int, mode: int) -> tarfile.TarInfo:
+    """A tar entry owned by root with the fixed mtime: the same tree gives the same bytes."""
     info = tarfile.TarInfo(name)
     info.type = kind
     info.size = size
@@ -228,18 +257,18 @@ def _write_platform_image(
             {"created": CREATED, "created_by": f"bench.kit layer {i}"} for i in range(len(layers))
         ],
     }
-    config_blob = _write_json_blob(layout_dir, config, CONFIG_MEDIA_TYPE)
+    config_blob = write_json_blob(layout_dir, config, CONFIG_MEDIA_TYPE)
     manifest = {
         "schemaVersion": 2,
         "mediaType": MANIFEST_MEDIA_TYPE,
         "config": config_blob.descriptor(),
         "layers": [layer.descriptor() for layer in layers],
     }
-    manifest_blob = _write_json_blob(layout_dir, manifest, MANIFEST_MEDIA_TYPE)
+    manifest_blob = write_json_blob(layout_dir, manifest, MANIFEST_MEDIA_TYPE)
     return PlatformImage(platform, manifest_blob, config_blob, layers)
 
 
-def _tag_in_layout(layout_dir: Path, top: Blob, tag: str) -> None:
+def tag_in_layout(layout_dir: Path, top: Blob, tag: str) -> None:
     """Point `tag` at `top` in the layout's index.json, keeping other tags."""
     (layout_dir / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
     index_path = layout_dir / "index.json"
@@ -303,10 +332,10 @@ def generate_image(
                 for image in images
             ],
         }
-        top = _write_json_blob(out_dir, index, INDEX_MEDIA_TYPE)
+        top = write_json_blob(out_dir, index, INDEX_MEDIA_TYPE)
     else:
         top = images[0].manifest
-    _tag_in_layout(out_dir, top, tag)
+    tag_in_layout(out_dir, top, tag)
     return GeneratedImage(out_dir, name, tag, top, images)
 
 

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,31 +20,17 @@ import pytest
 
 from bench.kit.procs import free_port
 from mirror.version import VERSION
-from tests.deploy.conftest import NodeWithImage, free_udp_port, http_status, start_mirror_process
+from tests.deploy.conftest import (
+    NodeWithImage,
+    free_udp_port,
+    http_status,
+    pyinstaller_build,
+    start_mirror_process,
+)
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-SPEC = ROOT / "container" / "binary" / "mirror.spec"
-
-
-def _build(dist: Path) -> Path:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "PyInstaller",
-            "--noconfirm",
-            "--log-level=WARN",
-            f"--distpath={dist}",
-            f"--workpath={dist.parent / 'work'}",
-            str(SPEC),
-        ],
-        check=True,
-        timeout=600,
-        cwd=ROOT,
-    )
-    return dist / "mirror"
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +38,7 @@ def mirror_binary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     if os.environ.get("MIRROR_BINARY"):
         binary = Path(os.environ["MIRROR_BINARY"])
     elif os.environ.get("MIRROR_BUILD_BINARY") == "1":
-        binary = _build(tmp_path_factory.mktemp("pyinstaller") / "dist")
+        binary = pyinstaller_build(tmp_path_factory.mktemp("pyinstaller") / "dist")
     elif (ROOT / "dist" / "mirror").is_file():
         binary = ROOT / "dist" / "mirror"
     else:

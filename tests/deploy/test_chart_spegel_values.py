@@ -212,14 +212,14 @@ def test_a_typo_next_to_spegels_file_is_refused(path: Path) -> None:
 
 
 # docs/install-kubernetes.md, "Coming from Spegel".
-MIGRATION_SET = "image.repository=registry.example.com/trio-mirror,image.tag=0.1.0,image.digest="
+MIGRATION_SET = "image.repository=ghcr.io/trio-mirror/trio-mirror,image.tag=0.1.0,image.digest="
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
 def test_the_documented_migration_renders(path: Path) -> None:
     values = merge_values(spegel_values(path), helm.parse_set_string(MIGRATION_SET))
     daemonset = find(documents(render(values)), "DaemonSet", "spegel")
-    assert container(daemonset, "registry")["image"] == "registry.example.com/trio-mirror:0.1.0"
+    assert container(daemonset, "registry")["image"] == "ghcr.io/trio-mirror/trio-mirror:0.1.0"
     # Same name and selector as the Spegel release's DaemonSet: the upgrade is in place.
     assert daemonset["metadata"]["name"] == "spegel"
     assert daemonset["spec"]["selector"]["matchLabels"] == {

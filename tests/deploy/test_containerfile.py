@@ -1,10 +1,13 @@
-"""Static checks of container/Containerfile (no container engine runs here to build it)."""
+"""Static checks of container/Containerfile (no container engine runs here to build it),
+and that it builds what `make image` builds (container/image.py)."""
 
 from __future__ import annotations
 
 import json
 import re
 from pathlib import Path
+
+from container import image
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTAINERFILE = ROOT / "container" / "Containerfile"
@@ -72,3 +75,15 @@ def test_copied_sources_exist_and_ports_are_the_defaults() -> None:
                 assert (ROOT / source).exists(), source
     exposed = [rest for w, rest in stages()[-1] if w == "EXPOSE"]
     assert exposed == ["5000/tcp 5001/udp 9090/tcp"]
+
+
+def test_same_image_as_make_image() -> None:
+    runtime = stages()[-1]
+    (copy,) = [rest for w, rest in runtime if w == "COPY"]
+    assert copy.split()[-1] == f"/{image.INSTALL_DIR}/"
+    (entrypoint,) = [json.loads(rest) for w, rest in runtime if w == "ENTRYPOINT"]
+    assert entrypoint == list(image.ENTRYPOINT)
+    (cmd,) = [json.loads(rest) for w, rest in runtime if w == "CMD"]
+    assert cmd == list(image.CMD)
+    assert [rest for w, rest in runtime if w == "USER"] == [image.USER]
+    assert [rest for w, rest in runtime if w == "EXPOSE"] == [" ".join(image.PORTS)]
