@@ -15,7 +15,7 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
+from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, open_websocket_url
 
 FEED_PATH = "/debug/web/ws"
 MIB = 1024 * 1024
@@ -42,25 +42,52 @@ def _size(n: int) -> str:
 
 
 def _short(reference: str) -> str:
-    return reference[:19] + "…" if reference.startswith("sha256:") else reference
+    """A digest as its first 12 hex digits (as docker shows image IDs); a tag as it is."""
+    algorithm, _, hex_digits = reference.partition(":")
+    if algorithm == "sha256" and len(hex_digits) > 12:
+        return f"{hex_digits[:12]}…"
+    return reference
 
 
 def format_event(node: str, event: dict[str, Any]) -> str:
+    """One line, about 100 columns: when, which node, how it was answered, what,
+    how big and fast, and from (or to) whom."""
     stamp = time.strftime("%H:%M:%S", time.localtime(event["time"]))
     separator = "@" if ":" in event["reference"] else ":"
     image = f"{event['repository']}{separator}{_short(event['reference'])}"
     if event["registry"]:
         image = f"{event['registry']}/{image}"
     if event["cache"] == "served":
-        where = "to a peer"
+        where = f"to {event['peer']}" if event.get("peer") else "to a peer"
     elif event["source"] == "peer":
         where = f"from {event['peer']}"
     else:
         where = f"from {event['source'] or 'nowhere'}"
+    head = " HEAD" if event["method"] == "HEAD" else ""
+    status = "" if 200 <= event["status"] < 300 else f" {event['status']}"
     return (
-        f"{stamp} {node} {event['cache']:<6} {event['method']:<4} {event['kind']:<8} {image} "
-        f"{where} {event['status']} {_size(event['bytes'])} {event['duration'] * 1000:.1f} ms"
+        f"{stamp} {node} {event['cache']} {event['kind']}{head} {image} "
+        f"{_size(event['bytes'])} {event['duration'] * 1000:.0f}ms{status} {where}"
     )
+
+
+def disconnect_reason(exc: BaseException) -> str:
+    """Why a node's feed could not be followed, in words an operator can act on."""
+    if isinstance(exc, ConnectionRejected):
+        return (
+            f"HTTP {exc.status_code} instead of the feed: not a mirror's metrics port "
+            "(--metrics-addr, default :9090), or its debug page is off (--debug-web-enabled)"
+        )
+    if isinstance(exc, HandshakeError):
+        cause = exc.__cause__ or exc.__context__
+        return f"cannot connect: {cause}" if cause else "the WebSocket handshake failed"
+    if isinstance(exc, ConnectionClosed):
+        return "the node closed the feed"
+    if isinstance(exc, ValueError | KeyError):
+        return "not a mirror's debug feed (an unexpected message)"
+    if isinstance(exc, OSError):
+        return f"cannot connect: {exc.strerror or exc}"
+    return type(exc).__name__
 
 
 def _note(node: str, text: str) -> str:
@@ -104,8 +131,7 @@ async def follow(
                             emit(format_event(label, event))
         except (ConnectionClosed, HandshakeError, OSError, ValueError, KeyError) as exc:
             if not announced_down:
-                reason = type(exc).__name__ if not str(exc) else str(exc)
-                emit(_note(label, f"disconnected ({reason}); reconnecting"))
+                emit(_note(label, f"{disconnect_reason(exc)}; trying again"))
                 announced_down = True
         await trio.sleep(backoff)
         backoff = min(backoff * 2, max_backoff)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import socket
+
 import pytest
+import trio
 
 from mirror.cli import parse_args
-from mirror.watch import feed_url, format_event
+from mirror.watch import feed_url, format_event, run_watch
 from mirror.web.measure import InvalidReference, choose_manifest, parse_reference
 
 
@@ -67,8 +71,34 @@ def test_watch_urls_and_lines() -> None:
             "duration": 0.0125,
         },
     )
-    assert "hit" in line and "docker.io/team/app@sha256:cccc" in line
-    assert "from 127.0.0.2:5000" in line and "3.0 MiB" in line and "12.5 ms" in line
+    assert "hit" in line and "docker.io/team/app@cccccccccccc…" in line
+    assert "from 127.0.0.2:5000" in line and "3.0 MiB" in line and "12ms" in line
+    assert len(line) <= 100, line
+
+
+async def test_watch_says_why_it_cannot_follow_a_node() -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+
+    async def wrong_port(stream: trio.SocketStream) -> None:  # an HTTP server, not a feed
+        await stream.receive_some(4096)
+        await stream.send_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+
+    out = io.StringIO()
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio.serve_tcp, wrong_port, 0)
+        http_port = listeners[0].socket.getsockname()[1]
+        nursery.start_soon(run_watch, [f"127.0.0.1:{closed}", f"127.0.0.1:{http_port}"], out)
+        await trio.sleep(0.5)
+        nursery.cancel_scope.cancel()
+    lines = out.getvalue().splitlines()
+    assert any(f"127.0.0.1:{closed} -- cannot connect" in line for line in lines), lines
+    assert any(
+        f"127.0.0.1:{http_port} -- HTTP 404 instead of the feed: not a mirror's metrics port"
+        in line
+        for line in lines
+    ), lines
 
 
 def test_watch_takes_node_urls_as_positional_arguments() -> None:
