@@ -243,7 +243,6 @@ def test_optional_parts() -> None:
         "service.registry.nodePort=80",
         "spegel.mirroredRegistries={docker.io}",
         "resources=small",
-        "basicAuthSecretName=creds",
         "grafanaDashboard.enabled=true",
         "spegel.containerdSock=relative.sock",
     ],
@@ -393,6 +392,40 @@ def test_certs_d_is_mounted_by_the_configuration_container_only(
     }
     configuration = container(daemonset, "configuration")["volumeMounts"]
     assert configuration == [{"name": "containerd-config", "mountPath": "/etc/containerd/certs.d"}]
+
+
+# What Spegel's chart (charts/spegel/templates/daemonset.yaml, v0.7.4 and main) adds
+# for `basicAuthSecretName`: the Secret mounted where `LoadUserinfo` reads it, in the
+# registry container and in the configuration init container.
+SPEGEL_BASIC_AUTH_MOUNT = {
+    "name": "basic-auth",
+    "mountPath": "/etc/secrets/basic-auth",
+    "readOnly": True,
+}
+
+
+def test_basic_auth_secret_is_mounted_as_spegel_mounts_it(
+    default_docs: list[dict[str, Any]],
+) -> None:
+    daemonset = find(
+        documents(render_set("basicAuthSecretName=registry-creds")), "DaemonSet", "spegel"
+    )
+    for name in ("configuration", "registry"):
+        mounts = container(daemonset, name)["volumeMounts"]
+        assert SPEGEL_BASIC_AUTH_MOUNT in mounts, name
+        # Read where Spegel reads it: the default of --basic-auth-dir, so no new argument.
+        assert parse_args(_args(daemonset, name)).basic_auth_dir == "/etc/secrets/basic-auth"
+    volume = {"name": "basic-auth", "secret": {"secretName": "registry-creds"}}
+    assert volume in pod_spec(daemonset)["volumes"]
+    assert _args(daemonset, "registry") == _args(
+        find(default_docs, "DaemonSet", "spegel"), "registry"
+    )
+    for version in KUBE_VERSIONS:
+        kubernetes_validate.validate(daemonset, version, strict=True)
+    default = find(default_docs, "DaemonSet", "spegel")
+    for name in ("configuration", "registry"):
+        assert "basic-auth" not in {m["name"] for m in container(default, name)["volumeMounts"]}
+    assert "basic-auth" not in {v["name"] for v in pod_spec(default)["volumes"]}
 
 
 def test_data_dir_is_a_deprecated_alias_of_persistence() -> None:
