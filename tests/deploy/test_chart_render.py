@@ -460,6 +460,18 @@ def test_network_policy_opens_exactly_what_is_used() -> None:
     assert {(5001, "UDP"), (5000, "TCP"), (9090, "TCP")} <= ports
 
 
+def test_network_policy_can_close_the_metrics_port_to_all_but_prometheus() -> None:
+    monitoring = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mon"}}}
+    values = {"networkPolicy": {"enabled": True, "metricsFrom": [monitoring]}}
+    docs = documents(render(values))
+    router, registry, metrics = find(docs, "NetworkPolicy")["spec"]["ingress"]
+    assert router["ports"] == [{"port": 5001, "protocol": "UDP"}]
+    assert registry == {"ports": [{"port": 5000, "protocol": "TCP"}]}
+    assert metrics == {"from": [monitoring], "ports": [{"port": 9090, "protocol": "TCP"}]}
+    for version in KUBE_VERSIONS:
+        kubernetes_validate.validate(find(docs, "NetworkPolicy"), version, strict=True)
+
+
 def test_cold_start_values_become_flags_only_when_changed(
     default_docs: list[dict[str, Any]],
 ) -> None:
