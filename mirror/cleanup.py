@@ -18,6 +18,7 @@ from pathlib import Path
 
 import trio
 
+from mirror.basicauth import load_basic_auth
 from mirror.containerd.hosts import add_mirror_configuration, cleanup_mirror_configuration
 from mirror.options import CleanupOptions, CleanupWaitOptions, ConfigurationOptions
 from mirror.server.listener import RegistryServer, parse_listen_address
@@ -28,12 +29,14 @@ log = logging.getLogger("mirror.cleanup")
 
 
 def run_configuration(options: ConfigurationOptions) -> int:
+    auth = load_basic_auth(options.basic_auth_dir)
     add_mirror_configuration(
         Path(options.containerd_registry_config_path),
         options.mirrored_registries,
         options.mirror_targets,
         resolve_tags=options.resolve_tags,
         prepend_existing=options.prepend_existing,
+        authorization=None if auth is None else auth.header_value,
     )
     return 0
 

@@ -84,6 +84,13 @@ MIRRORED_REGISTRIES = Flag(
     "list",
     "Registries that are mirrored; empty mirrors all registries.",
 )
+BASIC_AUTH_DIR = Flag(
+    "basic-auth-dir",
+    "str",
+    "Directory with the files username and password (Spegel's basic-auth Secret); "
+    "when either is there, the registry port requires them and hosts.toml carries them. "
+    "Empty: no basic auth.",
+)
 BOOTSTRAP = [
     Flag("bootstrap-kind", "str", "Kind of bootstrapper: static, dns or http."),
     Flag("dns-bootstrap-domain", "str", "Domain whose A/AAAA records are the peers (dns)."),
@@ -121,6 +128,7 @@ COMMANDS: dict[str, tuple[str, list[Flag]]] = {
                 "Path to containerd's content store; empty asks containerd (introspection).",
             ),
             Flag("data-dir", "str", "Directory where the node keeps its identity."),
+            BASIC_AUTH_DIR,
             Flag("router-addr", "str", "Address of the DHT router (UDP)."),
             Flag("registry-addr", "str", "Address to serve the registry on."),
             Flag(
@@ -191,6 +199,7 @@ COMMANDS: dict[str, tuple[str, list[Flag]]] = {
             Flag("mirror-targets", "list", "Registries that act as mirrors.", required=True),
             Flag("resolve-tags", "bool", "When true tags are resolved through the mirror."),
             Flag("prepend-existing", "bool", "Keep existing mirror configuration after ours."),
+            BASIC_AUTH_DIR,
         ],
     ),
     "cleanup": (

@@ -33,6 +33,7 @@ from dht import (
     load_cluster_key,
 )
 from mirror.advertise.tracker import Advertiser
+from mirror.basicauth import BasicAuth, load_basic_auth
 from mirror.containerd.client import ContainerdClient, ContainerdError, ContainerdUnavailable
 from mirror.containerd.config import ConfigError, config_warnings, load_config
 from mirror.errors import StartupError
@@ -252,6 +253,9 @@ class Node:
         await trio.to_thread.run_sync(warn_about_containerd_config, options)
         bootstrapper = make_bootstrapper(options)
         config = dht_config(options, port)
+        auth = await trio.to_thread.run_sync(load_basic_auth, options.basic_auth_dir)
+        if auth is not None:
+            log.info("basic auth on the registry port", extra={"dir": options.basic_auth_dir})
         client = ContainerdClient(options.containerd_sock, options.containerd_namespace)
         try:
             content_root = await resolve_content_root(client, options.containerd_content_path)
@@ -261,7 +265,9 @@ class Node:
                     options.router_addr,
                     stack.enter_async_context(DhtNode.open(config, bootstrapper)),
                 )
-                await self._serve(client, content_root, dht, bootstrapper, host, port, task_status)
+                await self._serve(
+                    client, content_root, dht, bootstrapper, auth, host, port, task_status
+                )
         finally:
             await client.aclose()
 
@@ -271,11 +277,13 @@ class Node:
         content_root: Path,
         dht: DhtNode,
         bootstrapper: Bootstrapper | None,
+        auth: BasicAuth | None,
         host: str | None,
         port: int,
         task_status: trio.TaskStatus[NodeAddresses],
     ) -> None:
         options = self.options
+        authorization = None if auth is None else auth.header_value
         health = ContainerdHealth(client)
         alone = AloneCheck(bootstrapper, dht)
         store = LocalStore(content_root, ContainerdTags(client))
@@ -327,6 +335,7 @@ class Node:
             claims=dht,
             book=book,
             abort_ingest=PoisonedIngests(client).abort,
+            authorization=authorization,
         )
         handler = RegistryHandler(
             store,
@@ -337,6 +346,7 @@ class Node:
             inflight=inflight if options.cold_start else None,
             stream_cap=stream_cap,
             peer_pacer=Pacer(options.peer_upload_rate) if options.peer_upload_rate else None,
+            auth=auth,
         )
         server = RegistryServer(
             telemetry.instrument(handler),
@@ -359,6 +369,7 @@ class Node:
             coldstart=ColdStartState(watcher, book, stream_cap, announcer)
             if options.cold_start
             else None,
+            registry_authorization=authorization,
         )
         background = trio.CancelScope()
 

@@ -30,6 +30,7 @@ class RegistryOptions:
     containerd_namespace: str = "k8s.io"
     containerd_content_path: str = "/var/lib/containerd/io.containerd.content.v1.content"
     data_dir: str = "/var/lib/spegel"
+    basic_auth_dir: str = "/etc/secrets/basic-auth"
     router_addr: str = ":5001"
     registry_addr: str = ":5000"
     registry_head_timeout: float = 10.0
@@ -61,6 +62,7 @@ class ConfigurationOptions:
     mirror_targets: tuple[str, ...] = ()
     resolve_tags: bool = True
     prepend_existing: bool = False
+    basic_auth_dir: str = "/etc/secrets/basic-auth"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -37,9 +37,14 @@ class ClusterNode:
 
 
 def configure_containerd(
-    node: ContainerdNode, registries: Sequence[str], targets: Sequence[str]
+    node: ContainerdNode,
+    registries: Sequence[str],
+    targets: Sequence[str],
+    basic_auth_dir: Path | None = None,
 ) -> None:
-    """Run `mirror configuration` for this containerd's config_path."""
+    """Run `mirror configuration` for this containerd's config_path (with the basic
+    auth credentials in `basic_auth_dir`, or none: the default directory is Spegel's
+    /etc/secrets/basic-auth, never this machine's business)."""
     result = subprocess.run(
         [
             sys.executable,
@@ -51,6 +56,7 @@ def configure_containerd(
             *registries,
             "--mirror-targets",
             *targets,
+            f"--basic-auth-dir={basic_auth_dir or ''}",
         ],
         capture_output=True,
         text=True,
@@ -73,9 +79,11 @@ class LocalCluster(StartStop):
         with_mirror: bool = True,
         containerd_series: str = "1.6",
         cri: bool = False,
+        basic_auth_dir: Path | None = None,
     ) -> None:
         """`containerd_series`: 1.6 (installed), 1.7 or 2.1 (see releases.py) on every
-        node; `cri`: its CRI plugin on (the kubelet's pull path)."""
+        node; `cri`: its CRI plugin on (the kubelet's pull path); `basic_auth_dir`: the
+        `username` and `password` files every mirror requires and every hosts.toml sends."""
         if not 1 <= n <= 250:
             raise ValueError("a local cluster has 1 to 250 nodes")
         self._own_dir = base_dir is None
@@ -84,6 +92,7 @@ class LocalCluster(StartStop):
         self.upstream = UpstreamRegistry(self.base_dir / "upstream")
         self.nodes: list[ClusterNode] = []
         self.with_mirror = with_mirror
+        self.basic_auth_dir = basic_auth_dir
         release = containerd_release(containerd_series)
         for i in range(n):
             ip = f"127.0.0.{i + 1}"
@@ -100,7 +109,7 @@ class LocalCluster(StartStop):
                 workdir=self.base_dir / f"mirror-{i + 1}",
                 log_level=log_level,
                 name=f"mirror-{i + 1}",
-                extra_args=list(mirror_args),
+                extra_args=[f"--basic-auth-dir={basic_auth_dir or ''}", *mirror_args],
             )
             self.nodes.append(ClusterNode(i, ip, containerd, mirror))
         # Every router is listed, as a DNS name of a headless Service resolves to every pod.
@@ -126,7 +135,9 @@ class LocalCluster(StartStop):
             node.containerd.wait_ready()
             targets = [node.mirror.url] if self.with_mirror else []
             if targets:
-                configure_containerd(node.containerd, [self.upstream.url], targets)
+                configure_containerd(
+                    node.containerd, [self.upstream.url], targets, self.basic_auth_dir
+                )
             else:
                 from bench.kit.hosts import write_hosts_toml
 

@@ -63,8 +63,13 @@ def server_for(registry: RegistryUrl) -> str | None:
 
 
 def render_hosts_toml(
-    registry: RegistryUrl, targets: Sequence[RegistryUrl], *, resolve_tags: bool
+    registry: RegistryUrl,
+    targets: Sequence[RegistryUrl],
+    *,
+    resolve_tags: bool,
+    authorization: str | None = None,
 ) -> str:
+    """Spegel's template; with basic auth each target gets its `Authorization` header."""
     capabilities = ["pull", "resolve"] if resolve_tags else ["pull"]
     capability_list = "[" + ", ".join(f"'{c}'" for c in capabilities) + "]"
     lines: list[str] = []
@@ -78,6 +83,9 @@ def render_hosts_toml(
             f"capabilities = {capability_list}",
             f"dial_timeout = '{DIAL_TIMEOUT}'",
         ]
+        if authorization is not None:
+            # A literal string: base64 has no quote to escape.
+            lines += [f"[host.'{target}'.header]", f"Authorization = '{authorization}'"]
     return "\n".join(lines).strip() + "\n"
 
 
@@ -122,8 +130,13 @@ def add_mirror_configuration(
     *,
     resolve_tags: bool = True,
     prepend_existing: bool = False,
+    authorization: str | None = None,
 ) -> list[Path]:
-    """Write one hosts.toml per mirrored registry; returns the files written."""
+    """Write one hosts.toml per mirrored registry; returns the files written.
+
+    With `authorization` (basic auth) the files carry a credential: readable by
+    their owner only (containerd runs as root), where Spegel leaves them 0644.
+    """
     registries = parse_registries(mirrored_registries, allow_wildcard=True)
     targets = parse_registries(mirror_targets, allow_wildcard=False)
     if not targets:
@@ -133,7 +146,9 @@ def add_mirror_configuration(
     _clear(config_path)
     written = []
     for registry in registries:
-        content = render_hosts_toml(registry, targets, resolve_tags=resolve_tags)
+        content = render_hosts_toml(
+            registry, targets, resolve_tags=resolve_tags, authorization=authorization
+        )
         registry_dir = config_path / registry.host
         backup_dir = config_path / BACKUP_DIR / registry.host
         if prepend_existing and backup_dir.is_dir():
@@ -156,7 +171,7 @@ def add_mirror_configuration(
         path = registry_dir / "hosts.toml"
         temporary = path.with_suffix(".toml.tmp")
         temporary.write_text(content)
-        os.chmod(temporary, 0o644)
+        os.chmod(temporary, 0o644 if authorization is None else 0o600)
         temporary.rename(path)
         written.append(path)
         log.info(

@@ -174,8 +174,8 @@ class _Miss:
         """Manifests and HEAD get a total budget; blob bodies only a stall timeout."""
         return self.kind == "manifest" or self.method == "HEAD"
 
-    def request_headers(self) -> list[tuple[str, str]]:
-        headers = [(MIRRORED_HEADER, "true")]
+    def request_headers(self, peer_headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        headers = list(peer_headers)
         if self.client_range is not None:
             headers.append(("Range", self.client_range))
         return headers
@@ -183,6 +183,8 @@ class _Miss:
     def validate(self, peer: PeerResponse) -> None:
         if peer.status == 416 and self.client_range is not None:
             return  # the range selects nothing: the holder knows the size
+        if peer.status == 401:
+            raise PeerError("peer refused this node's credentials (basic auth differs?)")
         if peer.status not in (200, 206):
             raise PeerError(f"peer answered {peer.status}")
         if peer.status == 206 and self.client_range is None:
@@ -261,8 +263,14 @@ class PeerMirror:
         claims: ClaimSource | None = None,
         book: ClaimBook | None = None,
         abort_ingest: Callable[[str], Awaitable[None]] | None = None,
+        authorization: str | None = None,
     ) -> None:
         self.cache = cache
+        # Sent on every request to a peer: the loop guard, and the cluster's basic
+        # auth credentials when the registry port requires them (basicauth.py).
+        self.peer_headers = [(MIRRORED_HEADER, "true")]
+        if authorization is not None:
+            self.peer_headers.append(("Authorization", authorization))
         self.settings = settings or MirrorSettings()
         self.claims = claims
         self.book = book if book is not None else ClaimBook(self.settings.claim_lease)
@@ -325,7 +333,9 @@ class PeerMirror:
         if miss is None:
             return None
         budget = self.settings.manifest_budget if miss.bounded else math.inf
-        head = HeadRequest(miss.method, miss.target, miss.request_headers(), miss.validate)
+        head = HeadRequest(
+            miss.method, miss.target, miss.request_headers(self.peer_headers), miss.validate
+        )
         if miss.digest is None:
             return await self._tag(miss, head, budget)
         for _ in range(1 + self.settings.wrong_source_retries):
@@ -613,7 +623,7 @@ class PeerMirror:
             if peer.status != 206 or _range_start(peer.header("content-range")) != offset:
                 raise PeerError(f"peer cannot resume at {offset} (status {peer.status})")
 
-        headers = [(MIRRORED_HEADER, "true"), ("Range", f"bytes={offset}-{end}")]
+        headers = [*self.peer_headers, ("Range", f"bytes={offset}-{end}")]
         self.cache.forget(key)  # sources found before the failure may be all there was
         found = await self._race(
             key, HeadRequest("GET", target, headers, validate), math.inf, offset, failed=failed

@@ -10,6 +10,7 @@ REASONS = {
     200: "OK",
     206: "Partial Content",
     400: "Bad Request",
+    401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
     408: "Request Timeout",
@@ -32,6 +33,7 @@ ERROR_MESSAGES = {
     "UNSUPPORTED": "the operation is unsupported",
     "RANGE_INVALID": "invalid content range",
     "DENIED": "requested access to the resource is denied",
+    "UNAUTHORIZED": "authentication required",
 }
 
 JSON_TYPE = "application/json"

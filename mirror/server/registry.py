@@ -17,6 +17,7 @@ from typing import Protocol
 
 import trio
 
+from mirror.basicauth import CHALLENGE, BasicAuth
 from mirror.oci.distribution import (
     DistributionPath,
     Kind,
@@ -44,6 +45,8 @@ from mirror.server.streamcap import StreamCap
 MIRRORED_HEADER = "x-spegel-mirrored"
 
 _TEXT = [("Content-Type", "text/plain; charset=utf-8")]
+# The kubelet's probes: never behind basic auth (Spegel's rule too).
+_PROBES = frozenset(("/livez", "/readyz", "/healthz"))
 _STATUS_FOR_CODE = {"UNSUPPORTED": 404}
 
 
@@ -88,7 +91,10 @@ class RegistryHandler:
         stream_cap: StreamCap | None = None,
         peer_pacer: Pacer | None = None,
         proofs: BlobProofs | None = None,
+        auth: BasicAuth | None = None,
     ) -> None:
+        # Basic auth (the chart's basicAuthSecretName): every request but the probes.
+        self.auth = auth
         # Local blobs hashed once before a peer is sent them (proofs.py).
         self.proofs = proofs if proofs is not None else BlobProofs()
         # One upload budget for every blob body sent to a peer (--peer-upload-rate).
@@ -121,7 +127,15 @@ class RegistryHandler:
 
         A whole-manifest answer already given for this exact target is given again
         while it is valid, before any parsing: that doubles manifest requests/s.
+        Only credentials come first, checked with one comparison.
         """
+        auth = self.auth
+        if (
+            auth is not None
+            and not auth.allows(request.headers.get("authorization"))
+            and request.path not in _PROBES
+        ):
+            return _unauthorized()
         if request.method in ("GET", "HEAD") and "range" not in request.headers:
             prepared = self._prepared.get(request.target)
             if (
@@ -302,6 +316,12 @@ class RegistryHandler:
         headers.append(("Content-Range", byte_range.content_range(blob.size)))
         body = FileBody(blob.fd, byte_range.start, byte_range.length)
         return Response(206, headers, body, handler="blob", source="local")
+
+
+def _unauthorized() -> Response:
+    response = error_response(401, "UNAUTHORIZED", "authentication required")
+    response.headers.append(("WWW-Authenticate", CHALLENGE))
+    return response
 
 
 def _not_allowed(message: str, *, close: bool = False) -> Response:

@@ -10,6 +10,7 @@ import json
 import logging
 from importlib import resources
 from typing import Any
+from urllib.parse import urlsplit
 
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -17,7 +18,7 @@ from quart import Response, redirect, request, websocket
 from quart_trio import QuartTrio
 
 from mirror.version import VERSION
-from mirror.web.measure import InvalidReference, measure
+from mirror.web.measure import InvalidReference, measure, parse_reference
 from mirror.web.stats import event_json, snapshot
 from mirror.web.view import NodeView
 
@@ -34,6 +35,8 @@ BATCH_INTERVAL = 0.1
 MAX_BATCH = 200
 STATS_INTERVAL = 2.0
 MAX_MEASURE_LIMIT = 300.0
+# Measurements at once: each pulls a whole image through the registry port.
+MAX_MEASUREMENTS = 1
 
 
 def load_assets() -> dict[str, tuple[bytes, str]]:
@@ -105,10 +108,35 @@ def _add_page_routes(app: QuartTrio, view: NodeView) -> None:
         )
 
 
+def same_origin(origin: str | None, host: str | None) -> bool:
+    """Whether a browser's `Origin` names the host it asks (no Origin: not a browser).
+
+    A page on another site may send requests here (and read a WebSocket: no CORS
+    for those); its Origin gives it away. A page served from this port, or through
+    a proxy that keeps the Host header, passes.
+    """
+    if origin is None:
+        return True
+    parts = urlsplit(origin)
+    return parts.scheme in ("http", "https") and parts.netloc.lower() == (host or "").lower()
+
+
 def _add_measure_route(app: QuartTrio, view: NodeView, measure_limit: float) -> None:
+    running = 0
+
     @app.post("/debug/web/measure")
     async def measure_pull() -> Response:
-        document = await request.get_json(force=True, silent=True)
+        nonlocal running
+        # JSON only: a cross-site form or a `text/plain` fetch can then never start
+        # pulls here (a JSON fetch from another site needs a CORS preflight, which
+        # this app never grants).
+        if request.mimetype != "application/json":
+            return _json_response(
+                {"error": "send Content-Type: application/json", "type": request.mimetype}, 415
+            )
+        if not same_origin(request.headers.get("Origin"), request.headers.get("Host")):
+            return _json_response({"error": "cross-site request refused"}, 403)
+        document = await request.get_json(silent=True)
         if not isinstance(document, dict):
             return _json_response({"error": 'send a JSON object: {"image": "<reference>"}'}, 400)
         limit = document.get("time_limit", measure_limit)
@@ -118,21 +146,34 @@ def _add_measure_route(app: QuartTrio, view: NodeView, measure_limit: float) -> 
                 400,
             )
         try:
+            parse_reference(document.get("image"))
+        except InvalidReference as exc:
+            return _json_response({"error": f"invalid image reference: {exc}"}, 400)
+        if running >= MAX_MEASUREMENTS:
+            return _json_response(
+                {"error": "a measurement is already running on this node; try again when it ends"},
+                429,
+            )
+        running += 1
+        try:
             result = await measure(
                 document.get("image"),
                 find=view.dht.get_providers,
                 is_self=lambda provider: provider.node_id == view.dht.node_id,
                 registry_endpoint=view.registry_endpoint(),
                 time_limit=float(limit),
+                authorization=view.registry_authorization,
             )
-        except InvalidReference as exc:
-            return _json_response({"error": f"invalid image reference: {exc}"}, 400)
+        finally:
+            running -= 1
         return _json_response(result)
 
 
 def _add_live_route(app: QuartTrio, view: NodeView) -> None:
     @app.websocket("/debug/web/ws")
-    async def live() -> None:
+    async def live() -> Response | None:
+        if not same_origin(websocket.headers.get("Origin"), websocket.headers.get("Host")):
+            return _json_response({"error": "cross-site WebSocket refused"}, 403)
         await websocket.accept()
         feed = view.telemetry.feed
         cursor = feed.published

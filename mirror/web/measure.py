@@ -2,9 +2,10 @@
 
 The lookup asks the DHT afresh (no provider cache) for the tag's key and the
 manifest's digest, timing each provider as it arrives. The pull goes through
-this node's own registry port over plain HTTP with `?ns=<registry>`, exactly
-as containerd would: the top manifest, this node's platform manifest when the
-top is an index, the config and every layer, one after the other, each timed.
+this node's own registry port over plain HTTP with `?ns=<registry>` (and the
+basic auth credentials the port requires, if any), exactly as containerd would:
+the top manifest, this node's platform manifest when the top is an index, the
+config and every layer, one after the other, each timed.
 """
 
 from __future__ import annotations
@@ -157,12 +158,17 @@ class Fetched:
 class RegistryClient:
     """GETs on this node's own registry port; one connection per request."""
 
-    def __init__(self, host: str, port: int, registry: str) -> None:
+    def __init__(
+        self, host: str, port: int, registry: str, authorization: str | None = None
+    ) -> None:
         self.host, self.port, self.registry = host, port, registry
+        self.authorization = authorization
 
     async def get(self, repository: str, section: str, reference: str, *, keep: bool) -> Fetched:
         target = f"/v2/{repository}/{section}/{reference}?ns={self.registry}"
         headers = [("Accept", MANIFEST_ACCEPT), ("Connection", "close")]
+        if self.authorization is not None:
+            headers.append(("Authorization", self.authorization))
         try:
             peer = await request_head(self.host, self.port, "GET", target, headers)
         except (PeerError, OSError) as exc:
@@ -289,6 +295,7 @@ async def measure(
     is_self: Callable[[Provider], bool],
     registry_endpoint: tuple[str, int],
     time_limit: float = 30.0,
+    authorization: str | None = None,
 ) -> dict[str, Any]:
     """Run a whole measurement; partial results come back when the time limit strikes."""
     image = parse_reference(text)
@@ -306,7 +313,7 @@ async def measure(
             lookups.append(await lookup(find, image.tag_key() or "", is_self))
         elif image.digest is not None:
             lookups.append(await lookup(find, image.digest, is_self))
-        client = RegistryClient(*registry_endpoint, image.registry)
+        client = RegistryClient(*registry_endpoint, image.registry, authorization)
         try:
             await pull(client, image, report, on_top_digest=lookup_digest)
         except PullFailed as exc:

@@ -126,10 +126,18 @@ def metrics_front_end(
     ready: Callable[[], bool],
     debug_web: bool = True,
     coldstart: ColdStartState | None = None,
+    registry_authorization: str | None = None,
 ) -> MetricsServer:
     """The whole front end of one node, ready to `run`; `mirror registry` wires it in."""
     view = NodeView(
-        dht, advertiser, registry, telemetry, CachedImages(images), ready, coldstart=coldstart
+        dht,
+        advertiser,
+        registry,
+        telemetry,
+        CachedImages(images),
+        ready,
+        coldstart=coldstart,
+        registry_authorization=registry_authorization,
     )
     telemetry.registry.register(NodeCollector(view))
     server = MetricsServer(create_app(view, debug_web=debug_web), addr)

@@ -91,6 +91,8 @@ class NodeView:
     ready: Callable[[], bool] = lambda: True
     metrics_addresses: list[str] = field(default_factory=list)
     coldstart: ColdStartState | None = None
+    # The `Authorization` value the registry port requires (basic auth), else None.
+    registry_authorization: str | None = None
 
     def registry_endpoint(self) -> tuple[str, int]:
         """Where this node's own registry port answers, for pulls through it."""

@@ -243,7 +243,6 @@ def test_optional_parts() -> None:
         "service.registry.nodePort=80",
         "spegel.mirroredRegistries={docker.io}",
         "resources=small",
-        "basicAuthSecretName=creds",
         "grafanaDashboard.enabled=true",
         "spegel.containerdSock=relative.sock",
     ],
@@ -395,6 +394,40 @@ def test_certs_d_is_mounted_by_the_configuration_container_only(
     assert configuration == [{"name": "containerd-config", "mountPath": "/etc/containerd/certs.d"}]
 
 
+# What Spegel's chart (charts/spegel/templates/daemonset.yaml, v0.7.4 and main) adds
+# for `basicAuthSecretName`: the Secret mounted where `LoadUserinfo` reads it, in the
+# registry container and in the configuration init container.
+SPEGEL_BASIC_AUTH_MOUNT = {
+    "name": "basic-auth",
+    "mountPath": "/etc/secrets/basic-auth",
+    "readOnly": True,
+}
+
+
+def test_basic_auth_secret_is_mounted_as_spegel_mounts_it(
+    default_docs: list[dict[str, Any]],
+) -> None:
+    daemonset = find(
+        documents(render_set("basicAuthSecretName=registry-creds")), "DaemonSet", "spegel"
+    )
+    for name in ("configuration", "registry"):
+        mounts = container(daemonset, name)["volumeMounts"]
+        assert SPEGEL_BASIC_AUTH_MOUNT in mounts, name
+        # Read where Spegel reads it: the default of --basic-auth-dir, so no new argument.
+        assert parse_args(_args(daemonset, name)).basic_auth_dir == "/etc/secrets/basic-auth"
+    volume = {"name": "basic-auth", "secret": {"secretName": "registry-creds"}}
+    assert volume in pod_spec(daemonset)["volumes"]
+    assert _args(daemonset, "registry") == _args(
+        find(default_docs, "DaemonSet", "spegel"), "registry"
+    )
+    for version in KUBE_VERSIONS:
+        kubernetes_validate.validate(daemonset, version, strict=True)
+    default = find(default_docs, "DaemonSet", "spegel")
+    for name in ("configuration", "registry"):
+        assert "basic-auth" not in {m["name"] for m in container(default, name)["volumeMounts"]}
+    assert "basic-auth" not in {v["name"] for v in pod_spec(default)["volumes"]}
+
+
 def test_data_dir_is_a_deprecated_alias_of_persistence() -> None:
     def registry(expression: str) -> dict[str, Any]:
         return container(find(documents(render_set(expression)), "DaemonSet", "spegel"), "registry")
@@ -425,6 +458,18 @@ def test_network_policy_opens_exactly_what_is_used() -> None:
     daemonset = find(docs, "DaemonSet", "spegel")
     ports = {(p["containerPort"], p["protocol"]) for p in container(daemonset, "registry")["ports"]}
     assert {(5001, "UDP"), (5000, "TCP"), (9090, "TCP")} <= ports
+
+
+def test_network_policy_can_close_the_metrics_port_to_all_but_prometheus() -> None:
+    monitoring = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mon"}}}
+    values = {"networkPolicy": {"enabled": True, "metricsFrom": [monitoring]}}
+    docs = documents(render(values))
+    router, registry, metrics = find(docs, "NetworkPolicy")["spec"]["ingress"]
+    assert router["ports"] == [{"port": 5001, "protocol": "UDP"}]
+    assert registry == {"ports": [{"port": 5000, "protocol": "TCP"}]}
+    assert metrics == {"from": [monitoring], "ports": [{"port": 9090, "protocol": "TCP"}]}
+    for version in KUBE_VERSIONS:
+        kubernetes_validate.validate(find(docs, "NetworkPolicy"), version, strict=True)
 
 
 def test_cold_start_values_become_flags_only_when_changed(

@@ -106,6 +106,22 @@ def _run_mirror(*args: str) -> subprocess.CompletedProcess[str]:
 def test_startup_error_is_one_log_line_naming_the_flag(
     args: list[str], names: str, tmp_path: Path
 ) -> None:
+    _assert_one_error_naming(names, *args, tmp_path=tmp_path)
+
+
+def test_unreadable_basic_auth_is_one_log_line_naming_the_flag(tmp_path: Path) -> None:
+    secret = tmp_path / "basic-auth"
+    (secret / "username").mkdir(parents=True)  # a Secret key mounted wrong
+    (secret / "password").write_text("pw")
+    _assert_one_error_naming(
+        "--basic-auth-dir",
+        "--bootstrap-kind=static",
+        f"--basic-auth-dir={secret}",
+        tmp_path=tmp_path,
+    )
+
+
+def _assert_one_error_naming(names: str, *args: str, tmp_path: Path) -> None:
     result = _run_mirror(
         *args,
         f"--containerd-sock={tmp_path / 'none.sock'}",

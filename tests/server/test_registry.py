@@ -10,6 +10,7 @@ import pytest
 import trio
 import trio.testing
 
+from mirror.basicauth import BasicAuth
 from mirror.server.localstore import LocalStore, TagTarget, target_from
 from mirror.server.registry import RegistryHandler
 from mirror.server.request import Request
@@ -147,3 +148,38 @@ async def test_a_local_miss_is_reported_with_its_key(tmp_path: Path) -> None:
     assert (await handler(_get("/v2/team/app/manifests/v2?ns=docker.io"))).status == 404
     assert (await handler(_get(f"/v2/team/app/manifests/{digest}?ns=docker.io"))).status == 200
     assert missed == [gone, "docker.io/team/app:v2"]  # what was served is not reported
+
+
+class CountingMiss:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def fetch(self, request: Request, path: object, registry: str | None) -> None:
+        await trio.lowlevel.checkpoint()
+        self.calls += 1
+
+
+async def test_basic_auth_guards_everything_but_the_probes(tmp_path: Path) -> None:
+    store, _, digest = _store(tmp_path)
+    auth = BasicAuth.from_credentials(b"hello", b"world")
+    miss = CountingMiss()
+    handler = RegistryHandler(store, auth=auth, miss=miss)
+    target = f"/v2/team/app/manifests/{digest}"
+    good = auth.header_value
+    assert (await handler(_get(target, authorization=good))).status == 200
+    for headers in ({}, {"authorization": "Basic d3Jvbmc6d3Jvbmc="}, {"authorization": good[1:]}):
+        # Not even the answer prepared for this exact target a moment ago.
+        for path in (target, "/v2/", "/v2/team/app/blobs/sha256:" + "c" * 64, "/nope"):
+            refused = await handler(_get(path, **headers))
+            assert refused.status == 401, (path, headers)
+            assert ("WWW-Authenticate", 'Basic realm="mirror"') in refused.headers
+            assert json.loads(refused.body)["errors"][0]["code"] == "UNAUTHORIZED"
+        # A peer's request without the credentials cannot make this node ask its peers.
+        missing = f"/v2/team/app/blobs/sha256:{'d' * 64}?ns=docker.io"
+        assert (await handler(_get(missing, **headers))).status == 401
+    assert miss.calls == 0
+    assert (await handler(_get(missing, authorization=good))).status == 404
+    assert miss.calls == 1
+    for probe in ("/livez", "/readyz", "/healthz"):
+        assert (await handler(_get(probe))).status == 200, probe
+    assert (await handler(_get("/v2/", authorization=good))).status == 200

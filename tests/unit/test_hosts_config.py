@@ -47,6 +47,66 @@ def test_render_matches_spegel_format() -> None:
     assert tomllib.loads(text)["host"]["http://127.0.0.1:30020"]["capabilities"] == ["pull"]
 
 
+def test_render_with_basic_auth_matches_spegel() -> None:
+    registry = parse_registry_url("http://foo.bar:5000", allow_wildcard=True)
+    targets = [
+        parse_registry_url(t, allow_wildcard=False)
+        for t in ("http://127.0.0.1:5000", "http://127.0.0.1:5001")
+    ]
+    text = render_hosts_toml(
+        registry, targets, resolve_tags=True, authorization="Basic aGVsbG86d29ybGQ="
+    )
+    # Spegel's expected file for hello/world (pkg/oci/containerd/mirror_test.go).
+    assert text == (
+        "server = 'http://foo.bar:5000'\n"
+        "\n"
+        "[host.'http://127.0.0.1:5000']\n"
+        "capabilities = ['pull', 'resolve']\n"
+        "dial_timeout = '200ms'\n"
+        "[host.'http://127.0.0.1:5000'.header]\n"
+        "Authorization = 'Basic aGVsbG86d29ybGQ='\n"
+        "\n"
+        "[host.'http://127.0.0.1:5001']\n"
+        "capabilities = ['pull', 'resolve']\n"
+        "dial_timeout = '200ms'\n"
+        "[host.'http://127.0.0.1:5001'.header]\n"
+        "Authorization = 'Basic aGVsbG86d29ybGQ='\n"
+    )
+
+
+def test_cli_configuration_writes_the_basic_auth_header(tmp_path: Path) -> None:
+    secret = tmp_path / "basic-auth"
+    secret.mkdir()
+    (secret / "username").write_bytes(b"hello")
+    (secret / "password").write_bytes(b"world")
+    config = tmp_path / "certs.d"
+    configure = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mirror",
+            "configuration",
+            f"--containerd-registry-config-path={config}",
+            "--mirrored-registries",
+            "https://docker.io",
+            "--mirror-targets",
+            *TARGETS,
+        ],
+        env={**os.environ, "BASIC_AUTH_DIR": str(secret)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert configure.returncode == 0, configure.stderr
+    path = config / "docker.io" / "hosts.toml"
+    hosts = tomllib.loads(path.read_text())["host"]
+    for target in TARGETS:
+        assert hosts[target]["header"] == {"Authorization": "Basic aGVsbG86d29ybGQ="}
+    # A credential inside: for containerd (root) only.
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert "aGVsbG8" not in configure.stderr
+
+
 def test_configuration_then_cleanup_restores_byte_for_byte(tmp_path: Path) -> None:
     config = tmp_path / "certs.d"
     (config / "docker.io").mkdir(parents=True)

@@ -21,12 +21,16 @@ from typing import Any
 import trio
 
 from dht import Contact, NodeStats, Provider
+from mirror.basicauth import BasicAuth
 from mirror.metrics import Telemetry
 from mirror.oci.digest import parse_digest
 from mirror.oci.mediatypes import OCI_MANIFEST
+from mirror.server.connection import Handler
 from mirror.server.listener import RegistryServer
 from mirror.server.localstore import LocalStore, TagTarget
 from mirror.server.registry import RegistryHandler
+from mirror.server.request import Request
+from mirror.server.response import Response
 from mirror.web.app import create_app
 from mirror.web.collector import NodeCollector
 from mirror.web.server import MetricsServer
@@ -152,16 +156,41 @@ class InProcessNode:
         return self.registry.addresses[0]
 
 
+@dataclass
+class RegistryGate:
+    """Holds every registry request until `release`; `entered` is set by the first one."""
+
+    entered: trio.Event = field(default_factory=trio.Event)
+    released: trio.Event = field(default_factory=trio.Event)
+
+    def wrap(self, handler: Handler) -> Handler:
+        async def held(request: Request) -> Response:
+            self.entered.set()
+            await self.released.wait()
+            return await handler(request)
+
+        return held
+
+    def release(self) -> None:
+        self.released.set()
+
+
 @asynccontextmanager
 async def in_process_node(
-    tmp_path: Path, *, debug_web: bool = True, stall_timeout: float = 10.0
+    tmp_path: Path,
+    *,
+    debug_web: bool = True,
+    stall_timeout: float = 10.0,
+    gate: RegistryGate | None = None,
+    auth: BasicAuth | None = None,
 ) -> AsyncIterator[InProcessNode]:
     image = write_image(tmp_path / "content")
     target = TagTarget(parse_digest(image.manifest.digest), OCI_MANIFEST, image.manifest.size)
     store = LocalStore(image.root, FixedTags({image.name: target}))
     telemetry = Telemetry()
+    handler = telemetry.instrument(RegistryHandler(store, auth=auth))
     registry = RegistryServer(
-        telemetry.instrument(RegistryHandler(store)), observe=telemetry.observe
+        handler if gate is None else gate.wrap(handler), observe=telemetry.observe
     )
     keys = frozenset({image.name, image.manifest.digest})
     advertiser = FakeAdvertiser({image.name: keys})
@@ -176,7 +205,14 @@ async def in_process_node(
             await trio.lowlevel.checkpoint()
             return {image.name: image.manifest.digest}
 
-        view = NodeView(dht, advertiser, registry, telemetry, images)
+        view = NodeView(
+            dht,
+            advertiser,
+            registry,
+            telemetry,
+            images,
+            registry_authorization=None if auth is None else auth.header_value,
+        )
         telemetry.registry.register(NodeCollector(view))
         web = MetricsServer(
             create_app(view, debug_web=debug_web), "127.0.0.1:0", stall_timeout=stall_timeout
@@ -199,13 +235,23 @@ class Reply:
         return json.loads(self.body)
 
 
-def http_sync(url: str, *, method: str = "GET", body: object = None, timeout: float = 30) -> Reply:
+def http_sync(
+    url: str,
+    *,
+    method: str = "GET",
+    body: object = None,
+    timeout: float = 30,
+    headers: Mapping[str, str] | None = None,
+) -> Reply:
+    """One exchange; a body is sent as JSON unless `headers` name another Content-Type."""
     data = (
         None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
     )
     request = urllib.request.Request(url, data=data, method=method)
     if data is not None:
         request.add_header("Content-Type", "application/json")
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             headers = {k.lower(): v for k, v in response.getheaders()}
@@ -215,8 +261,18 @@ def http_sync(url: str, *, method: str = "GET", body: object = None, timeout: fl
         return Reply(error.code, headers, error.read())
 
 
-async def http(url: str, *, method: str = "GET", body: object = None) -> Reply:
-    """One exchange from a worker thread, so the servers in this trio.run keep running."""
+async def http(
+    url: str,
+    *,
+    method: str = "GET",
+    body: object = None,
+    socket_timeout: float = 30,
+    headers: Mapping[str, str] | None = None,
+) -> Reply:
+    """One exchange from a worker thread, so the servers in this trio.run keep running;
+    a thread is not cancelled, so `socket_timeout` bounds each of its socket waits."""
     return await trio.to_thread.run_sync(
-        functools.partial(http_sync, url, method=method, body=body)
+        functools.partial(
+            http_sync, url, method=method, body=body, timeout=socket_timeout, headers=headers
+        )
     )

@@ -178,9 +178,9 @@ def test_watch_follows_nodes_across_a_restart(
     try:
         _wait_for_text(out, "connected to node", count=2)
         fetch(cluster[1].mirror.address, manifest)
-        _wait_for_text(out, f"{image.name}@sha256:")
+        _wait_for_text(out, f"{image.name}@{image.digest.removeprefix('sha256:')[:12]}")
         node_1.restart()
-        _wait_for_text(out, "reconnecting")
+        _wait_for_text(out, "trying again")
         _wait_for_text(out, "connected to node", count=3)
         fetch(node_1.address, manifest)
         _wait_for_text(out, f"{node_1.host}:{node_1.metrics_port} hit", timeout=5)

@@ -74,9 +74,6 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* Settings of Spegel's chart this chart cannot honour: refuse instead of ignoring. */}}
 {{- define "mirror.unsupported" -}}
-{{- if .Values.basicAuthSecretName }}
-{{- fail "basicAuthSecretName: the trio-mirror registry has no basic authentication; leave it empty" }}
-{{- end }}
 {{- if .Values.grafanaDashboard.enabled }}
 {{- fail "grafanaDashboard.enabled: no dashboard is shipped; import Spegel's dashboard (same metric names)" }}
 {{- end }}
