@@ -4,6 +4,12 @@ Written as Spegel writes it, so nodes can switch between the two: our mirror
 targets first (`capabilities`, `dial_timeout = '200ms'`), the upstream `server`
 line kept, and what was there before moved to `_backup/` once, never
 overwritten, and moved back by `cleanup`.
+
+One addition: every target after the first (the node's own instance) sends
+`X-Mirror-Fallback`. The chart's second target is the node port service, which
+may lead to another node's instance; that one must not hold the request for a
+download in progress, for the download may be this very client's (its own
+mirror claimed the layer and sent it upstream through this target).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ log = logging.getLogger("mirror.configuration")
 BACKUP_DIR = "_backup"
 WILDCARD = "_default"
 DIAL_TIMEOUT = "200ms"
+FALLBACK_HEADER = "X-Mirror-Fallback"
 
 
 class ConfigurationError(ValueError):
@@ -69,23 +76,29 @@ def render_hosts_toml(
     resolve_tags: bool,
     authorization: str | None = None,
 ) -> str:
-    """Spegel's template; with basic auth each target gets its `Authorization` header."""
+    """Spegel's template; with basic auth each target gets its `Authorization` header,
+    and every target but the first `X-Mirror-Fallback`."""
     capabilities = ["pull", "resolve"] if resolve_tags else ["pull"]
     capability_list = "[" + ", ".join(f"'{c}'" for c in capabilities) + "]"
     lines: list[str] = []
     server = server_for(registry)
     if server is not None:
         lines.append(f"server = '{server}'")
-    for target in targets:
+    for position, target in enumerate(targets):
         lines += [
             "",
             f"[host.'{target}']",
             f"capabilities = {capability_list}",
             f"dial_timeout = '{DIAL_TIMEOUT}'",
         ]
+        headers = []
         if authorization is not None:
             # A literal string: base64 has no quote to escape.
-            lines += [f"[host.'{target}'.header]", f"Authorization = '{authorization}'"]
+            headers.append(f"Authorization = '{authorization}'")
+        if position > 0:
+            headers.append(f"{FALLBACK_HEADER} = 'true'")
+        if headers:
+            lines += [f"[host.'{target}'.header]", *headers]
     return "\n".join(lines).strip() + "\n"
 
 

@@ -29,6 +29,7 @@ import trio
 
 from dht import Provider
 from dht.claims import ClaimAnswer, Won
+from mirror.containerd.hosts import FALLBACK_HEADER
 from mirror.ingest.serving import INFLIGHT_HEADER
 from mirror.mirroring.claimbook import ClaimBook
 from mirror.mirroring.coldmiss import (
@@ -126,6 +127,19 @@ class ClaimSource(Protocol):
     async def claim(self, key: str, lease: float) -> ClaimAnswer: ...
 
 
+@dataclass(frozen=True, slots=True)
+class _Pick:
+    """Which providers of a key may serve one race, and in what order."""
+
+    offset: int = 0  # in-flight sources must be past it
+    holder: Provider | None = None  # the claim's holder: an in-flight source from byte 0
+    # A search for a blob nobody held: the lookup may finish, busy sources come last.
+    searching: bool = False
+    busy: frozenset[Where] = frozenset()
+    failed: frozenset[Where] = frozenset()  # broke or trickled in this body already
+    complete_only: bool = False  # a fallback request: no download in progress
+
+
 @dataclass(slots=True)
 class _RaceResult:
     provider: Provider | None = None
@@ -168,6 +182,9 @@ class _Miss:
     client_range: str | None
     started: float
     offset: int  # the first byte asked for (in-flight sources must be past it)
+    # Sent to this node as a fallback target (hosts.py): the client's own node's
+    # mirror already searched and claimed; only complete holders serve it here.
+    fallback: bool = False
 
     @property
     def bounded(self) -> bool:
@@ -217,6 +234,7 @@ def _plan(
         client_range=request.headers.get("range"),
         started=now,
         offset=_range_offset(request.headers.get("range")),
+        fallback=FALLBACK_HEADER.lower() in request.headers,
     )
 
 
@@ -358,7 +376,9 @@ class PeerMirror:
     async def _find(self, miss: _Miss, head: HeadRequest, budget: float) -> _Served | None:
         """The peer that serves `miss`: a race, then the cold-start path for a blob
         nobody held; None (after a miss event) when no source answered."""
-        found = await self._race(miss.key, head, budget, miss.offset)
+        found = await self._race(
+            miss.key, head, budget, _Pick(miss.offset, complete_only=miss.fallback)
+        )
         claim = ""
         if found.peer is None and self._cold_eligible(miss):
             found, claim = await self._cold(miss, head, busy_at=found.busy_at)
@@ -402,7 +422,7 @@ class PeerMirror:
 
         voter = TagVoter(
             TagVote[Provider](limits, trio.current_time()),
-            self._sources(miss.key, 0, None),
+            self._sources(miss.key, _Pick()),
             head,
             stall_timeout=settings.stall_timeout,
             on_wrong_bytes=wrong_bytes,
@@ -431,6 +451,7 @@ class PeerMirror:
     def _cold_eligible(self, miss: _Miss) -> bool:
         return (
             self.settings.cold_start
+            and not miss.fallback
             and self.claims is not None
             and miss.kind == "blob"
             and miss.method == "GET"
@@ -474,9 +495,8 @@ class PeerMirror:
                 self.cache.forget(miss.key)
                 if holder is not None:
                     self.cache.hint(miss.key, holder)
-                found = await self._race(
-                    miss.key, head, math.inf, miss.offset, step.holder, deferred
-                )
+                pick = _Pick(miss.offset, step.holder, searching=True, busy=frozenset(deferred))
+                found = await self._race(miss.key, head, math.inf, pick)
                 if found.peer is not None:
                     return found, "lost" if core.claims else "busy"
                 deferred |= found.busy_at
@@ -573,7 +593,10 @@ class PeerMirror:
 
         async def resume(offset: int) -> PeerResponse:
             # Every source of this body so far broke or fell below the rate floor.
-            return await self._resume(miss.key, miss.target, offset, end, set(body.stats.sources))
+            failed = set(body.stats.sources)
+            return await self._resume(
+                miss.key, miss.target, offset, end, failed, complete_only=miss.fallback
+            )
 
         def relay_done(stats: RelayStats) -> None:
             if stats.digest_mismatch and miss.digest is not None:
@@ -617,7 +640,14 @@ class PeerMirror:
         return lambda: abort(digest)
 
     async def _resume(
-        self, key: str, target: str, offset: int, end: int, failed: set[Where]
+        self,
+        key: str,
+        target: str,
+        offset: int,
+        end: int,
+        failed: set[Where],
+        *,
+        complete_only: bool,
     ) -> PeerResponse:
         def validate(peer: PeerResponse) -> None:
             if peer.status != 206 or _range_start(peer.header("content-range")) != offset:
@@ -625,9 +655,8 @@ class PeerMirror:
 
         headers = [*self.peer_headers, ("Range", f"bytes={offset}-{end}")]
         self.cache.forget(key)  # sources found before the failure may be all there was
-        found = await self._race(
-            key, HeadRequest("GET", target, headers, validate), math.inf, offset, failed=failed
-        )
+        pick = _Pick(offset, failed=frozenset(failed), complete_only=complete_only)
+        found = await self._race(key, HeadRequest("GET", target, headers, validate), math.inf, pick)
         if found.peer is None or found.provider is None:
             raise PeerError(f"no provider could resume {key} at byte {offset}")
         log.info(
@@ -640,30 +669,24 @@ class PeerMirror:
         )
         return found.peer
 
-    async def _sources(
-        self,
-        key: str,
-        offset: int,
-        holder: Provider | None,
-        deferred: set[tuple[str, int]] | None = None,
-        failed: set[Where] | None = None,
-    ) -> AsyncIterator[Provider]:
-        """The providers of `key` that can serve from `offset`, but those in `failed`;
-        those in `deferred` (busy a moment ago) after all the others, and a host's records
-        past its first two after those: one host filling the answer with records under
-        many node ids must not hide the other holders."""
+    async def _sources(self, key: str, pick: _Pick) -> AsyncIterator[Provider]:
+        """The providers of `key` that `pick` allows; those busy a moment ago after all
+        the others, and a host's records past its first two after those: one host
+        filling the answer with records under many node ids must not hide the others."""
         later: list[Provider] = []
         same_host: list[Provider] = []
         per_host: dict[str, int] = {}
         async for provider in self.cache.providers(key):
-            if not usable_source(provider, offset, holder):
+            if pick.complete_only and provider.inflight:
+                continue
+            if not usable_source(provider, pick.offset, pick.holder):
                 continue
             if self._distrusted(key, provider):
                 continue
             where = (provider.host, provider.registry_port)
-            if failed and where in failed:
+            if where in pick.failed:
                 continue
-            if deferred and where in deferred:
+            if where in pick.busy:
                 later.append(provider)
             elif per_host.get(provider.host, 0) >= SOURCES_PER_HOST:
                 same_host.append(provider)
@@ -678,10 +701,7 @@ class PeerMirror:
         key: str,
         head: HeadRequest,
         budget: float,
-        offset: int = 0,
-        holder: Provider | None = None,
-        deferred: set[tuple[str, int]] | None = None,
-        failed: set[Where] | None = None,
+        pick: _Pick,
     ) -> _RaceResult:
         """Race the usable sources of `key` for a head; `busy_at`: those at their stream cap."""
         result = _RaceResult()
@@ -699,17 +719,17 @@ class PeerMirror:
         # A search for a blob nobody held is already waiting: it lets the lookup finish
         # (the sources that were busy come last, only once it has).
         resolve_timeout = settings.resolve_timeout
-        if deferred is not None:
+        if pick.searching:
             resolve_timeout = max(resolve_timeout, settings.cold.search_resolve_timeout)
         limits = RaceLimits(
             resolve_timeout=resolve_timeout,
-            resolve_retries=settings.resolve_retries + (len(deferred) if deferred else 0),
+            resolve_retries=settings.resolve_retries + len(pick.busy),
             hedge_delay=self.latencies.hedge_delay(),
             head_timeout=settings.head_timeout,
             budget=budget,
         )
         race = Race[Provider](limits, trio.current_time())
-        sources = self._sources(key, offset, holder, deferred, failed)
+        sources = self._sources(key, pick)
         done, peer = await RaceShell(race, sources, head).run()
         if done.winner is None or peer is None:
             log.debug("no peer answered", extra={"key": key, "reason": done.reason})

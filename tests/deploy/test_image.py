@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -40,7 +39,7 @@ from bench.kit.cluster import configure_containerd
 from bench.kit.containerd import ContainerdNode
 from bench.kit.images import GeneratedImage, generate_image, push_image
 from bench.kit.mirror import MirrorNode
-from bench.kit.procs import KitError, free_port, pid_alive, wait_until
+from bench.kit.procs import free_port, pid_alive, wait_until
 from bench.kit.registry import UpstreamRegistry
 from container import image
 from mirror.version import VERSION
@@ -367,13 +366,6 @@ def test_another_node_pulls_through_the_containerised_node(nodes: Nodes) -> None
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(KitError, subprocess.TimeoutExpired),
-    reason="cold start + the chart's two mirror targets: the claimer's 404 sends its "
-    "containerd to the node port target, another node, which streams the claimer's "
-    "own in-flight download back to it and stalls until its budget ends",
-)
 def test_a_new_image_pulled_through_the_charts_hosts_toml(nodes: Nodes) -> None:
     fresh = generate_image(
         nodes.base / "fresh", name="team/fresh", tag="v1", seed=22, total_size=2 * MIB, layers=1

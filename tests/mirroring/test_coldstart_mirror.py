@@ -12,11 +12,14 @@ import trio
 
 from dht import Provider
 from dht.claims import Claim, ClaimAnswer, Lost, Refused, Won
+from mirror.containerd.hosts import FALLBACK_HEADER
 from mirror.ingest.serving import INFLIGHT_HEADER
 from mirror.mirroring.coldmiss import ColdMissLimits
 from mirror.mirroring.mirror import MirrorEvent, MirrorSettings, PeerMirror
 from mirror.mirroring.providers import ProviderCache
 from mirror.mirroring.relay import DigestMismatch
+from mirror.oci.distribution import parse_distribution_path
+from mirror.server.request import Request
 from tests.mirroring.test_race import (
     BLOB,
     DIGEST,
@@ -186,3 +189,41 @@ async def test_right_bytes_from_a_download_in_progress_are_proven_and_sent() -> 
         nursery.cancel_scope.cancel()
     assert hashlib.sha256(body).hexdigest() == DIGEST.removeprefix("sha256:")
     assert events[-1].inflight_source and not events[-1].digest_mismatch
+
+
+async def test_a_fallback_request_is_never_held_for_a_download_in_progress(
+    tmp_path: Path,
+) -> None:
+    """containerd asking this node as its second target (the node port service) may be
+    the claimant's own containerd, sent here by its mirror's fast 404: holding it for
+    the claimant's download would have that download wait on itself. Only complete
+    holders serve it; nobody else: the fast 404, and no claim is made."""
+    async with trio.open_nursery() as nursery:
+        holder = _provider(await _good_peer(nursery, tmp_path), b"holder")
+        downloading = Provider(
+            node_id=b"d".ljust(16, b"\0"),
+            host="127.0.0.1",
+            udp_port=1,
+            registry_port=holder.registry_port,
+            progress=(len(BLOB) // 2, len(BLOB)),
+        )
+        claims = ScriptedClaims([Lost(_claim(holder))])
+        events: list[MirrorEvent] = []
+        mirror = await _cold_mirror(nursery, claims, [downloading], events)
+        request = Request(
+            "GET",
+            f"/v2/team/app/blobs/{DIGEST}?ns=example.com",
+            {FALLBACK_HEADER.lower(): "true"},
+            True,
+            False,
+        )
+        route = parse_distribution_path(request.path)
+        assert route is not None
+        with trio.fail_after(2):
+            assert await mirror.fetch(request, route, "example.com") is None
+        assert claims.asked == 0
+        assert [(e.outcome, e.claim) for e in events] == [("miss", "")]
+        # Its own containerd (no header) is held and streamed from the claim's holder.
+        response = await _fetch(mirror)
+        assert response is not None and await _body_through(response) == BLOB
+        nursery.cancel_scope.cancel()

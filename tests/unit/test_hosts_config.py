@@ -40,6 +40,9 @@ def test_render_matches_spegel_format() -> None:
         "[host.'http://127.0.0.1:30021']\n"
         "capabilities = ['pull', 'resolve']\n"
         "dial_timeout = '200ms'\n"
+        # Ours: a target after the first may be another node's instance (hosts.py).
+        "[host.'http://127.0.0.1:30021'.header]\n"
+        "X-Mirror-Fallback = 'true'\n"
     )
     wildcard = parse_registry_url("_default", allow_wildcard=True)
     text = render_hosts_toml(wildcard, targets[:1], resolve_tags=False)
@@ -56,7 +59,8 @@ def test_render_with_basic_auth_matches_spegel() -> None:
     text = render_hosts_toml(
         registry, targets, resolve_tags=True, authorization="Basic aGVsbG86d29ybGQ="
     )
-    # Spegel's expected file for hello/world (pkg/oci/containerd/mirror_test.go).
+    # Spegel's expected file for hello/world (pkg/oci/containerd/mirror_test.go), and
+    # our fallback header on the second target.
     assert text == (
         "server = 'http://foo.bar:5000'\n"
         "\n"
@@ -71,6 +75,7 @@ def test_render_with_basic_auth_matches_spegel() -> None:
         "dial_timeout = '200ms'\n"
         "[host.'http://127.0.0.1:5001'.header]\n"
         "Authorization = 'Basic aGVsbG86d29ybGQ='\n"
+        "X-Mirror-Fallback = 'true'\n"
     )
 
 
@@ -100,8 +105,12 @@ def test_cli_configuration_writes_the_basic_auth_header(tmp_path: Path) -> None:
     assert configure.returncode == 0, configure.stderr
     path = config / "docker.io" / "hosts.toml"
     hosts = tomllib.loads(path.read_text())["host"]
-    for target in TARGETS:
-        assert hosts[target]["header"] == {"Authorization": "Basic aGVsbG86d29ybGQ="}
+    first, second = TARGETS
+    assert hosts[first]["header"] == {"Authorization": "Basic aGVsbG86d29ybGQ="}
+    assert hosts[second]["header"] == {
+        "Authorization": "Basic aGVsbG86d29ybGQ=",
+        "X-Mirror-Fallback": "true",
+    }
     # A credential inside: for containerd (root) only.
     assert path.stat().st_mode & 0o777 == 0o600
     assert "aGVsbG8" not in configure.stderr
