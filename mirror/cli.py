@@ -155,7 +155,9 @@ COMMANDS: dict[str, tuple[str, list[Flag]]] = {
             Flag(
                 "mirror-relay",
                 "str",
-                "How a peer's body reaches the client: splice (in kernel) or copy (1 MiB buffer).",
+                "How a peer's body reaches the client: splice (in kernel), copy (1 MiB buffer) "
+                "or redirect (a 307 to a holder of the whole blob; downloads in progress are "
+                "spliced).",
             ),
             Flag(
                 "cold-start",
@@ -353,8 +355,8 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
         for flag in [*COMMANDS[command][1], LOG_LEVEL]
     }
     if command == "registry":
-        if values["mirror_relay"] not in ("copy", "splice"):
-            raise UsageError("--mirror-relay: use copy or splice")
+        if values["mirror_relay"] not in ("copy", "splice", "redirect"):
+            raise UsageError("--mirror-relay: use splice, copy or redirect")
         streams = values["peer_streams"]
         if isinstance(streams, int) and streams < 0:
             raise UsageError("--peer-streams: use 0 (no limit) or more")

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from mirror.mirroring.mirror import PEER_HEADER
 from mirror.server.connection import Handler
-from mirror.server.registry import MIRRORED_HEADER
+from mirror.server.registry import from_peer
 from mirror.server.request import Request
 from mirror.server.response import Response
 from mirror.version import VERSION
@@ -334,7 +334,7 @@ class Telemetry:
         peer = ""
         if source == "peer":
             peer = next((v for k, v in response.headers if k == PEER_HEADER), "")
-        if MIRRORED_HEADER in request.headers:
+        if from_peer(request):
             cache = "served"
         else:
             cache = "hit" if 200 <= status < 300 else "miss"

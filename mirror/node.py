@@ -302,7 +302,8 @@ class Node:
         settings = MirrorSettings(
             resolve_timeout=options.mirror_resolve_timeout,
             resolve_retries=options.mirror_resolve_retries,
-            use_splice=options.mirror_relay == "splice",
+            use_splice=options.mirror_relay in ("splice", "redirect"),
+            redirect=options.mirror_relay == "redirect",
             cold_start=options.cold_start,
             min_rate=options.mirror_min_rate,
         )

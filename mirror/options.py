@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-RelayMode = Literal["copy", "splice"]
+RelayMode = Literal["copy", "splice", "redirect"]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -59,7 +59,7 @@ from mirror.oci.mediatypes import (
 from mirror.oci.ranges import parse_decimal
 from mirror.server.http import API_VERSION_HEADER
 from mirror.server.io import PeerStalled
-from mirror.server.registry import MIRRORED_HEADER
+from mirror.server.registry import MIRRORED_HEADER, MIRRORED_QUERY
 from mirror.server.request import Request
 from mirror.server.response import Response, error_response
 
@@ -86,6 +86,8 @@ class MirrorSettings:
     stall_timeout: float = 10.0
     max_resumes: int = 3
     use_splice: bool = False
+    # A whole blob from a complete holder: a 307 to it instead of a relay.
+    redirect: bool = False
     # The least a complete holder must send while a body is relayed (relay.py), bytes/s.
     min_rate: float = 65536.0
     rate_window: float = 10.0
@@ -290,6 +292,8 @@ class PeerMirror:
         if authorization is not None:
             self.peer_headers.append(("Authorization", authorization))
         self.settings = settings or MirrorSettings()
+        # containerd drops its Authorization header on a redirect to another host.
+        self._redirects = self.settings.redirect and authorization is None
         self.claims = claims
         self.book = book if book is not None else ClaimBook(self.settings.claim_lease)
         self.latencies = HeadLatencies()
@@ -586,8 +590,30 @@ class PeerMirror:
         )
         self._finished(miss, served, "failed", sent, digest_mismatch=True)
 
+    def _redirect(self, miss: _Miss, served: _Served) -> Response:
+        """A 307 to the holder: containerd reads straight from its sendfile, and on a
+        break comes back here at its offset (another holder, or a relay). The mark in
+        the URL makes the holder serve its own content only, as the header does."""
+        served.peer.close()
+        provider = served.provider
+        host = f"[{provider.host}]" if ":" in provider.host else provider.host
+        separator = "&" if "?" in miss.target else "?"
+        location = (
+            f"http://{host}:{provider.registry_port}{miss.target}{separator}{MIRRORED_QUERY}=true"
+        )
+        self._finished(miss, served, "peer", 0)
+        headers = [
+            ("Location", location),
+            ("Docker-Content-Digest", miss.key),
+            API_VERSION_HEADER,
+            (PEER_HEADER, served.name),
+        ]
+        return Response(307, headers, b"", handler=miss.kind, source="peer")
+
     def _blob(self, miss: _Miss, served: _Served) -> Response:
         peer = served.peer
+        if self._redirects and miss.method == "GET" and not served.inflight:
+            return self._redirect(miss, served)
         start = _range_start(peer.header("content-range")) if peer.status == 206 else 0
         end = start + peer.content_length - 1
 

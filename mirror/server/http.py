@@ -9,6 +9,7 @@ from email.utils import formatdate
 REASONS = {
     200: "OK",
     206: "Partial Content",
+    307: "Temporary Redirect",
     400: "Bad Request",
     401: "Unauthorized",
     404: "Not Found",

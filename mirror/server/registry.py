@@ -43,6 +43,14 @@ from mirror.server.streamcap import StreamCap
 
 # Spegel's loop-prevention header: a request carrying it is served from local content only.
 MIRRORED_HEADER = "x-spegel-mirrored"
+# The same mark in a URL: a redirect (--mirror-relay=redirect) cannot carry a header.
+MIRRORED_QUERY = "mirrored"
+
+
+def from_peer(request: Request) -> bool:
+    """A peer asked (it serves only its own content to it: requests never loop)."""
+    return MIRRORED_HEADER in request.headers or request.query_param(MIRRORED_QUERY) == "true"
+
 
 _TEXT = [("Content-Type", "text/plain; charset=utf-8")]
 # The kubelet's probes: never behind basic auth (Spegel's rule too).
@@ -186,12 +194,12 @@ class RegistryHandler:
     async def _pull(self, request: Request, pull: _Pull) -> Response:
         """Local content first; then the mirroring layer, unless a peer asked."""
         route, registry = pull.route, pull.registry
-        from_peer = MIRRORED_HEADER in request.headers
+        peer = from_peer(request)
         response: Response | None
         if route.kind is Kind.MANIFEST:
             response = await self._local_manifest(request, route, registry)
         else:
-            response = await self._blob(request, route, from_peer)
+            response = await self._blob(request, route, peer)
         if response is not None:
             return response
         if self.on_local_miss is not None:
@@ -199,7 +207,7 @@ class RegistryHandler:
                 self.on_local_miss(str(route.digest))
             elif registry is not None:
                 self.on_local_miss(f"{registry}/{route.name}:{route.tag}")
-        if self.miss is not None and not from_peer:
+        if self.miss is not None and not peer:
             mirrored = await self.miss.fetch(request, route, registry)
             if mirrored is not None:
                 return mirrored

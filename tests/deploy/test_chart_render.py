@@ -490,3 +490,14 @@ def test_cold_start_values_become_flags_only_when_changed(
     assert {"--cold-start=false", "--peer-streams=8", "--peer-upload-rate=3000000000"} <= set(args)
     with pytest.raises(helm.HelmValuesError, match="peerStream"):
         render_set("coldStart.peerStream=2")
+
+
+def test_mirror_relay_becomes_a_flag_only_when_changed(
+    default_docs: list[dict[str, Any]],
+) -> None:
+    default_args = _args(find(default_docs, "DaemonSet", "spegel"), "registry")
+    assert not [a for a in default_args if a.startswith("--mirror-relay")]
+    redirect = find(documents(render_set("mirrorRelay=redirect")), "DaemonSet", "spegel")
+    assert "--mirror-relay=redirect" in _args(redirect, "registry")
+    with pytest.raises(helm.HelmError):
+        render_set("mirrorRelay=teleport")

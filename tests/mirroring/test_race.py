@@ -18,6 +18,7 @@ import trio
 
 from dht import Provider
 from mirror.mirroring.mirror import MirrorEvent, MirrorSettings, PeerMirror
+from mirror.mirroring.peer import request_head
 from mirror.mirroring.providers import ProviderCache
 from mirror.oci.distribution import parse_distribution_path
 from mirror.server.listener import RegistryServer
@@ -357,4 +358,25 @@ async def test_an_unsatisfiable_range_through_a_peer_is_a_416(tmp_path: Path) ->
         response = await mirror.fetch(request, route, "example.com")
         assert response is not None and response.status == 416
         assert ("Content-Range", f"bytes */{len(BLOB)}") in response.headers
+        nursery.cancel_scope.cancel()
+
+
+async def test_redirect_mode_sends_the_client_to_a_complete_holder(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        good = await _good_peer(nursery, tmp_path)
+        mirror = await _mirror(nursery, [_provider(good, b"good")], redirect=True)
+        response = await _fetch(mirror)
+        assert response is not None and response.status == 307
+        location = dict(response.headers)["Location"]
+        assert location == (
+            f"http://127.0.0.1:{good}/v2/team/app/blobs/{DIGEST}?ns=example.com&mirrored=true"
+        )
+        # The holder serves its own content at that URL (the mark stands for the header).
+        target = location.removeprefix(f"http://127.0.0.1:{good}")
+        peer = await request_head("127.0.0.1", good, "GET", target, [])
+        assert peer.status == 200 and peer.content_length == len(BLOB)
+        peer.close()
+        # A HEAD is answered here, as before.
+        head = await _fetch(mirror, "HEAD")
+        assert head is not None and head.status == 200
         nursery.cancel_scope.cancel()
