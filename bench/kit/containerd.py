@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shutil
 import subprocess
@@ -308,6 +309,30 @@ class ContainerdNode(StartStop):
 
     def has_blob(self, digest: str) -> bool:
         return self.blob_path(digest).is_file()
+
+    @contextlib.contextmanager
+    def snapshot_view(self, chain_id: str, name: str = "kit-view") -> Iterator[Path]:
+        """The unpacked image whose top layer has `chain_id` (`PlatformImage.chain_id`),
+        mounted read-only the way containerd mounts it for a container (needs root)."""
+        snapshots = ("snapshots", "--snapshotter", self.snapshotter)
+        # The mounts come with the view: nothing references a view, so containerd's
+        # GC may remove it at once, while its committed parents stay with the image.
+        (mount,) = json.loads(self.ctr(*snapshots, "view", "--mounts", name, chain_id).stdout)
+        target = Path(tempfile.mkdtemp(prefix="view-", dir=self.dir))
+        mounted = False
+        try:
+            options = ",".join(mount.get("Options") or ["ro"])
+            argv = ["mount", "-t", mount["Type"], mount["Source"], str(target), "-o", options]
+            run(argv, check=True, timeout=30)
+            mounted = True
+            yield target
+        finally:
+            if mounted:
+                result = run(["umount", str(target)], check=False, timeout=30)
+                if result.returncode != 0:
+                    run(["umount", "-l", str(target)], check=False, timeout=30)
+            target.rmdir()
+            self.ctr(*snapshots, "rm", name, check=False)
 
     def blob_digests(self) -> set[str]:
         """Digests of every committed blob in the content store (read from disk)."""
