@@ -86,8 +86,9 @@ def zstandard_module() -> Any:
     try:
         import zstandard
     except ImportError as exc:
-        raise ImportError(
-            "zstd layers need the zstandard package: pip install 'trio-mirror[bench]'"
+        raise ModuleNotFoundError(
+            "zstd layers need the zstandard package: pip install 'trio-mirror[bench]'",
+            name="zstandard",
         ) from exc
     return zstandard
 
@@ -98,7 +99,7 @@ def _compressor(sink: _Hashing, compression: str) -> Iterator[Any]:
         yield sink
     elif compression == "gzip":
         # No name and mtime 0 in the gzip header: the same tar gives the same blob.
-        with gzip.GzipFile(filename="", mode="wb", fileobj=sink, mtime=0) as gz:  # type: ignore[arg-type]
+        with gzip.GzipFile(filename="", mode="wb", fileobj=sink, mtime=0, compresslevel=6) as gz:  # type: ignore[arg-type]
             yield gz
     elif compression == "zstd":
         compressor = zstandard_module().ZstdCompressor(level=3)
