@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,10 +66,11 @@ def render_config(
     ttrpc_address: Path,
     log_level: str,
     cri: bool = False,
-    registry_config_path: Path | None = None,
+    registry_config_path: Path | str | None = None,
     snapshotter: str = DEFAULT_SNAPSHOTTER,
     discard_unpacked_layers: bool = False,
     version: int = 2,
+    use_local_image_pull: bool = False,
 ) -> str:
     """containerd's config.toml, schema `version` 2 (1.x; 2.x migrates it) or 3 (2.x).
 
@@ -77,6 +78,8 @@ def render_config(
     socket) and reads `registry_config_path` for `<host>/hosts.toml`; it starts
     without CNI, and image pulls do not need it. containerd 2.1 drops a version 2
     file's `discard_unpacked_layers` when it migrates the file: 2.x gets version 3.
+    `registry_config_path` may be a ':'-separated list; `use_local_image_pull`
+    (version 3) makes CRI pull without the transfer service.
     """
     disabled = ", ".join(f'"{p}"' for p in (CRI_DISABLED_PLUGINS if cri else DISABLED_PLUGINS))
     text = f"""\
@@ -100,6 +103,7 @@ disabled_plugins = [{disabled}]
 [plugins."io.containerd.cri.v1.images"]
   snapshotter = "{snapshotter}"
   discard_unpacked_layers = {"true" if discard_unpacked_layers else "false"}
+  use_local_image_pull = {"true" if use_local_image_pull else "false"}
 [plugins."io.containerd.cri.v1.images".registry]
   config_path = "{registry_config_path or ""}"
 """
@@ -129,9 +133,13 @@ class ContainerdNode(StartStop):
         ctr_binary: str = "ctr",
         cri: bool = False,
         discard_unpacked_layers: bool = False,
+        extra_config_dirs: Sequence[Path] = (),
+        use_local_image_pull: bool = False,
     ) -> None:
         """`cri` keeps the CRI plugin on, reading this node's hosts dir
-        (`config_path`); `discard_unpacked_layers` is its setting of that name."""
+        (`config_path`, followed by `extra_config_dirs` in a ':'-separated list);
+        `discard_unpacked_layers` and `use_local_image_pull` (2.x) are its settings
+        of those names."""
         self.name = name
         self.dir = Path(base_dir).absolute() / name
         self.root = self.dir / "root"
@@ -149,6 +157,8 @@ class ContainerdNode(StartStop):
         self.ctr_binary = ctr_binary
         self.cri = cri
         self.discard_unpacked_layers = discard_unpacked_layers
+        self.extra_config_dirs = tuple(Path(d) for d in extra_config_dirs)
+        self.use_local_image_pull = use_local_image_pull
         self._schema: int | None = None
         if len(str(self.ttrpc_address)) > MAX_SOCKET_PATH:
             raise KitError(f"socket path too long for AF_UNIX, use a shorter base dir: {self.dir}")
@@ -183,9 +193,12 @@ class ContainerdNode(StartStop):
                 ttrpc_address=self.ttrpc_address,
                 log_level=self.log_level,
                 cri=self.cri,
-                registry_config_path=self.config_path,
+                registry_config_path=":".join(
+                    str(d) for d in (self.config_path, *self.extra_config_dirs)
+                ),
                 snapshotter=self.snapshotter,
                 discard_unpacked_layers=self.discard_unpacked_layers,
+                use_local_image_pull=self.use_local_image_pull,
                 version=self._config_version(),
             )
         )

@@ -244,7 +244,9 @@ def test_optional_parts() -> None:
         "spegel.mirroredRegistries={docker.io}",
         "resources=small",
         "basicAuthSecretName=creds",
-        "grafanaDashboard.enabled=true",
+        "grafanaDashboard.mode=Json",
+        "grafanaDashboard.enabled=true,grafanaDashboard.mode=GrafanaOperator",
+        "grafanaDashboard.sidecarLabel=two words",
         "spegel.containerdSock=relative.sock",
     ],
 )

@@ -77,9 +77,6 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if .Values.basicAuthSecretName }}
 {{- fail "basicAuthSecretName: the trio-mirror registry has no basic authentication; leave it empty" }}
 {{- end }}
-{{- if .Values.grafanaDashboard.enabled }}
-{{- fail "grafanaDashboard.enabled: no dashboard is shipped; import Spegel's dashboard (same metric names)" }}
-{{- end }}
 {{- end }}
 
 {{/* The registry's host port, or nothing in the node-port-only layout (see values.yaml):
