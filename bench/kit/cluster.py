@@ -37,7 +37,11 @@ class ClusterNode:
 
 
 def configure_containerd(
-    node: ContainerdNode, registries: Sequence[str], targets: Sequence[str]
+    node: ContainerdNode,
+    registries: Sequence[str],
+    targets: Sequence[str],
+    *,
+    resolve_tags: bool = True,
 ) -> None:
     """Run `mirror configuration` for this containerd's config_path."""
     result = subprocess.run(
@@ -47,6 +51,7 @@ def configure_containerd(
             "mirror",
             "configuration",
             f"--containerd-registry-config-path={node.config_path}",
+            f"--resolve-tags={'true' if resolve_tags else 'false'}",
             "--mirrored-registries",
             *registries,
             "--mirror-targets",
