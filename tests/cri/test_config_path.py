@@ -51,11 +51,12 @@ def _config_warnings(node: ContainerdNode, workdir: Path) -> list[str]:
     ("series", "path_list", "local_pull", "mirror_asked"),
     [
         ("1.6", True, False, True),
+        ("1.7", True, False, True),
         ("2.1", False, False, True),
         ("2.1", True, False, False),
         ("2.1", True, True, True),
     ],
-    ids=["1.6-list", "2.1-one-dir", "2.1-list", "2.1-list-local-pull"],
+    ids=["1.6-list", "1.7-list", "2.1-one-dir", "2.1-list", "2.1-list-local-pull"],
 )
 def test_the_warning_is_given_when_containerd_skips_the_mirror(
     tmp_path: Path, series: str, path_list: bool, local_pull: bool, mirror_asked: bool
@@ -85,7 +86,7 @@ def test_the_warning_is_given_when_containerd_skips_the_mirror(
         asked = [r.path for r in recorder.recorded()]
     assert bool(asked) == mirror_asked, asked
     transfer_warnings = [w for w in warnings if TRANSFER_SERVICE_WARNING in w]
-    if series == "1.6":
+    if series.startswith("1."):
         # A version 2 file could be read by 2.x too: the warning says "if".
         assert [w.startswith("if this containerd is 2.x: ") for w in transfer_warnings] == [True]
     else:
