@@ -105,7 +105,16 @@ class LocalCluster(StartStop):
                 workdir=self.base_dir / f"mirror-{i + 1}",
                 log_level=log_level,
                 name=f"mirror-{i + 1}",
-                extra_args=list(mirror_args),
+                # A CRI node's config is what a DaemonSet's mirror would read.
+                containerd_config_file=containerd.config_file if cri else "",
+                extra_args=[
+                    *(
+                        [f"--containerd-registry-config-path={containerd.config_path}"]
+                        if cri
+                        else []
+                    ),
+                    *mirror_args,
+                ],
             )
             self.nodes.append(ClusterNode(i, ip, containerd, mirror))
         # Every router is listed, as a DNS name of a headless Service resolves to every pod.

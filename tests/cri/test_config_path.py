@@ -37,10 +37,8 @@ def _config_warnings(node: ContainerdNode, workdir: Path) -> list[str]:
         containerd_sock=node.address,
         workdir=workdir,
         log_level="WARN",
-        extra_args=[
-            f"--containerd-config-file={node.config_file}",
-            f"--containerd-registry-config-path={node.config_path}",
-        ],
+        containerd_config_file=node.config_file,
+        extra_args=[f"--containerd-registry-config-path={node.config_path}"],
     )
     with mirror:
         lines = mirror.process.log_path.read_text().splitlines()

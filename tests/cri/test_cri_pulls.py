@@ -106,6 +106,8 @@ def cluster(
             containerd_sock=c.address,
             workdir=base / f"mirror-{i}",
             name=f"mirror-{i}",
+            containerd_config_file=c.config_file,
+            extra_args=[f"--containerd-registry-config-path={c.config_path}"],
         )
         for i, c in enumerate(containerds, start=1)
     ]
@@ -241,6 +243,16 @@ def test_discarded_layers_are_not_advertised(cluster: Cluster) -> None:
             cluster.nodes[0].mirror.address, f"/v2/{image.name}/blobs/{layer}{ns}", method="HEAD"
         )
         assert reply.status == 404
+
+
+def test_the_mirror_warns_about_the_node_that_discards_layers(cluster: Cluster) -> None:
+    """Each mirror reads its node's config.toml (version 3 on 2.x) at start: only node 3,
+    with discard_unpacked_layers = true, is warned about."""
+    for i, node in enumerate(cluster.nodes, start=1):
+        lines = node.mirror.process.log_path.read_text().splitlines()
+        warnings = [json.loads(line)["msg"] for line in lines if '"level": "WARN' in line]
+        expected = ["discard_unpacked_layers = true"] if i == 3 else []
+        assert [w.split(":")[0] for w in warnings] == expected, warnings
 
 
 def test_content_create_is_advertised_on_commit(cluster: Cluster) -> None:
