@@ -89,6 +89,7 @@ class LocalCluster(StartStop):
         self.upstream = UpstreamRegistry(self.base_dir / "upstream")
         self.nodes: list[ClusterNode] = []
         self.with_mirror = with_mirror
+        self.containerd_series = containerd_series
         release = containerd_release(containerd_series)
         for i in range(n):
             ip = f"127.0.0.{i + 1}"

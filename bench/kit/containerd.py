@@ -71,6 +71,7 @@ def render_config(
     discard_unpacked_layers: bool = False,
     version: int = 2,
     use_local_image_pull: bool = False,
+    layer_fetch_buffer: int = 0,
 ) -> str:
     """containerd's config.toml, schema `version` 2 (1.x; 2.x migrates it) or 3 (2.x).
 
@@ -79,7 +80,8 @@ def render_config(
     without CNI, and image pulls do not need it. containerd 2.1 drops a version 2
     file's `discard_unpacked_layers` when it migrates the file: 2.x gets version 3.
     `registry_config_path` may be a ':'-separated list; `use_local_image_pull`
-    (version 3) makes CRI pull without the transfer service.
+    (version 3) makes CRI pull without the transfer service. `layer_fetch_buffer`
+    (2.1+) makes the transfer service fetch a layer in parallel ranges of that size.
     """
     disabled = ", ".join(f'"{p}"' for p in (CRI_DISABLED_PLUGINS if cri else DISABLED_PLUGINS))
     text = f"""\
@@ -115,6 +117,12 @@ disabled_plugins = [{disabled}]
 [plugins."io.containerd.grpc.v1.cri".registry]
   config_path = "{registry_config_path or ""}"
 """
+    if layer_fetch_buffer:
+        text += f"""
+[plugins."io.containerd.transfer.v1.local"]
+  max_concurrent_downloads = 4
+  concurrent_layer_fetch_buffer = {layer_fetch_buffer}
+"""
     return text
 
 
@@ -135,11 +143,13 @@ class ContainerdNode(StartStop):
         discard_unpacked_layers: bool = False,
         extra_config_dirs: Sequence[Path] = (),
         use_local_image_pull: bool = False,
+        layer_fetch_buffer: int = 0,
     ) -> None:
         """`cri` keeps the CRI plugin on, reading this node's hosts dir
         (`config_path`, followed by `extra_config_dirs` in a ':'-separated list);
         `discard_unpacked_layers` and `use_local_image_pull` (2.x) are its settings
-        of those names."""
+        of those names; `layer_fetch_buffer` the transfer service's
+        `concurrent_layer_fetch_buffer` (2.1+: parallel range fetches of a layer)."""
         self.name = name
         self.dir = Path(base_dir).absolute() / name
         self.root = self.dir / "root"
@@ -159,6 +169,7 @@ class ContainerdNode(StartStop):
         self.discard_unpacked_layers = discard_unpacked_layers
         self.extra_config_dirs = tuple(Path(d) for d in extra_config_dirs)
         self.use_local_image_pull = use_local_image_pull
+        self.layer_fetch_buffer = layer_fetch_buffer
         self._schema: int | None = None
         if len(str(self.ttrpc_address)) > MAX_SOCKET_PATH:
             raise KitError(f"socket path too long for AF_UNIX, use a shorter base dir: {self.dir}")
@@ -199,6 +210,7 @@ class ContainerdNode(StartStop):
                 snapshotter=self.snapshotter,
                 discard_unpacked_layers=self.discard_unpacked_layers,
                 use_local_image_pull=self.use_local_image_pull,
+                layer_fetch_buffer=self.layer_fetch_buffer,
                 version=self._config_version(),
             )
         )

@@ -4,9 +4,10 @@ The full e2e set runs on 1.6 (test_p2p.py); here each series gets the paths that
 depend on containerd's side: a multi-arch image as registries serve them (gzip
 and zstd layers of real files, symlinks, hardlinks, whiteouts; an attestation
 manifest per platform) pulled through a peer with the upstream stopped and
-unpacked, only the pulled platform's layers advertised, and a holder killed
-while a real pull streams a layer from it. The holders' peer uploads are paced
-(--peer-upload-rate) so that a layer takes long enough to be cut midway.
+unpacked, only the pulled platform's layers advertised, a holder killed while a
+real pull streams a layer from it, and (2.1) a layer fetched in parallel ranges.
+The holders' peer uploads are paced (--peer-upload-rate) so that a layer takes
+long enough to be cut midway.
 """
 
 from __future__ import annotations
@@ -242,3 +243,37 @@ def test_a_holder_killed_mid_layer_during_a_pull_is_replaced(cluster: LocalClust
     _assert_blobs_match(cluster, 1, image.images[0].blobs())
     # The relay went on from the other holder with Range; containerd saw one response.
     assert metric_sum(cluster[1].mirror.metrics_url, "mirror_relay_resumes_total") > resumes
+
+
+def test_parallel_range_fetches_go_through_peers(cluster: LocalCluster) -> None:
+    """containerd 2.1's transfer service with concurrent_layer_fetch_buffer fetches a layer
+    as parallel open-ended ranges (`bytes=N-`), reading one buffer of each: every range
+    is relayed from a peer, and containerd proves the whole at commit."""
+    if cluster.containerd_series != "2.1":
+        pytest.skip("parallel layer fetches are containerd 2.1's")
+    image = generate_image(
+        cluster.base_dir / "layouts" / "ranges",
+        name="real/ranges",
+        tag="v1",
+        seed=23,
+        total_size=8 * MIB,
+        layers=1,
+    )
+    ref = image.ref(cluster.upstream.host)
+    push_image(image.layout_dir, image.tag, ref)
+    cluster.pull(0, ref)
+    _wait_provided_by(cluster, image, (0,))
+    puller = cluster[1]
+    puller.containerd.layer_fetch_buffer = MIB
+    puller.containerd.restart()
+    gets = metric_sum(puller.mirror.metrics_url, "http_response_size_bytes_count", handler="blob")
+    cluster.upstream.stop()
+    try:
+        cluster.pull(1, ref)
+    finally:
+        cluster.upstream.start()
+        puller.containerd.layer_fetch_buffer = 0
+        puller.containerd.restart()
+    _assert_blobs_match(cluster, 1, image.images[0].blobs())
+    after = metric_sum(puller.mirror.metrics_url, "http_response_size_bytes_count", handler="blob")
+    assert after - gets >= 8  # one request per MiB of the layer, and the config
