@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.kit.distribution import get_manifest, split_ref
-from bench.kit.layers import COMPRESSIONS, write_layer
+from bench.kit.layers import COMPRESSIONS, HashingWriter, SeededReader, tar_info, write_layer
 from bench.kit.layers import LAYER_MEDIA_TYPE as LAYER_MEDIA_TYPE
 from bench.kit.layers import split as _split
 from bench.kit.procs import KitError, run
@@ -35,6 +35,11 @@ IN_TOTO_MEDIA_TYPE = "application/vnd.in-toto+json"
 
 # Fixed timestamps keep generated blobs byte-identical across runs.
 CREATED = "2024-01-01T00:00:00Z"
+
+# This module's helpers before they moved to layers.py, for code that imports them from here.
+_HashingWriter = HashingWriter
+_RandomReader = SeededReader
+_tarinfo = tar_info
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ class WrittenLayer:
     media_type: str
 
 
-class _Hashing:
+class HashingWriter:
     """A write-only stream that hashes and counts what goes through it to `sink`."""
 
     def __init__(self, sink: Any) -> None:
@@ -94,12 +94,13 @@ def zstandard_module() -> Any:
 
 
 @contextmanager
-def _compressor(sink: _Hashing, compression: str) -> Iterator[Any]:
+def _compressor(sink: HashingWriter, compression: str) -> Iterator[Any]:
     if compression == "none":
         yield sink
     elif compression == "gzip":
-        # No name and mtime 0 in the gzip header: the same tar gives the same blob.
-        with gzip.GzipFile(filename="", mode="wb", fileobj=sink, mtime=0, compresslevel=6) as gz:  # type: ignore[arg-type]
+        # No name and mtime 0 in the header: the same tar gives the same blob. Level 6 is
+        # Go's default, which registries' gzip layers mostly have.
+        with gzip.GzipFile(filename="", mode="wb", fileobj=sink, mtime=0, compresslevel=6) as gz:
             yield gz
     elif compression == "zstd":
         compressor = zstandard_module().ZstdCompressor(level=3)
@@ -111,7 +112,7 @@ def _compressor(sink: _Hashing, compression: str) -> Iterator[Any]:
         )
 
 
-class _Reader:
+class SeededReader:
     """`size` seeded bytes for tarfile.addfile: random, or random mapped to text."""
 
     def __init__(self, rng: random.Random, size: int, *, text: bool = False) -> None:
@@ -131,7 +132,7 @@ def split(total: int, parts: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
-def _info(
+def tar_info(
     name: str, kind: bytes = tarfile.REGTYPE, size: int = 0, mode: int = 0o644
 ) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
@@ -145,12 +146,12 @@ def _info(
 
 
 def _dir(tar: tarfile.TarFile, name: str) -> None:
-    tar.addfile(_info(name, tarfile.DIRTYPE, mode=0o755))
+    tar.addfile(tar_info(name, tarfile.DIRTYPE, mode=0o755))
 
 
 def _small(tar: tarfile.TarFile, name: str, text: str) -> None:
     data = text.encode()
-    tar.addfile(_info(name, size=len(data)), io.BytesIO(data))
+    tar.addfile(tar_info(name, size=len(data)), io.BytesIO(data))
 
 
 def _random_content(
@@ -159,7 +160,7 @@ def _random_content(
     top = f"layer-{index}"
     _dir(tar, top)
     for i, part in enumerate(split(size, files)):
-        tar.addfile(_info(f"{top}/data-{i}.bin", size=part), _Reader(rng, part))
+        tar.addfile(tar_info(f"{top}/data-{i}.bin", size=part), SeededReader(rng, part))
 
 
 def _tree_content(
@@ -172,19 +173,19 @@ def _tree_content(
     else:
         below = f"layer-{index - 1}"
         _dir(tar, below)
-        tar.addfile(_info(f"{below}/.wh.gone.txt"))
+        tar.addfile(tar_info(f"{below}/.wh.gone.txt"))
         _dir(tar, f"{below}/opaque")
-        tar.addfile(_info(f"{below}/opaque/.wh..wh..opq"))
+        tar.addfile(tar_info(f"{below}/opaque/.wh..wh..opq"))
         _small(tar, f"{below}/opaque/new.txt", f"replaced by layer {index}\n")
     for d in (top, f"{top}/bin", f"{top}/share", f"{top}/share/doc", f"{top}/opaque"):
         _dir(tar, d)
     for i, part in enumerate(split(size, max(files, 2))):
         name = f"{top}/bin/data-{i}.bin"
-        tar.addfile(_info(name, size=part, mode=0o755), _Reader(rng, part, text=i % 2 == 1))
-    link = _info(f"{top}/bin/current", tarfile.SYMTYPE, mode=0o777)
+        tar.addfile(tar_info(name, size=part, mode=0o755), SeededReader(rng, part, text=i % 2 == 1))
+    link = tar_info(f"{top}/bin/current", tarfile.SYMTYPE, mode=0o777)
     link.linkname = "data-0.bin"
     tar.addfile(link)
-    hard = _info(f"{top}/bin/data-0.hardlink", tarfile.LNKTYPE, mode=0o755)
+    hard = tar_info(f"{top}/bin/data-0.hardlink", tarfile.LNKTYPE, mode=0o755)
     hard.linkname = f"{top}/bin/data-0.bin"
     tar.addfile(hard)
     _small(tar, f"{top}/share/doc/README", f"layer {index} of a bench.kit image\n" * 64)
@@ -214,9 +215,9 @@ def write_layer(
     fd, tmp_name = tempfile.mkstemp(prefix=".tmp-layer-", dir=blob_dir)
     try:
         with os.fdopen(fd, "wb") as f:
-            stored = _Hashing(f)
+            stored = HashingWriter(f)
             with _compressor(stored, compression) as packed:
-                tarred = _Hashing(packed)
+                tarred = HashingWriter(packed)
                 with tarfile.TarFile(
                     fileobj=tarred, mode="w", format=tarfile.PAX_FORMAT, copybufsize=CHUNK
                 ) as tar:
