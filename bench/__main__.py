@@ -2,13 +2,17 @@
 
 Each command lives in its own module `bench/<command>.py`, which provides
 `add_arguments(parser)` and `run(args) -> int`. Modules are imported lazily so
-that one command's heavy imports do not slow the others down.
+that one command's heavy imports do not slow the others down. Every command's
+`--help` works with the project alone; what a command needs from the `bench`
+extra is checked before it runs, and a missing package is named with the extra
+to install.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 
 COMMANDS: dict[str, str] = {
@@ -33,6 +37,21 @@ MODULES = {
     },
     "coldstart-sim": "bench.coldstart_sim",
 }
+# What the `bench` extra brings that a command needs (pyproject.toml).
+EXTRA = "bench"
+NEEDS: dict[str, tuple[str, ...]] = {
+    "demo": ("zstandard",),  # its image has zstd layers
+    "measure": ("rich", "matplotlib"),  # a progress bar, then the report's charts
+    "analyze": ("matplotlib",),
+}
+EXTRA_MODULES = frozenset(module for modules in NEEDS.values() for module in modules)
+
+
+def missing_extra(command: str, modules: tuple[str, ...]) -> str:
+    return (
+        f"python -m bench {command} needs {', '.join(modules)}, from the `{EXTRA}` extra: "
+        f"pip install 'trio-mirror[{EXTRA}]' (in a checkout: pip install -e '.[{EXTRA}]')"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,10 +60,22 @@ def main(argv: list[str] | None = None) -> int:
     for name, help_text in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     first, rest = parser.parse_known_args(argv)
-    module = importlib.import_module(MODULES.get(first.command, f"bench.{first.command}"))
-    command_parser = argparse.ArgumentParser(prog=f"python -m bench {first.command}")
+    command = first.command
+    module = importlib.import_module(MODULES.get(command, f"bench.{command}"))
+    command_parser = argparse.ArgumentParser(prog=f"python -m bench {command}")
     module.add_arguments(command_parser)
-    return int(module.run(command_parser.parse_args(rest)) or 0)
+    args = command_parser.parse_args(rest)
+    absent = tuple(m for m in NEEDS.get(command, ()) if importlib.util.find_spec(m) is None)
+    if absent:
+        print(missing_extra(command, absent), file=sys.stderr)
+        return 2
+    try:
+        return int(module.run(args) or 0)
+    except ModuleNotFoundError as exc:
+        if exc.name not in EXTRA_MODULES:
+            raise
+        print(missing_extra(command, (exc.name,)), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -7,6 +7,11 @@ upstream and pulled with `ctr` on node 1; then the upstream is stopped and the
 same image is pulled on node 2, which can only get it from node 1 through the
 mirror. For each layer it prints which peer served it and how fast, and checks
 every blob on node 2 against its digest.
+
+The image is built as registries serve them: an index for linux/amd64 and
+linux/arm64 (with attestation manifests), gzip and zstd layers of real files
+(directories, symlinks, hardlinks, whiteouts). Both nodes pull linux/amd64 and
+unpack it.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from bench.kit.cluster import LocalCluster
 from bench.kit.images import generate_image, push_image
 
 MIB = 1024 * 1024
+PLATFORM = "linux/amd64"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -106,20 +112,31 @@ def _demo(args: argparse.Namespace, base: Path) -> int:
             seed=42,
             total_size=args.size_mib * MIB,
             layers=args.layers,
+            files_per_layer=4,
+            multi_arch=True,
+            compression=("gzip", "zstd"),
+            content="tree",
+            attestations=True,
         )
+        pulled = image.platform(PLATFORM)
         ref = image.ref(cluster.upstream.host)
         push_image(image.layout_dir, image.tag, ref)
-        _step(f"pushed {ref}: {image.total_size / MIB:.1f} MiB in {len(image.layers)} layers")
-        first = cluster.pull(0, ref)
+        size = sum(blob.size for blob in pulled.blobs()) / MIB
+        _step(
+            f"pushed {ref}: {len(image.images)} platforms; {PLATFORM} is {size:.1f} MiB"
+            f" in {len(pulled.layers)} gzip and zstd layers"
+        )
+        first = cluster.pull(0, ref, platform=PLATFORM)
         _step(f"node-1 pulled it from the upstream in {first.duration:.2f}s")
         time.sleep(1.0)  # let node-1 advertise what it now holds
         cluster.upstream.stop()
         _step("upstream registry stopped: from now on only peers can serve the image")
         started = time.time()
-        second = cluster.pull(1, ref)
+        second = cluster.pull(1, ref, platform=PLATFORM)
         _step(f"node-2 pulled it in {second.duration:.2f}s, through its mirror:")
         events = _mirror_events(cluster[1].mirror.process.log_path, started)
-        sizes = {blob.digest: blob.size for blob in image.images[0].blobs()}
+        wanted = (image.top, *pulled.blobs())
+        sizes = {blob.digest: blob.size for blob in wanted}
         for event in events:
             seconds = float(event["duration_ms"]) / 1000  # type: ignore[arg-type]
             size = int(event["bytes"])  # type: ignore[call-overload]
@@ -130,7 +147,7 @@ def _demo(args: argparse.Namespace, base: Path) -> int:
                 f" {size / MIB:8.2f} MiB {seconds * 1000:8.1f} ms {rate:8.0f} MiB/s"
             )
         failures = 0
-        for blob in image.images[0].blobs():
+        for blob in wanted:
             path = cluster[1].containerd.blob_path(blob.digest)
             good = (
                 path.is_file()

@@ -44,12 +44,12 @@ from bench.kit.images import (
     CREATED,
     MANIFEST_MEDIA_TYPE,
     Blob,
-    HashingWriter,
     streamed_blob,
     tag_in_layout,
     tarinfo,
     write_json_blob,
 )
+from bench.kit.layers import HashingWriter
 from mirror.version import VERSION
 
 # Where the chart's default image comes from; `make image PUSH=...` sends it elsewhere.

@@ -1,22 +1,29 @@
-"""One progress bar over every pull of a run (rich), with a line per finished phase."""
+"""One progress bar over every pull of a run (rich), with a line per finished phase.
+
+rich (the `bench` extra) is imported when a bar is made, so that the commands'
+`--help` works without it.
+"""
 
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 class PullProgress:
     def __init__(self, total: int, console: Console | None = None, unit: str = "pulls") -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
         self.console = console or Console()
         self._progress = Progress(
             TextColumn("{task.description:<36}"),

@@ -41,6 +41,8 @@ def configure_containerd(
     registries: Sequence[str],
     targets: Sequence[str],
     basic_auth_dir: Path | None = None,
+    *,
+    resolve_tags: bool = True,
 ) -> None:
     """Run `mirror configuration` for this containerd's config_path (with the basic
     auth credentials in `basic_auth_dir`, or none: the default directory is Spegel's
@@ -52,6 +54,7 @@ def configure_containerd(
             "mirror",
             "configuration",
             f"--containerd-registry-config-path={node.config_path}",
+            f"--resolve-tags={'true' if resolve_tags else 'false'}",
             "--mirrored-registries",
             *registries,
             "--mirror-targets",
@@ -93,6 +96,7 @@ class LocalCluster(StartStop):
         self.nodes: list[ClusterNode] = []
         self.with_mirror = with_mirror
         self.basic_auth_dir = basic_auth_dir
+        self.containerd_series = containerd_series
         release = containerd_release(containerd_series)
         for i in range(n):
             ip = f"127.0.0.{i + 1}"
@@ -109,7 +113,17 @@ class LocalCluster(StartStop):
                 workdir=self.base_dir / f"mirror-{i + 1}",
                 log_level=log_level,
                 name=f"mirror-{i + 1}",
-                extra_args=[f"--basic-auth-dir={basic_auth_dir or ''}", *mirror_args],
+                # A CRI node's config is what a DaemonSet's mirror would read.
+                containerd_config_file=containerd.config_file if cri else "",
+                extra_args=[
+                    f"--basic-auth-dir={basic_auth_dir or ''}",
+                    *(
+                        [f"--containerd-registry-config-path={containerd.config_path}"]
+                        if cri
+                        else []
+                    ),
+                    *mirror_args,
+                ],
             )
             self.nodes.append(ClusterNode(i, ip, containerd, mirror))
         # Every router is listed, as a DNS name of a headless Service resolves to every pod.

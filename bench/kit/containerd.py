@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,10 +66,12 @@ def render_config(
     ttrpc_address: Path,
     log_level: str,
     cri: bool = False,
-    registry_config_path: Path | None = None,
+    registry_config_path: Path | str | None = None,
     snapshotter: str = DEFAULT_SNAPSHOTTER,
     discard_unpacked_layers: bool = False,
     version: int = 2,
+    use_local_image_pull: bool = False,
+    layer_fetch_buffer: int = 0,
 ) -> str:
     """containerd's config.toml, schema `version` 2 (1.x; 2.x migrates it) or 3 (2.x).
 
@@ -76,6 +79,9 @@ def render_config(
     socket) and reads `registry_config_path` for `<host>/hosts.toml`; it starts
     without CNI, and image pulls do not need it. containerd 2.1 drops a version 2
     file's `discard_unpacked_layers` when it migrates the file: 2.x gets version 3.
+    `registry_config_path` may be a ':'-separated list; `use_local_image_pull`
+    (version 3) makes CRI pull without the transfer service. `layer_fetch_buffer`
+    (2.1+) makes the transfer service fetch a layer in parallel ranges of that size.
     """
     disabled = ", ".join(f'"{p}"' for p in (CRI_DISABLED_PLUGINS if cri else DISABLED_PLUGINS))
     text = f"""\
@@ -99,6 +105,7 @@ disabled_plugins = [{disabled}]
 [plugins."io.containerd.cri.v1.images"]
   snapshotter = "{snapshotter}"
   discard_unpacked_layers = {"true" if discard_unpacked_layers else "false"}
+  use_local_image_pull = {"true" if use_local_image_pull else "false"}
 [plugins."io.containerd.cri.v1.images".registry]
   config_path = "{registry_config_path or ""}"
 """
@@ -109,6 +116,12 @@ disabled_plugins = [{disabled}]
   discard_unpacked_layers = {"true" if discard_unpacked_layers else "false"}
 [plugins."io.containerd.grpc.v1.cri".registry]
   config_path = "{registry_config_path or ""}"
+"""
+    if layer_fetch_buffer:
+        text += f"""
+[plugins."io.containerd.transfer.v1.local"]
+  max_concurrent_downloads = 4
+  concurrent_layer_fetch_buffer = {layer_fetch_buffer}
 """
     return text
 
@@ -128,9 +141,15 @@ class ContainerdNode(StartStop):
         ctr_binary: str = "ctr",
         cri: bool = False,
         discard_unpacked_layers: bool = False,
+        extra_config_dirs: Sequence[Path] = (),
+        use_local_image_pull: bool = False,
+        layer_fetch_buffer: int = 0,
     ) -> None:
         """`cri` keeps the CRI plugin on, reading this node's hosts dir
-        (`config_path`); `discard_unpacked_layers` is its setting of that name."""
+        (`config_path`, followed by `extra_config_dirs` in a ':'-separated list);
+        `discard_unpacked_layers` and `use_local_image_pull` (2.x) are its settings
+        of those names; `layer_fetch_buffer` the transfer service's
+        `concurrent_layer_fetch_buffer` (2.1+: parallel range fetches of a layer)."""
         self.name = name
         self.dir = Path(base_dir).absolute() / name
         self.root = self.dir / "root"
@@ -148,6 +167,9 @@ class ContainerdNode(StartStop):
         self.ctr_binary = ctr_binary
         self.cri = cri
         self.discard_unpacked_layers = discard_unpacked_layers
+        self.extra_config_dirs = tuple(Path(d) for d in extra_config_dirs)
+        self.use_local_image_pull = use_local_image_pull
+        self.layer_fetch_buffer = layer_fetch_buffer
         self._schema: int | None = None
         if len(str(self.ttrpc_address)) > MAX_SOCKET_PATH:
             raise KitError(f"socket path too long for AF_UNIX, use a shorter base dir: {self.dir}")
@@ -182,9 +204,13 @@ class ContainerdNode(StartStop):
                 ttrpc_address=self.ttrpc_address,
                 log_level=self.log_level,
                 cri=self.cri,
-                registry_config_path=self.config_path,
+                registry_config_path=":".join(
+                    str(d) for d in (self.config_path, *self.extra_config_dirs)
+                ),
                 snapshotter=self.snapshotter,
                 discard_unpacked_layers=self.discard_unpacked_layers,
+                use_local_image_pull=self.use_local_image_pull,
+                layer_fetch_buffer=self.layer_fetch_buffer,
                 version=self._config_version(),
             )
         )
@@ -308,6 +334,30 @@ class ContainerdNode(StartStop):
 
     def has_blob(self, digest: str) -> bool:
         return self.blob_path(digest).is_file()
+
+    @contextlib.contextmanager
+    def snapshot_view(self, chain_id: str, name: str = "kit-view") -> Iterator[Path]:
+        """The unpacked image whose top layer has `chain_id` (`PlatformImage.chain_id`),
+        mounted read-only the way containerd mounts it for a container (needs root)."""
+        snapshots = ("snapshots", "--snapshotter", self.snapshotter)
+        # The mounts come with the view: nothing references a view, so containerd's
+        # GC may remove it at once, while its committed parents stay with the image.
+        (mount,) = json.loads(self.ctr(*snapshots, "view", "--mounts", name, chain_id).stdout)
+        target = Path(tempfile.mkdtemp(prefix="view-", dir=self.dir))
+        mounted = False
+        try:
+            options = ",".join(mount.get("Options") or ["ro"])
+            argv = ["mount", "-t", mount["Type"], mount["Source"], str(target), "-o", options]
+            run(argv, check=True, timeout=30)
+            mounted = True
+            yield target
+        finally:
+            if mounted:
+                result = run(["umount", str(target)], check=False, timeout=30)
+                if result.returncode != 0:
+                    run(["umount", "-l", str(target)], check=False, timeout=30)
+            target.rmdir()
+            self.ctr(*snapshots, "rm", name, check=False)
 
     def blob_digests(self) -> set[str]:
         """Digests of every committed blob in the content store (read from disk)."""

@@ -1,9 +1,13 @@
 """Deterministic test images as OCI image layouts, and pushing them with skopeo.
 
-Layers are uncompressed tars (`application/vnd.oci.image.layer.v1.tar`) of
-seeded random bytes: incompressible, identical for the same seed, and their
-digest equals their diff_id. Layers are streamed to disk and hashed while
-written, so size is bounded by disk, not memory.
+By default layers are uncompressed tars (`application/vnd.oci.image.layer.v1.tar`)
+of seeded random bytes: incompressible, identical for the same seed, and their
+digest equals their diff_id. `compression` gives gzip or zstd layers (per layer,
+as real images mix them) and `content="tree"` real filesystem content
+(directories, symlinks, hardlinks, whiteouts: see `bench/kit/layers.py`);
+`multi_arch` an index with one manifest per platform, each with its own layers.
+Layers are streamed to disk and hashed while written, so size is bounded by disk,
+not memory.
 """
 
 from __future__ import annotations
@@ -12,27 +16,31 @@ import contextlib
 import hashlib
 import json
 import os
-import random
-import tarfile
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import Any
 
 from bench.kit.distribution import get_manifest, split_ref
+from bench.kit.layers import COMPRESSIONS, HashingWriter, tar_info, write_layer
+from bench.kit.layers import LAYER_MEDIA_TYPE as LAYER_MEDIA_TYPE
+from bench.kit.layers import split as _split
 from bench.kit.procs import KitError, run
 
 INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
-LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar"
+LAYER_GZIP_MEDIA_TYPE = COMPRESSIONS["gzip"]
+LAYER_ZSTD_MEDIA_TYPE = COMPRESSIONS["zstd"]
 REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
+IN_TOTO_MEDIA_TYPE = "application/vnd.in-toto+json"
 
-CHUNK = 1 << 20
 # Fixed timestamps keep generated blobs byte-identical across runs.
 CREATED = "2024-01-01T00:00:00Z"
-MTIME = 1704067200
+
+# The tar entry every OCI layout of the project writes (container/image.py too).
+tarinfo = tar_info
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,12 @@ class Blob:
     digest: str
     size: int
     media_type: str
+    # A layer's uncompressed digest when it differs from `digest` (a compressed layer).
+    uncompressed: str | None = None
+
+    @property
+    def diff_id(self) -> str:
+        return self.uncompressed or self.digest
 
     @property
     def hex(self) -> str:
@@ -59,6 +73,14 @@ class PlatformImage:
     def blobs(self) -> tuple[Blob, ...]:
         return (self.manifest, self.config, *self.layers)
 
+    @property
+    def chain_id(self) -> str:
+        """The unpacked image's snapshot key: the OCI chain ID of its diff_ids."""
+        chain = self.layers[0].diff_id
+        for layer in self.layers[1:]:
+            chain = "sha256:" + hashlib.sha256(f"{chain} {layer.diff_id}".encode()).hexdigest()
+        return chain
+
 
 @dataclass(frozen=True)
 class GeneratedImage:
@@ -67,6 +89,8 @@ class GeneratedImage:
     tag: str
     top: Blob  # what the tag points to: the index if multi-arch, else the manifest
     images: tuple[PlatformImage, ...]
+    # Blobs the index names besides the platforms' images (attestation manifests).
+    extras: tuple[Blob, ...] = ()
 
     @property
     def digest(self) -> str:
@@ -86,6 +110,8 @@ class GeneratedImage:
         for image in self.images:
             for blob in image.blobs():
                 seen.setdefault(blob.digest, blob)
+        for blob in self.extras:
+            seen.setdefault(blob.digest, blob)
         return list(seen.values())
 
     @property
@@ -103,46 +129,6 @@ class GeneratedImage:
 
     def ref(self, registry_host: str) -> str:
         return f"{registry_host}/{self.name}:{self.tag}"
-
-
-class HashingWriter:
-    """A write-only file wrapper that hashes and counts what goes through it.
-
-    Enough for what only writes and tells (tarfile's "w" mode, GzipFile), though
-    their type hints ask for a whole file.
-    """
-
-    def __init__(self, f: Any) -> None:
-        self._f = f
-        self.sha = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        self.sha.update(data)
-        self._f.write(data)
-        self.size += len(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self.size
-
-    def flush(self) -> None:
-        self._f.flush()
-
-    @property
-    def digest(self) -> str:
-        return "sha256:" + self.sha.hexdigest()
-
-
-class _RandomReader:
-    def __init__(self, rng: random.Random, size: int) -> None:
-        self._rng = rng
-        self._left = size
-
-    def read(self, n: int = -1) -> bytes:
-        n = self._left if n < 0 else min(n, self._left)
-        self._left -= n
-        return self._rng.randbytes(n)
 
 
 def blob_dir(layout_dir: Path) -> Path:
@@ -189,38 +175,21 @@ def streamed_blob(layout_dir: Path) -> Iterator[HashingWriter]:
         raise
 
 
-def _write_layer(layout_dir: Path, seed: str, index: int, size: int, files: int) -> Blob:
-    """A tar with a directory and `files` random files totalling `size` bytes."""
-    rng = random.Random(seed)
-    with (
-        streamed_blob(layout_dir) as writer,
-        tarfile.TarFile(
-            fileobj=cast(IO[bytes], writer), mode="w", format=tarfile.PAX_FORMAT, copybufsize=CHUNK
-        ) as tar,
-    ):
-        top = f"layer-{index}"
-        tar.addfile(tarinfo(top, tarfile.DIRTYPE, 0, 0o755))
-        for i, part in enumerate(_split(size, files)):
-            info = tarinfo(f"{top}/data-{i}.bin", tarfile.REGTYPE, part, 0o644)
-            tar.addfile(info, _RandomReader(rng, part))
-    return Blob(writer.digest, writer.size, LAYER_MEDIA_TYPE)
-
-
-def tarinfo(name: str, kind: bytes, size: int, mode: int) -> tarfile.TarInfo:
-    """A tar entry owned by root with the fixed mtime: the same tree gives the same bytes."""
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.size = size
-    info.mode = mode
-    info.mtime = MTIME
-    info.uid = info.gid = 0
-    info.uname = info.gname = "root"
-    return info
-
-
-def _split(total: int, parts: int) -> list[int]:
-    base, extra = divmod(total, parts)
-    return [base + (1 if i < extra else 0) for i in range(parts)]
+def _write_layer(
+    layout_dir: Path,
+    seed: str,
+    index: int,
+    size: int,
+    files: int,
+    compression: str = "none",
+    content: str = "random",
+) -> Blob:
+    """A tar of `files` files totalling `size` bytes (see bench/kit/layers.py)."""
+    written = write_layer(
+        blob_dir(layout_dir), seed, index, size, files, compression=compression, content=content
+    )
+    uncompressed = written.diff_id if written.diff_id != written.digest else None
+    return Blob(written.digest, written.size, written.media_type, uncompressed)
 
 
 def _platform_fields(platform: str) -> dict[str, str]:
@@ -239,9 +208,19 @@ def _write_platform_image(
     platform: str,
     layer_sizes: Sequence[int],
     files_per_layer: int,
+    compressions: Sequence[str] = ("none",),
+    content: str = "random",
 ) -> PlatformImage:
     layers = tuple(
-        _write_layer(layout_dir, f"{seed}/{platform}/{i}", i, size, files_per_layer)
+        _write_layer(
+            layout_dir,
+            f"{seed}/{platform}/{i}",
+            i,
+            size,
+            files_per_layer,
+            compressions[i % len(compressions)],
+            content,
+        )
         for i, size in enumerate(layer_sizes)
     )
     config = {
@@ -251,8 +230,7 @@ def _write_platform_image(
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
             "Labels": {"bench.kit.name": name, "bench.kit.seed": str(seed)},
         },
-        # Uncompressed layers: the diff_id is the layer digest itself.
-        "rootfs": {"type": "layers", "diff_ids": [layer.digest for layer in layers]},
+        "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
         "history": [
             {"created": CREATED, "created_by": f"bench.kit layer {i}"} for i in range(len(layers))
         ],
@@ -298,19 +276,29 @@ def generate_image(
     platforms: Sequence[str] = ("linux/amd64", "linux/arm64"),
     files_per_layer: int = 1,
     layer_sizes: Sequence[int] | None = None,
+    compression: str | Sequence[str] = "none",
+    content: str = "random",
+    attestations: bool = False,
 ) -> GeneratedImage:
     """Write an image into the OCI layout `out_dir` under `tag`.
 
     `total_size` is the file payload per platform, split evenly over `layers`
-    (or given exactly by `layer_sizes`); blobs are slightly larger (tar headers).
-    A single-arch image uses `platforms[0]`; a multi-arch one gets an index with
-    one manifest per platform, each with its own layers. The same arguments give
-    the same digests.
+    (or given exactly by `layer_sizes`); blobs are slightly larger (tar headers)
+    or smaller (compressed text). A single-arch image uses `platforms[0]`; a
+    multi-arch one gets an index with one manifest per platform, each with its
+    own layers, and with `attestations` one more per platform, as BuildKit
+    pushes them (platform `unknown/unknown`, an in-toto layer; in `extras`).
+    `compression` is `none`, `gzip` or `zstd`, or a sequence used layer by layer
+    in turn; `content` is `random` or `tree` (bench/kit/layers.py). The same
+    arguments give the same digests.
     """
     out_dir = Path(out_dir)
     sizes = list(layer_sizes) if layer_sizes is not None else _split(total_size, layers)
     if not sizes or files_per_layer < 1:
         raise ValueError("an image needs at least one layer and one file per layer")
+    compressions = [compression] if isinstance(compression, str) else list(compression)
+    if not compressions:
+        raise ValueError("compression: give at least one")
     chosen = list(platforms) if multi_arch else [platforms[0]]
     images = tuple(
         _write_platform_image(
@@ -320,23 +308,65 @@ def generate_image(
             platform=p,
             layer_sizes=sizes,
             files_per_layer=files_per_layer,
+            compressions=compressions,
+            content=content,
         )
         for p in chosen
     )
+    extras: tuple[Blob, ...] = ()
     if multi_arch:
-        index = {
-            "schemaVersion": 2,
-            "mediaType": INDEX_MEDIA_TYPE,
-            "manifests": [
-                image.manifest.descriptor(platform=_platform_fields(image.platform))
-                for image in images
-            ],
-        }
+        entries = [
+            image.manifest.descriptor(platform=_platform_fields(image.platform)) for image in images
+        ]
+        if attestations:
+            for image in images:
+                blobs = _write_attestation(out_dir, image)
+                extras += blobs
+                entries.append(
+                    blobs[0].descriptor(
+                        platform={"architecture": "unknown", "os": "unknown"},
+                        annotations={
+                            "vnd.docker.reference.digest": image.manifest.digest,
+                            "vnd.docker.reference.type": "attestation-manifest",
+                        },
+                    )
+                )
+        index = {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": entries}
         top = write_json_blob(out_dir, index, INDEX_MEDIA_TYPE)
     else:
         top = images[0].manifest
     tag_in_layout(out_dir, top, tag)
-    return GeneratedImage(out_dir, name, tag, top, images)
+    return GeneratedImage(out_dir, name, tag, top, images, extras)
+
+
+def _write_attestation(layout_dir: Path, image: PlatformImage) -> tuple[Blob, Blob, Blob]:
+    """An attestation manifest for `image` as BuildKit writes one: (manifest, config, layer)."""
+    statement = {
+        "_type": "https://in-toto.io/Statement/v0.1",
+        "predicateType": "https://slsa.dev/provenance/v0.2",
+        "subject": [{"name": "bench.kit", "digest": {"sha256": image.manifest.hex}}],
+        "predicate": {"builder": {"id": "bench.kit"}},
+    }
+    layer = write_json_blob(layout_dir, statement, IN_TOTO_MEDIA_TYPE)
+    config = write_json_blob(
+        layout_dir,
+        {
+            "architecture": "unknown",
+            "os": "unknown",
+            "config": {},
+            "rootfs": {"type": "layers", "diff_ids": [layer.digest]},
+        },
+        CONFIG_MEDIA_TYPE,
+    )
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "config": config.descriptor(),
+        "layers": [
+            layer.descriptor(annotations={"in-toto.io/predicate-type": statement["predicateType"]})
+        ],
+    }
+    return write_json_blob(layout_dir, manifest, MANIFEST_MEDIA_TYPE), config, layer
 
 
 def layout_digest(layout_dir: Path, tag: str) -> str:

@@ -24,6 +24,7 @@ class MirrorNode(StartStop):
         metrics_port: int | None = None,
         namespace: str = "k8s.io",
         content_path: Path | str = "",
+        containerd_config_file: Path | str = "",
         extra_args: Sequence[str] = (),
         log_level: str = "DEBUG",
         name: str | None = None,
@@ -47,6 +48,9 @@ class MirrorNode(StartStop):
             f"--containerd-sock={containerd_sock}",
             f"--containerd-namespace={namespace}",
             f"--containerd-content-path={content_path}",
+            # The node's own containerd config, for the startup warnings; empty: no check
+            # (the default would read the machine's /etc/containerd/config.toml).
+            f"--containerd-config-file={containerd_config_file}",
             f"--data-dir={self.workdir / 'data'}",
             # On its own unless told otherwise (LocalCluster adds every node's router).
             "--bootstrap-kind=static",

@@ -19,16 +19,19 @@ _DROP_REASONS = ("malformed", "oversized", "unauthenticated", "unsolicited")
 
 @dataclass
 class AdvertisedCounts:
-    """Spegel's per-registry counts: images, those named by tag or by digest, and their keys."""
+    """Spegel's per-registry counts: images, those named by tag or by digest, their keys,
+    and the distinct content digests among those keys (Spegel's `content_digests`)."""
 
     images: Counter[str] = field(default_factory=Counter)
     tags: Counter[str] = field(default_factory=Counter)
     digests: Counter[str] = field(default_factory=Counter)
     keys: Counter[str] = field(default_factory=Counter)
+    contents: Counter[str] = field(default_factory=Counter)
 
     @classmethod
     def of(cls, images: Mapping[str, frozenset[str]]) -> AdvertisedCounts:
         counts = cls()
+        content: dict[str, set[str]] = {}
         for name, keys in images.items():
             try:
                 parsed = parse_image_name(name)
@@ -38,6 +41,9 @@ class AdvertisedCounts:
             counts.images[registry] += 1
             (counts.tags if tagged else counts.digests)[registry] += 1
             counts.keys[registry] += len(keys)
+            # A tag's key is `registry/repository:tag`; every other key is a digest.
+            content.setdefault(registry, set()).update(k for k in keys if "/" not in k)
+        counts.contents.update({registry: len(d) for registry, d in content.items() if d})
         return counts
 
 
@@ -116,6 +122,11 @@ def families(
         "spegel_advertised_image_digests",
         "Number of image digests advertised to be available.",
         advertised.digests,
+    )
+    yield _per_registry(
+        "spegel_advertised_content_digests",
+        "Number of content digests advertised to be available.",
+        advertised.contents,
     )
     yield _per_registry(
         "spegel_advertised_keys", "Number of keys advertised to be available.", advertised.keys

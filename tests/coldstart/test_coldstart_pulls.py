@@ -1,8 +1,9 @@
 """P2P from the first byte on a real cluster: 5 containerd daemons pull a new image at once.
 
-On containerd 1.6 and 2.1. The upstream sits behind the shaping relay (so a layer takes a while to
-arrive) with its access log on: each layer must be sent by the upstream once
-for the whole cluster, and every node must end with every blob intact.
+On containerd 1.6, 1.7 and 2.1. The upstream sits behind the shaping relay (so a
+layer takes a while to arrive) with its access log on: each layer must be sent by
+the upstream once for the whole cluster, and every node must end with every blob
+intact.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ MIB = 1024 * 1024
 NODES = 5
 
 
-@pytest.fixture(scope="module", params=["1.6", "2.1"])
+@pytest.fixture(scope="module", params=["1.6", "1.7", "2.1"])
 def cluster(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[BenchCluster]:

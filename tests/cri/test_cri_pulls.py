@@ -1,7 +1,7 @@
 """Pulls the way kubelet makes them: CRI runtime.v1 PullImage on real containerd daemons.
 
-Per containerd series (1.6 with the CRI plugin on; 2.1, whose CRI pulls go
-through the transfer service) a 3-node cluster: containerd with its CRI
+Per containerd series (1.6 and 1.7 with the CRI plugin on; 2.1, whose CRI pulls
+go through the transfer service) a 3-node cluster: containerd with its CRI
 registry config_path at the node's hosts dir (written by the real
 `mirror configuration`), the real upstream registry, real `mirror registry`
 processes. Node 3 runs with `discard_unpacked_layers = true`.
@@ -80,7 +80,7 @@ class Cluster:
         return image
 
 
-@pytest.fixture(scope="module", params=["1.6", "2.1"])
+@pytest.fixture(scope="module", params=["1.6", "1.7", "2.1"])
 def cluster(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
@@ -106,6 +106,8 @@ def cluster(
             containerd_sock=c.address,
             workdir=base / f"mirror-{i}",
             name=f"mirror-{i}",
+            containerd_config_file=c.config_file,
+            extra_args=[f"--containerd-registry-config-path={c.config_path}"],
         )
         for i, c in enumerate(containerds, start=1)
     ]
@@ -243,8 +245,18 @@ def test_discarded_layers_are_not_advertised(cluster: Cluster) -> None:
         assert reply.status == 404
 
 
+def test_the_mirror_warns_about_the_node_that_discards_layers(cluster: Cluster) -> None:
+    """Each mirror reads its node's config.toml (version 3 on 2.x) at start: only node 3,
+    with discard_unpacked_layers = true, is warned about."""
+    for i, node in enumerate(cluster.nodes, start=1):
+        lines = node.mirror.process.log_path.read_text().splitlines()
+        warnings = [json.loads(line)["msg"] for line in lines if '"level": "WARN' in line]
+        expected = ["discard_unpacked_layers = true"] if i == 3 else []
+        assert [w.split(":")[0] for w in warnings] == expected, warnings
+
+
 def test_content_create_is_advertised_on_commit(cluster: Cluster) -> None:
-    """2.1 publishes /content/create: a blob no image names yet is provided at once."""
+    """2.x publishes /content/create: a blob no image names yet is provided at once."""
     n1, n2 = cluster.nodes[0], cluster.nodes[1]
     data = f"loose blob for {cluster.series}".encode() * 1000
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -268,8 +280,8 @@ def test_content_create_is_advertised_on_commit(cluster: Cluster) -> None:
     )
     assert n1.containerd.has_blob(digest)
     path = f"/v2/library/loose/blobs/{digest}?ns={cluster.upstream.host}"
-    if cluster.series == "1.6":
-        # 1.6 publishes no /content/create: nothing names the blob, nothing is advertised.
+    if cluster.series.startswith("1."):
+        # 1.x publishes no /content/create: nothing names the blob, nothing is advertised.
         time.sleep(1.0)
         assert fetch(n2.mirror.address, path, method="HEAD").status == 404
         return

@@ -243,7 +243,9 @@ def test_optional_parts() -> None:
         "service.registry.nodePort=80",
         "spegel.mirroredRegistries={docker.io}",
         "resources=small",
-        "grafanaDashboard.enabled=true",
+        "grafanaDashboard.mode=Json",
+        "grafanaDashboard.enabled=true,grafanaDashboard.mode=GrafanaOperator",
+        "grafanaDashboard.sidecarLabel=two words",
         "spegel.containerdSock=relative.sock",
     ],
 )

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.kit.cluster import LocalCluster
+from bench.kit.cluster import LocalCluster, configure_containerd
 from bench.kit.images import GeneratedImage, generate_image, push_image
 from tests.httpclient import fetch
 
@@ -114,6 +114,35 @@ def test_tag_pushed_later_resolves_through_peers(cluster: LocalCluster) -> None:
         _assert_blobs_match(cluster, 1, later)
     finally:
         cluster.upstream.start()
+
+
+def test_a_tag_moved_upstream_is_served_from_peers_until_resolved_upstream(
+    cluster: LocalCluster,
+) -> None:
+    """--resolve-tags (the default): containerd asks the mirror for the tag, and peers
+    answer with the digest they hold; a node configured with --resolve-tags=false
+    resolves the tag upstream and pulls the new digest (its blobs through peers
+    where they hold them)."""
+    old = _image(cluster, "moving", seed=19, size=MIB, layers=1)
+    ref = old.ref(cluster.upstream.host)
+    cluster.pull(0, ref)
+    ns = f"?ns={cluster.upstream.host}"
+    _wait_served_by_peer(cluster, 1, f"/v2/{old.name}/manifests/{old.tag}{ns}")
+    new = generate_image(
+        old.layout_dir, name=old.name, tag=old.tag, seed=20, total_size=MIB, layers=1
+    )
+    push_image(new.layout_dir, new.tag, ref)
+    assert cluster.pull(1, ref).digest == old.digest
+    upstream_only = cluster[2]
+    targets = [upstream_only.mirror.url]
+    configure_containerd(
+        upstream_only.containerd, [cluster.upstream.url], targets, resolve_tags=False
+    )
+    try:
+        assert cluster.pull(2, ref).digest == new.digest
+    finally:
+        configure_containerd(upstream_only.containerd, [cluster.upstream.url], targets)
+    _assert_blobs_match(cluster, 2, new)
 
 
 def test_unknown_image_falls_back_to_upstream_fast(cluster: LocalCluster) -> None:

@@ -1,24 +1,34 @@
-"""Generated OCI layouts: valid, deterministic, incompressible; and hosts.toml rendering."""
+"""Generated OCI layouts: valid, deterministic, plain or compressed, random or real files;
+and hosts.toml rendering."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
 import json
 import tarfile
 import tomllib
 import zlib
 from pathlib import Path
 
+import pytest
+import zstandard
+
 from bench.kit.hosts import write_hosts_toml
 from bench.kit.images import (
     CONFIG_MEDIA_TYPE,
     INDEX_MEDIA_TYPE,
+    LAYER_GZIP_MEDIA_TYPE,
     LAYER_MEDIA_TYPE,
+    LAYER_ZSTD_MEDIA_TYPE,
     MANIFEST_MEDIA_TYPE,
+    Blob,
     GeneratedImage,
     generate_image,
     layout_digest,
 )
+from bench.kit.layers import tree_view
 
 from .conftest import multi_image, small_image
 
@@ -119,3 +129,107 @@ def test_hosts_toml(tmp_path: Path) -> None:
     }
     bare = tomllib.loads(write_hosts_toml(tmp_path, "r", "http://127.0.0.1:1").read_text())
     assert bare == {"server": "http://127.0.0.1:1", "host": {}}
+
+
+def _real(out: Path, seed: int = 5) -> GeneratedImage:
+    return generate_image(
+        out,
+        name="kit/real",
+        tag="v1",
+        seed=seed,
+        total_size=1 << 20,
+        layers=3,
+        files_per_layer=2,
+        multi_arch=True,
+        compression=("gzip", "zstd"),
+        content="tree",
+        attestations=True,
+    )
+
+
+def _tar_bytes(image: GeneratedImage, layer: Blob) -> bytes:
+    data = image.blob_path(layer.digest).read_bytes()
+    if layer.media_type == LAYER_GZIP_MEDIA_TYPE:
+        return gzip.decompress(data)
+    assert layer.media_type == LAYER_ZSTD_MEDIA_TYPE
+    return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+
+
+def test_compressed_layers_carry_their_uncompressed_digest(tmp_path: Path) -> None:
+    image = _real(tmp_path)
+    check_blobs(image)
+    for platform_image in image.images:
+        types = [layer.media_type for layer in platform_image.layers]
+        assert types == [LAYER_GZIP_MEDIA_TYPE, LAYER_ZSTD_MEDIA_TYPE, LAYER_GZIP_MEDIA_TYPE]
+        config = json.loads(image.blob_path(platform_image.config.digest).read_bytes())
+        diff_ids = [
+            "sha256:" + hashlib.sha256(_tar_bytes(image, layer)).hexdigest()
+            for layer in platform_image.layers
+        ]
+        assert config["rootfs"]["diff_ids"] == diff_ids
+        assert [layer.diff_id for layer in platform_image.layers] == diff_ids
+        assert all(layer.diff_id != layer.digest for layer in platform_image.layers)
+    # The same arguments give the same blobs, compressed ones included.
+    assert _real(tmp_path / "again").blobs() == image.blobs()
+    assert not set(_real(tmp_path / "other", seed=6).layers) & set(image.layers)
+
+
+def test_tree_layers_hold_what_real_layers_hold(tmp_path: Path) -> None:
+    image = _real(tmp_path)
+    layers = image.platform("linux/amd64").layers
+    kinds: list[dict[str, tarfile.TarInfo]] = []
+    for layer in layers:
+        with tarfile.open(fileobj=io.BytesIO(_tar_bytes(image, layer))) as tar:
+            kinds.append({member.name: member for member in tar.getmembers()})
+    first, second = kinds[0], kinds[1]
+    assert first["etc/os-release"].isfile() and first["layer-0/bin"].isdir()
+    assert first["layer-0/bin/current"].issym()
+    assert first["layer-0/bin/current"].linkname == "data-0.bin"
+    assert first["layer-0/bin/data-0.hardlink"].islnk()
+    assert first["layer-0/bin/data-0.hardlink"].linkname == "layer-0/bin/data-0.bin"
+    # Whiteouts of what the layer below added: a file, and a directory made opaque.
+    assert second["layer-0/.wh.gone.txt"].isfile()
+    assert second["layer-0/opaque/.wh..wh..opq"].isfile()
+    assert "layer-0/gone.txt" in first and "layer-0/opaque/old.txt" in first
+    view = tree_view(len(layers))
+    assert "layer-2/gone.txt" in view.files and "layer-0/gone.txt" in view.absent
+    # Half the data files are text: the layer compresses, as real ones do.
+    payload = sum(m.size for m in first.values() if m.name.startswith("layer-0/bin/data-"))
+    assert layers[0].size < 0.9 * payload
+
+
+def test_attestation_manifests_sit_in_the_index_as_buildkit_puts_them(tmp_path: Path) -> None:
+    image = _real(tmp_path)
+    index = json.loads(image.blob_path(image.digest).read_bytes())
+    platforms = [(m["platform"]["os"], m["platform"]["architecture"]) for m in index["manifests"]]
+    assert platforms == [("linux", "amd64"), ("linux", "arm64")] + [("unknown", "unknown")] * 2
+    amd64_attestation = index["manifests"][2]
+    assert amd64_attestation["annotations"] == {
+        "vnd.docker.reference.digest": image.platform("linux/amd64").manifest.digest,
+        "vnd.docker.reference.type": "attestation-manifest",
+    }
+    manifest = json.loads(image.blob_path(amd64_attestation["digest"]).read_bytes())
+    assert manifest["layers"][0]["mediaType"] == "application/vnd.in-toto+json"
+    assert len(image.extras) == 6 and set(image.extras) <= set(image.blobs())
+
+
+def test_chain_id_is_the_oci_one(tmp_path: Path) -> None:
+    platform_image = _real(tmp_path).platform("linux/amd64")
+    a, b, c = (layer.diff_id for layer in platform_image.layers)
+    ab = "sha256:" + hashlib.sha256(f"{a} {b}".encode()).hexdigest()
+    abc = "sha256:" + hashlib.sha256(f"{ab} {c}".encode()).hexdigest()
+    assert platform_image.chain_id == abc
+
+
+def test_bad_compression_and_content_are_refused(tmp_path: Path) -> None:
+    for bad in ({"compression": "lz4"}, {"content": "empty"}, {"compression": ()}):
+        with pytest.raises(ValueError):
+            generate_image(
+                tmp_path,
+                name="x",
+                tag="v1",
+                seed=1,
+                total_size=10,
+                layers=1,
+                **bad,  # type: ignore[arg-type]
+            )

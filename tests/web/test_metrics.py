@@ -166,3 +166,21 @@ def test_advertised_counts_follow_spegel() -> None:
     assert counts.tags == {"docker.io": 1, "ghcr.io": 1}
     assert counts.digests == {"ghcr.io": 1}
     assert counts.keys == {"docker.io": 3, "ghcr.io": 3}
+
+
+def test_content_digests_count_each_digest_once_per_registry() -> None:
+    """Spegel's dashboard charts `spegel_advertised_content_digests` (and lists pods by it)."""
+    layer, config = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+    counts = AdvertisedCounts.of(
+        {
+            "docker.io/library/nginx:1.27": frozenset(
+                {"docker.io/library/nginx:1.27", "sha256:" + "a" * 64, layer, config}
+            ),
+            "docker.io/library/nginx:1.28": frozenset(
+                {"docker.io/library/nginx:1.28", "sha256:" + "c" * 64, layer}
+            ),
+            "ghcr.io/org/tool@sha256:" + "b" * 64: frozenset({"sha256:" + "b" * 64, layer}),
+        }
+    )
+    assert counts.contents == {"docker.io": 4, "ghcr.io": 2}
+    assert counts.keys == {"docker.io": 7, "ghcr.io": 2}

@@ -72,13 +72,6 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- .Values.mirrorResolveTimeout | default .Values.spegel.mirrorResolveTimeout }}
 {{- end }}
 
-{{/* Settings of Spegel's chart this chart cannot honour: refuse instead of ignoring. */}}
-{{- define "mirror.unsupported" -}}
-{{- if .Values.grafanaDashboard.enabled }}
-{{- fail "grafanaDashboard.enabled: no dashboard is shipped; import Spegel's dashboard (same metric names)" }}
-{{- end }}
-{{- end }}
-
 {{/* The registry's host port, or nothing in the node-port-only layout (see values.yaml):
 hostPort 0, hostPort equal to nodePort (Spegel main's values), or PreferSameNode asked. */}}
 {{- define "mirror.hostPort" -}}
