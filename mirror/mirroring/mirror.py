@@ -41,7 +41,7 @@ from mirror.mirroring.coldmiss import (
     usable_source,
 )
 from mirror.mirroring.distrust import SourceDistrust, Where
-from mirror.mirroring.peer import PeerError, PeerResponse, read_whole_body
+from mirror.mirroring.peer import PeerError, PeerResponse, read_whole_body, request_head
 from mirror.mirroring.providers import ProviderCache
 from mirror.mirroring.race import Race, RaceLimits
 from mirror.mirroring.racer import HeadRequest, RaceShell
@@ -360,22 +360,41 @@ class PeerMirror:
         )
         if miss.digest is None:
             return await self._tag(miss, head, budget)
+        # Redirect mode: a HEAD finds the source, so that a complete holder is not sent
+        # a GET whose body would be thrown away (and hold one of its peer streams).
+        redirecting = self._redirects and miss.kind == "blob" and miss.method == "GET"
+        find = (
+            HeadRequest("HEAD", head.target, head.headers, head.validate) if redirecting else head
+        )
         for _ in range(1 + self.settings.wrong_source_retries):
             left = budget - (trio.current_time() - miss.started)
-            served = await self._find(miss, head, left)
+            served = await self._find(miss, find, left)
             if served is None:
                 return None
-            if served.peer.status == 416:
-                return self._unsatisfiable(miss, served)
-            if miss.method == "HEAD":
-                return self._head(miss, served)
-            if miss.kind == "manifest" or _small_whole(miss, served):
-                try:
-                    return await self._small(miss, served, budget)
-                except WrongBytes:
-                    continue  # that source is distrusted now: the next one
-            return self._blob(miss, served)
+            try:
+                return await self._answer(miss, served, head, budget, redirecting)
+            except WrongBytes:
+                continue  # that source is distrusted now: the next one
         return None
+
+    async def _answer(
+        self, miss: _Miss, served: _Served, head: HeadRequest, budget: float, redirecting: bool
+    ) -> Response | None:
+        """The winning source's answer as this node's (WrongBytes: try the next source)."""
+        if served.peer.status == 416:
+            return self._unsatisfiable(miss, served)
+        if redirecting:
+            if not served.inflight and served.peer.content_length > SMALL_BLOB_SIZE:
+                return self._redirect(miss, served)
+            got = await self._get_from(miss, served, head)
+            if got is None:
+                return None
+            served = got
+        if miss.method == "HEAD":
+            return self._head(miss, served)
+        if miss.kind == "manifest" or _small_whole(miss, served):
+            return await self._small(miss, served, budget)
+        return self._blob(miss, served)
 
     async def _find(self, miss: _Miss, head: HeadRequest, budget: float) -> _Served | None:
         """The peer that serves `miss`: a race, then the cold-start path for a blob
@@ -610,10 +629,27 @@ class PeerMirror:
         ]
         return Response(307, headers, b"", handler=miss.kind, source="peer")
 
+    async def _get_from(self, miss: _Miss, served: _Served, head: HeadRequest) -> _Served | None:
+        """The body after a HEAD found its source (redirect mode: a download in
+        progress or a small blob is relayed): that source first, else a new race."""
+        served.peer.close()
+        provider = served.provider
+        try:
+            with trio.fail_after(self.settings.head_timeout):
+                peer = await request_head(
+                    provider.host, provider.registry_port, "GET", head.target, head.headers
+                )
+            try:
+                head.validate(peer)
+            except PeerError:
+                peer.close()
+                raise
+        except (PeerError, OSError, trio.TooSlowError):
+            return await self._find(miss, head, math.inf)
+        return _Served(provider, peer, trio.current_time() - miss.started, served.claim)
+
     def _blob(self, miss: _Miss, served: _Served) -> Response:
         peer = served.peer
-        if self._redirects and miss.method == "GET" and not served.inflight:
-            return self._redirect(miss, served)
         start = _range_start(peer.header("content-range")) if peer.status == 206 else 0
         end = start + peer.content_length - 1
 

@@ -228,7 +228,12 @@ class RegistryHandler:
             response = await self.inflight.response(request, digest)
             if response is None:  # committed while we looked
                 response = self._local_blob(request, route)
-        return None if response is None else self._capped(request, digest, response)
+        if response is None:
+            return None
+        # A client sent here by a peer's redirect (--mirror-relay=redirect) was promised
+        # this node; a 503 would send its containerd upstream. Counted, never refused.
+        redirected = request.query_param(MIRRORED_QUERY) == "true"
+        return self._capped(request, digest, response, cap=not redirected)
 
     async def _proven(self, request: Request, route: DistributionPath, response: Response) -> bool:
         """A local blob a peer asked for hashes to its digest (a HEAD sends no bytes)."""
@@ -237,7 +242,9 @@ class RegistryHandler:
             return True
         return await self.proofs.servable(route.digest, body.fd)
 
-    def _capped(self, request: Request, digest: str, response: Response) -> Response:
+    def _capped(
+        self, request: Request, digest: str, response: Response, *, cap: bool = True
+    ) -> Response:
         """A peer's blob body, counted against the node's peer stream cap (busy past it)."""
         body = response.body
         if request.method != "GET" or isinstance(body, bytes):
@@ -246,7 +253,7 @@ class RegistryHandler:
             body.pacer = self.peer_pacer
         if self.stream_cap is None:
             return response
-        if not self.stream_cap.acquire(digest):
+        if not self.stream_cap.acquire(digest, force=not cap):
             response.release()
             busy = error_response(
                 503,

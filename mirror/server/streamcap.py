@@ -37,8 +37,10 @@ class StreamCap:
     def full(self) -> bool:
         return self.limit > 0 and self._total >= self.limit
 
-    def acquire(self, key: str) -> bool:
-        if self.full:
+    def acquire(self, key: str, *, force: bool = False) -> bool:
+        """A stream of `key` counted; refused past the limit unless `force`d (it still
+        counts then, and so holds back the next peer)."""
+        if self.full and not force:
             self.refused += 1
             return False
         self._streams[key] += 1

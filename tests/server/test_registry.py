@@ -14,6 +14,7 @@ from mirror.basicauth import BasicAuth
 from mirror.server.localstore import LocalStore, TagTarget, target_from
 from mirror.server.registry import RegistryHandler
 from mirror.server.request import Request
+from mirror.server.streamcap import StreamCap
 
 MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 MANIFEST = json.dumps(
@@ -183,3 +184,23 @@ async def test_basic_auth_guards_everything_but_the_probes(tmp_path: Path) -> No
     for probe in ("/livez", "/readyz", "/healthz"):
         assert (await handler(_get(probe))).status == 200, probe
     assert (await handler(_get("/v2/", authorization=good))).status == 200
+
+
+async def test_a_client_a_peer_redirected_here_is_never_told_busy(tmp_path: Path) -> None:
+    """--mirror-relay=redirect: a peer's mirror sent containerd here with the mark in the
+    URL; a 503 would send it upstream, so past the stream cap it is still served (and
+    counted, so the next relayed peer is told busy)."""
+    store, _, _ = _store(tmp_path)
+    blob = b"layer" * 1000
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    (tmp_path / "blobs" / "sha256" / digest.removeprefix("sha256:")).write_bytes(blob)
+    cap = StreamCap(1)
+    assert cap.acquire("sha256:" + "c" * 64)  # another body already streams to a peer
+    handler = RegistryHandler(store, stream_cap=cap)
+    path = f"/v2/team/app/blobs/{digest}?ns=docker.io"
+    busy = await handler(_get(path, **{"x-spegel-mirrored": "true"}))
+    assert busy.status == 503
+    redirected = await handler(_get(path + "&mirrored=true"))
+    assert redirected.status == 200
+    assert len(cap) == 2
+    redirected.release()
