@@ -19,6 +19,7 @@ failure on the client's side ends the transfer.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -140,10 +141,11 @@ class RelayBody:
         if early:
             await _to_client(sock, early, stall)
         try:
-            if self.use_splice:
+            pipe = _open_pipe() if self.use_splice else None
+            if pipe is not None:
                 self.stats.mode = "splice"
                 moved = await _splice(
-                    peer.sock, sock, remaining - len(early), self.stall_timeout, stall
+                    pipe, peer.sock, sock, remaining - len(early), self.stall_timeout, stall
                 )
             else:
                 moved = await _copy(
@@ -305,16 +307,30 @@ async def _fill(peer: trio.socket.SocketType, view: memoryview, stall: float) ->
     return filled
 
 
+def _open_pipe() -> tuple[int, int] | None:
+    """A pipe for splice, enlarged; None when the process is out of descriptors (the
+    body is then copied: a pipe costs two)."""
+    try:
+        read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            return None
+        raise
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(write_end, _F_SETPIPE_SZ, PIPE_SIZE)
+    return read_end, write_end
+
+
 async def _splice(
+    pipe: tuple[int, int],
     peer: trio.socket.SocketType,
     client: trio.socket.SocketType,
     remaining: int,
     peer_stall: float,
     client_stall: float,
 ) -> int:
-    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    with contextlib.suppress(OSError):
-        fcntl.fcntl(write_end, _F_SETPIPE_SZ, PIPE_SIZE)
+    """Move `remaining` bytes through `pipe` (closed at the end)."""
+    read_end, write_end = pipe
     client_fd = client.fileno()
     moved = 0  # delivered to the client
     in_pipe = 0
