@@ -37,6 +37,7 @@ from mirror.server.request import Request
 from mirror.server.response import Response, error_response, unavailable
 
 __all__ = [
+    "FD_EXHAUSTED",
     "ConnectionConfig",
     "Drain",
     "Handler",

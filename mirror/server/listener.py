@@ -37,6 +37,7 @@ from mirror.server.admission import (
     Verdict,
 )
 from mirror.server.connection import (
+    FD_EXHAUSTED,
     ConnectionConfig,
     Drain,
     Handler,
@@ -183,48 +184,66 @@ class RegistryServer:
             try:
                 sock, address = await listen_sock.accept()
             except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE):
-                    self.exhausted()
-                    if self._spare is not None:
-                        await self._shed(listen_sock)
-                        continue
-                    self._spare = _open_spare()
-                elif exc.errno == errno.ECONNABORTED:
+                if exc.errno in FD_EXHAUSTED and await self._shed(listen_sock, nursery):
+                    backoff = 0.0
                     continue
-                else:
+                if exc.errno == errno.ECONNABORTED:
+                    continue
+                if exc.errno not in FD_EXHAUSTED:
                     log.warning("accept failed", extra={"error": repr(exc)})
                 backoff = min(max(backoff * 2, 0.01), _ACCEPT_BACKOFF_MAX)
                 await trio.sleep(backoff)
                 continue
             backoff = 0.0
-            client = address[0] if isinstance(address, tuple) else ""
-            verdict = self._admission.admit(client)
-            if verdict.seat is Seat.SERVE:
-                nursery.start_soon(self._serve, sock, client)
-            elif verdict.seat is Seat.LOBBY:
-                if verdict.evict is not None:
-                    self._evict(verdict.evict)
-                scope = trio.CancelScope()
-                self._lobby_scopes[verdict.ticket] = (scope, verdict.reason)
-                nursery.start_soon(self._lobby, sock, client, verdict, scope)
-            else:
-                self.refused[verdict.reason] += 1
-                _refuse(sock, verdict.reason)
-            self.reclaimer.opened(self._admission.serving)
+            self._place(sock, address, nursery)
 
-    async def _shed(self, listen_sock: trio.socket.SocketType) -> None:
-        """Out of descriptors: the spare one takes the next connection, which is told 503."""
-        assert self._spare is not None
+    def _place(self, sock: trio.socket.SocketType, address: object, nursery: trio.Nursery) -> None:
+        if self._spare is None:
+            self._spare = _open_spare()
+        client = address[0] if isinstance(address, tuple) else ""
+        verdict = self._admission.admit(client)
+        if verdict.seat is Seat.SERVE:
+            nursery.start_soon(self._serve, sock, client)
+        elif verdict.seat is Seat.LOBBY:
+            if verdict.evict is not None:
+                self._evict(verdict.evict)
+            scope = trio.CancelScope()
+            self._lobby_scopes[verdict.ticket] = (scope, verdict.reason)
+            nursery.start_soon(self._lobby, sock, client, verdict, scope)
+        else:
+            self.refused[verdict.reason] += 1
+            _refuse(sock, verdict.reason)
+        self.reclaimer.opened(self._admission.serving)
+
+    async def _shed(self, listen_sock: trio.socket.SocketType, nursery: trio.Nursery) -> bool:
+        """Out of descriptors. A failed accept does not say that a connection waits: wait
+        for one (so the loop never spins), try again, and if descriptors are still short
+        hand it the spare one to tell it 503. False when there is no spare to hand."""
+        self.exhausted()
+        await trio.lowlevel.wait_readable(listen_sock)
+        try:
+            sock, address = await listen_sock.accept()
+        except OSError as exc:
+            if exc.errno not in FD_EXHAUSTED:
+                return exc.errno == errno.ECONNABORTED
+        else:
+            self._place(sock, address, nursery)
+            return True
+        if self._spare is None:
+            return False
         os.close(self._spare)
         self._spare = None
         try:
+            # Tried at once (Trio yields only after the call): nothing else of this
+            # process can take the descriptor just closed in between.
             sock, _ = await listen_sock.accept()
         except OSError:
-            return  # taken by someone else meanwhile: the loop backs off
-        finally:
             self._spare = _open_spare()
+            return False
         self.refused["descriptors"] += 1
         _refuse(sock, "descriptors")
+        self._spare = _open_spare()
+        return True
 
     def exhausted(self) -> None:
         """Out of file descriptors somewhere on the request path: counted, logged now
