@@ -445,3 +445,16 @@ def test_cold_start_values_become_flags_only_when_changed(
     assert {"--cold-start=false", "--peer-streams=8", "--peer-upload-rate=3000000000"} <= set(args)
     with pytest.raises(helm.HelmValuesError, match="peerStream"):
         render_set("coldStart.peerStream=2")
+
+
+def test_the_client_connection_limit_becomes_a_flag_only_when_changed(
+    default_docs: list[dict[str, Any]],
+) -> None:
+    default_args = _args(find(default_docs, "DaemonSet", "spegel"), "registry")
+    assert not [a for a in default_args if a.startswith("--registry-client-connections")]
+    changed = find(
+        documents(render_set("registryLimits.clientConnections=4096")), "DaemonSet", "spegel"
+    )
+    assert "--registry-client-connections=4096" in _args(changed, "registry")
+    with pytest.raises(helm.HelmValuesError, match="clientConnection"):
+        render_set("registryLimits.clientConnection=2")

@@ -102,12 +102,17 @@ def test_the_flag_default_is_the_admission_default() -> None:
     assert RegistryOptions().registry_client_connections == DEFAULT_CLIENT_CONNECTIONS
 
 
-def test_a_flood_is_reclaimed_once_it_has_drained() -> None:
+def test_a_flood_is_reclaimed_once_it_has_drained_and_settled() -> None:
     watch = FloodWatch(flood=100)
     for open_now in range(1, 501):
         watch.opened(open_now)
     assert not watch.due(450)
+    assert not watch.due(450)  # settled, but not enough gone
+    assert not watch.due(400)  # still going down
     assert watch.due(400)
     watch.reclaimed(400)
     assert not watch.due(350)
+    assert not watch.due(0)
     assert watch.due(0)
+    watch.reclaimed(0)
+    assert not watch.due(0)
