@@ -137,6 +137,13 @@ COMMANDS: dict[str, tuple[str, list[Flag]]] = {
                 "Time a client has to send a whole request head.",
             ),
             Flag(
+                "registry-client-connections",
+                "int",
+                "Connections one client address may hold open on the registry port; past it "
+                "that address gets 503 with Retry-After (probes are still answered). "
+                "0: no per-address limit, only the port's own (from RLIMIT_NOFILE).",
+            ),
+            Flag(
                 "router-key-file",
                 "str",
                 "File with a shared cluster key that signs DHT traffic.",
@@ -357,6 +364,9 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
     if command == "registry":
         if values["mirror_relay"] not in ("copy", "splice", "redirect"):
             raise UsageError("--mirror-relay: use splice, copy or redirect")
+        clients = values["registry_client_connections"]
+        if isinstance(clients, int) and clients < 0:
+            raise UsageError("--registry-client-connections: use 0 (no limit) or more")
         streams = values["peer_streams"]
         if isinstance(streams, int) and streams < 0:
             raise UsageError("--peer-streams: use 0 (no limit) or more")

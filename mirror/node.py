@@ -352,6 +352,7 @@ class Node:
         server = RegistryServer(
             telemetry.instrument(handler),
             ConnectionConfig(head_timeout=options.registry_head_timeout),
+            client_connections=options.registry_client_connections,
             observe=telemetry.observe,
         )
 
@@ -405,6 +406,8 @@ class Node:
                     "content_path": str(content_root),
                     "namespace": options.containerd_namespace,
                     "bootstrap": options.bootstrap_kind or "none",
+                    "connection_limit": server.limits.connections,
+                    "client_connection_limit": server.limits.per_client,
                 },
             )
             task_status.started(addresses)

@@ -34,6 +34,7 @@ class RegistryOptions:
     router_addr: str = ":5001"
     registry_addr: str = ":5000"
     registry_head_timeout: float = 10.0
+    registry_client_connections: int = 1024
     router_key_file: str = ""
     otel_endpoint: str = ""
     otel_service_name: str = "spegel"

@@ -28,6 +28,7 @@ class MirrorNode(StartStop):
         extra_args: Sequence[str] = (),
         log_level: str = "DEBUG",
         name: str | None = None,
+        nofile: int | None = None,
     ) -> None:
         self.host = host
         # Unset ports are free ones, so several nodes can share a host address.
@@ -36,7 +37,11 @@ class MirrorNode(StartStop):
         self.metrics_port = metrics_port or free_port(host)
         self.workdir = Path(workdir)
         self.name = name or f"mirror-{host}"
+        # `nofile`: the process's RLIMIT_NOFILE (soft and hard), set by util-linux's
+        # prlimit, which then execs the mirror: the pid is the mirror's.
+        limit = ["prlimit", f"--nofile={nofile}:{nofile}", "--"] if nofile else []
         argv = [
+            *limit,
             sys.executable,
             "-m",
             "mirror",

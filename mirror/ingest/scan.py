@@ -3,11 +3,14 @@
 Only real directories with containerd's 64-hex names are looked at; `ref` and
 `total` are read through `O_NOFOLLOW` with a size bound; `data` must be a regular
 file, never followed through a link. A planted symlink or an odd file is skipped,
-so nothing outside the content store is ever opened.
+so nothing outside the content store is ever opened. Running out of file
+descriptors (EMFILE, ENFILE) is not an entry's fault: it fails the whole scan, so
+that no download in progress is taken for gone.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -24,6 +27,12 @@ from mirror.ingest.records import (
 INGEST_DIR = "ingest"
 
 
+def _unless_exhausted(exc: OSError) -> None:
+    """Let an unusable entry be skipped, unless the process is out of descriptors."""
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        raise exc
+
+
 def ingest_root(content_root: Path) -> Path:
     return content_root / INGEST_DIR
 
@@ -32,7 +41,8 @@ def ingest_dir_names(content_root: Path) -> set[str]:
     """The well-named entries of `ingest/` (empty if it cannot be listed)."""
     try:
         root_fd = os.open(ingest_root(content_root), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    except OSError:
+    except OSError as exc:
+        _unless_exhausted(exc)
         return set()
     try:
         with os.scandir(root_fd) as entries:
@@ -44,7 +54,8 @@ def ingest_dir_names(content_root: Path) -> set[str]:
 def _read_small(dir_fd: int, name: str, limit: int) -> bytes | None:
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
-    except OSError:
+    except OSError as exc:
+        _unless_exhausted(exc)
         return None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -60,7 +71,8 @@ def read_ingest(root_fd: int, directory: str) -> Ingest | None:
         return None
     try:
         dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=root_fd)
-    except OSError:
+    except OSError as exc:
+        _unless_exhausted(exc)
         return None
     try:
         ref = _read_small(dir_fd, "ref", MAX_REF_BYTES)
@@ -71,7 +83,8 @@ def read_ingest(root_fd: int, directory: str) -> Ingest | None:
             return None
         try:
             data = os.stat("data", dir_fd=dir_fd, follow_symlinks=False)
-        except OSError:
+        except OSError as exc:
+            _unless_exhausted(exc)
             return None
         if not stat.S_ISREG(data.st_mode):
             return None
@@ -84,7 +97,8 @@ def scan_ingests(content_root: Path, limit: int = 4096) -> dict[str, Ingest]:
     """Every usable ingest directory -> what it says; empty if there is no ingest dir."""
     try:
         root_fd = os.open(ingest_root(content_root), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    except OSError:
+    except OSError as exc:
+        _unless_exhausted(exc)
         return {}
     found: dict[str, Ingest] = {}
     try:

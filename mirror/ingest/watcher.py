@@ -74,7 +74,12 @@ class IngestWatcher:
         await self._changed.wait()
 
     async def rescan(self) -> list[IngestChange]:
-        found = await trio.to_thread.run_sync(scan_ingests, self.content_root)
+        try:
+            found = await trio.to_thread.run_sync(scan_ingests, self.content_root)
+        except OSError as exc:
+            # Out of descriptors: keep what is known until a later scan can look.
+            log.warning("ingest scan failed", extra={"error": str(exc)})
+            return []
         self.scans += 1
         changes = self.table.update(found)
         if changes:
@@ -143,7 +148,11 @@ class IngestWatcher:
 
     async def _watch_dirs(self, notify: inotify_simple.INotify, watched: dict[str, int]) -> None:
         root = ingest_root(self.content_root)
-        names = await trio.to_thread.run_sync(ingest_dir_names, self.content_root)
+        try:
+            names = await trio.to_thread.run_sync(ingest_dir_names, self.content_root)
+        except OSError as exc:
+            log.warning("ingest listing failed", extra={"error": str(exc)})
+            return
         for name in list(watched):
             if name not in names:
                 del watched[name]  # the kernel drops a deleted directory's watch itself

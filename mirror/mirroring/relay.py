@@ -22,6 +22,7 @@ is its upstream's, and its own source stops it when it stops growing.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -149,9 +150,10 @@ class RelayBody:
         if early:
             await _to_client(sock, early, stall)
         try:
-            if self.use_splice:
+            pipe = _open_pipe() if self.use_splice else None
+            if pipe is not None:
                 self.stats.mode = "splice"
-                moved = await _splice(source, sock, remaining - len(early), stall)
+                moved = await _splice(pipe, source, sock, remaining - len(early), stall)
             else:
                 moved = await _copy(source, sock, remaining - len(early), stall)
         except PeerFailure as failure:
@@ -324,12 +326,29 @@ async def _fill(peer: _PeerSide, view: memoryview) -> int:
     return filled
 
 
-async def _splice(
-    peer: _PeerSide, client: trio.socket.SocketType, remaining: int, client_stall: float
-) -> int:
-    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+def _open_pipe() -> tuple[int, int] | None:
+    """A pipe for splice, enlarged; None when the process is out of descriptors (the
+    body is then copied: a pipe costs two)."""
+    try:
+        read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            return None
+        raise
     with contextlib.suppress(OSError):
         fcntl.fcntl(write_end, _F_SETPIPE_SZ, PIPE_SIZE)
+    return read_end, write_end
+
+
+async def _splice(
+    pipe: tuple[int, int],
+    peer: _PeerSide,
+    client: trio.socket.SocketType,
+    remaining: int,
+    client_stall: float,
+) -> int:
+    """Move `remaining` bytes through `pipe` (closed at the end)."""
+    read_end, write_end = pipe
     client_fd = client.fileno()
     moved = 0  # delivered to the client
     in_pipe = 0

@@ -5,12 +5,15 @@ module only reads (try once, then wait readable until the core's deadline), call
 the handler, and writes heads and bodies (`io.py`), one writer per socket. Every
 response reaches at least one schedule point, so a pipelined burst yields to other
 connections between responses. A response whose reader accepts nothing for
-`stall_timeout` is cut.
+`stall_timeout` is cut. A handler that runs out of file descriptors (EMFILE,
+ENFILE) gets its request answered 503 with `Retry-After`, and the connection closed
+to give one back; any other failure is a 500 with the traceback in the log.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -31,9 +34,17 @@ from mirror.server.core import (
 from mirror.server.http import response_head
 from mirror.server.io import BodyIntegrityError, PeerStalled, SourceShort, send_all
 from mirror.server.request import Request
-from mirror.server.response import Response, error_response
+from mirror.server.response import Response, error_response, unavailable
 
-__all__ = ["ConnectionConfig", "Drain", "Handler", "Observer", "serve_connection"]
+__all__ = [
+    "FD_EXHAUSTED",
+    "ConnectionConfig",
+    "Drain",
+    "Handler",
+    "Observer",
+    "refusal_bytes",
+    "serve_connection",
+]
 
 log = logging.getLogger("mirror.server")
 
@@ -64,6 +75,7 @@ class Drain:
 
 
 _CONNECTION_ERRORS = (OSError, PeerStalled, SourceShort)
+FD_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE})
 
 
 async def serve_connection(
@@ -72,6 +84,8 @@ async def serve_connection(
     config: ConnectionConfig,
     drain: Drain,
     observe: Observer | None = None,
+    *,
+    on_exhausted: Callable[[], None] | None = None,
 ) -> None:
     core = ConnectionCore(config, trio.current_time())
     drain.add(core)
@@ -80,7 +94,9 @@ async def serve_connection(
             while True:
                 event = core.next_event(trio.current_time())
                 if isinstance(event, RequestReady):
-                    if not await _respond(sock, core, handler, event.request, config, observe):
+                    if not await _respond(
+                        sock, core, handler, event.request, config, observe, on_exhausted
+                    ):
                         return
                 elif isinstance(event, NeedData):
                     await _receive(sock, core, event, config, drain)
@@ -91,6 +107,7 @@ async def serve_connection(
                     return
     finally:
         drain.cores.discard(core)
+        core.release()
 
 
 async def _receive(
@@ -102,8 +119,14 @@ async def _receive(
 ) -> None:
     """Read once; when nothing is there, wait until readable, the deadline, or a drain."""
     try:
-        data = os.read(sock.fileno(), config.recv_size)
+        data: bytes | None = os.read(sock.fileno(), config.recv_size)
     except BlockingIOError:
+        data = None
+    except OSError:
+        data = b""  # reset by the peer: the same end as a close
+    if data is None:
+        # Waited outside the `except`, which would keep the exception and its traceback
+        # alive for as long as the connection waits.
         with trio.CancelScope(deadline=need.deadline) as scope:
             if need.idle:
                 drain.idle_scopes.add(scope)
@@ -112,8 +135,6 @@ async def _receive(
             finally:
                 drain.idle_scopes.discard(scope)
         return
-    except OSError:
-        data = b""  # reset by the peer: the same end as a close
     # The bytes were already there: still yield once per read, for fairness and so
     # that cancellation is seen.
     await trio.lowlevel.checkpoint()
@@ -127,14 +148,20 @@ async def _respond(
     request: Request,
     config: ConnectionConfig,
     observe: Observer | None,
+    on_exhausted: Callable[[], None] | None,
 ) -> bool:
     """Answer one request; False when the write failed and the connection is dead."""
     started = trio.current_time()
     try:
         response = await handler(request)
-    except Exception:
-        log.exception("handler failed", extra={"path": request.path})
-        response = error_response(500, "UNSUPPORTED", "internal error", close=True)
+    except Exception as exc:
+        if isinstance(exc, OSError) and exc.errno in FD_EXHAUSTED:
+            if on_exhausted is not None:
+                on_exhausted()
+            response = unavailable("out of file descriptors; retry later")
+        else:
+            log.exception("handler failed", extra={"path": request.path})
+            response = error_response(500, "UNSUPPORTED", "internal error", close=True)
     close = core.closes_after(response.close)
     sent = 0
     try:
@@ -200,3 +227,12 @@ async def _send_error_quietly(sock: trio.socket.SocketType, error: SendError) ->
     assert isinstance(response.body, bytes)
     with trio.move_on_after(1.0), contextlib.suppress(*_CONNECTION_ERRORS):
         await send_all(sock, head + response.body)
+
+
+def refusal_bytes(message: str) -> bytes:
+    """A whole 503 answer with `Retry-After` and `Connection: close`, for a connection
+    turned away before any request of it was read."""
+    response = unavailable(message)
+    head = response_head(503, response.headers, response.length, close=True)
+    assert isinstance(response.body, bytes)
+    return head + response.body

@@ -11,17 +11,20 @@ stream, a response written, a drain) and asks `next_event(now)` what to do next:
 - `SendError(status, code, message)`: write this error with `Connection: close`.
 - `Close(reason)`: close the socket; every later call answers the same.
 
-Keep-alive ends when the request, the response, or a drain says so. A head must be
-complete within `head_timeout` of the connection starting to wait for it (408); a
-connection with no request begun closes after `idle_timeout`. Draining: a response
-that starts while draining is the last; between responses a connection with no
-request begun closes at once, and a begun one is still answered. Heads outside the
-parser's bounds get 400, 414, 431 (or 505) and the connection closes.
+Keep-alive ends when the request, the response, or a drain says so. Every byte
+counts toward a head: a head must be complete within `head_timeout` of the first
+byte received after the last one (408), even bytes the parser skips (the empty
+lines HTTP allows before a request line), so a client trickling `\r\n` cannot hold
+a connection; a connection that sent nothing since its last response closes after
+`idle_timeout`. Draining: a response that starts while draining is the last;
+between responses a connection with no request line begun closes at once, and a
+begun one is still answered. Heads outside the parser's bounds get 400, 414, 431
+(or 505) and the connection closes.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from mirror.server.request import HeadError, Limits, Request, RequestParser
@@ -73,15 +76,22 @@ class ConnectionCore:
         "_parser",
         "_peer_closed",
         "_pending",
+        "_pending_at",
         "_responding",
+        "_stray",
     )
 
     def __init__(self, config: ConnectionConfig, now: float) -> None:
         self._config = config
         self._parser = RequestParser(config.limits)
-        self._pending: deque[Request] = deque()
+        # Heads parsed and not yet answered, from `_pending_at` on (a list and an index:
+        # most connections never pipeline, and an empty deque costs 600 bytes).
+        self._pending: Sequence[Request] = ()
+        self._pending_at = 0
         self._idle_since = now
         self._head_deadline: float | None = None
+        # Bytes arrived that began no request line yet (empty lines): the head clock runs.
+        self._stray = False
         self._responding: Request | None = None
         self._closing = False  # the response in flight announced `Connection: close`
         self._draining = False
@@ -102,12 +112,24 @@ class ConnectionCore:
             self._closed = SendError(exc.status, code, exc.reason)
             return
         if ready:
-            self._pending.extend(ready)
+            if self._pending:
+                self._pending = [*self._pending[self._pending_at :], *ready]
+            else:
+                self._pending = ready
+            self._pending_at = 0
             # A head begun in the same bytes is a new head: its clock starts later.
             self._head_deadline = None
+            self._stray = False
+        else:
+            self._stray = True
 
     def peer_closed(self) -> None:
         self._peer_closed = True
+
+    def release(self) -> None:
+        """The connection is over: drop the parser now (it is a reference cycle with its
+        callbacks, which would otherwise wait for the cyclic garbage collector)."""
+        self._parser.release()
 
     def drain(self) -> None:
         self._draining = True
@@ -135,8 +157,11 @@ class ConnectionCore:
                 self._closed = Close(closed.message)
             return closed
         assert self._responding is None, "next_event during a response"
-        if self._pending:
-            request = self._pending.popleft()
+        if self._pending_at < len(self._pending):
+            request = self._pending[self._pending_at]
+            self._pending_at += 1
+            if self._pending_at == len(self._pending):
+                self._pending, self._pending_at = (), 0
             self._responding = request
             return RequestReady(request)
         if self._parser.in_head:
@@ -145,12 +170,14 @@ class ConnectionCore:
             return self._close("peer closed")
         if self._draining:
             return self._close("draining")
+        if self._stray:
+            return self._await_head(now, idle=True)
         deadline = self._idle_since + self._config.idle_timeout
         if now >= deadline:
             return self._close("idle timeout")
         return NeedData(deadline, idle=True)
 
-    def _await_head(self, now: float) -> Event:
+    def _await_head(self, now: float, *, idle: bool = False) -> Event:
         if self._peer_closed:
             return self._close("peer closed mid-head")
         deadline = self._head_deadline
@@ -159,7 +186,7 @@ class ConnectionCore:
         elif now >= deadline:
             self._closed = Close("request head timed out")
             return SendError(408, "UNSUPPORTED", "request head timed out")
-        return NeedData(deadline, idle=False)
+        return NeedData(deadline, idle=idle)
 
     def _close(self, reason: str) -> Close:
         closed = self._closed = Close(reason)

@@ -1,7 +1,9 @@
 """Writing to a raw non-blocking Trio socket: buffers and `sendfile`.
 
 Every loop here tries the syscall once and only then waits for writability,
-Trio's own pattern, and gives up when the peer accepts nothing for `stall_timeout`.
+Trio's own pattern (the wait outside the `except`, so no exception and traceback is
+held for as long as a slow reader takes), and gives up when the peer accepts nothing
+for `stall_timeout`.
 Each call reaches at least one schedule point: one that never had to wait yields
 once at the end (cancel-shielded, since by then the bytes are sent).
 """
@@ -60,6 +62,8 @@ async def send_all(
         try:
             sent = os.write(fd, view)
         except BlockingIOError:
+            sent = -1
+        if sent < 0:
             await _wait_writable(sock, stall_timeout)
             waited = True
             continue
@@ -89,6 +93,9 @@ async def send_file(
         try:
             sent = os.sendfile(out_fd, file_fd, offset, min(chunk, remaining))
         except BlockingIOError:
+            sent = -1
+        if sent < 0:
+            # Outside the `except`: waiting in it would keep the exception alive.
             await _wait_writable(sock, stall_timeout)
             continue
         if sent == 0:

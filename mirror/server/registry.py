@@ -38,6 +38,7 @@ from mirror.server.response import (
     blob_headers,
     error_response,
     range_not_satisfiable,
+    unavailable,
 )
 from mirror.server.streamcap import StreamCap
 
@@ -255,14 +256,11 @@ class RegistryHandler:
             return response
         if not self.stream_cap.acquire(digest, force=not cap):
             response.release()
-            busy = error_response(
-                503,
-                "TOOMANYREQUESTS",
+            return unavailable(
                 "streaming to as many peers as it may; ask another source",
+                close=False,
                 handler="blob",
             )
-            busy.headers.append(("Retry-After", "1"))
-            return busy
         response.body = self.stream_cap.hold(digest, body)
         return response
 

@@ -68,6 +68,11 @@ class RequestParser:
         self._head_size = 0
         self._header_count = 0
 
+    def release(self) -> None:
+        """Break the cycle between this object and the httptools parser holding its
+        bound methods, so both are freed at once; no feeding after this."""
+        del self._parser
+
     def feed(self, data: bytes) -> list[Request]:
         completed_before = self._completed_heads
         try:

@@ -85,6 +85,15 @@ def range_not_satisfiable(size: int, handler: str) -> Response:
     return response
 
 
+def unavailable(
+    message: str, *, retry_after: int = 1, close: bool = True, handler: str = "other"
+) -> Response:
+    """503 with `Retry-After`: busy now, ask again (or ask another source)."""
+    response = error_response(503, "TOOMANYREQUESTS", message, close=close, handler=handler)
+    response.headers.append(("Retry-After", str(retry_after)))
+    return response
+
+
 def error_response(
     status: int,
     code: str,

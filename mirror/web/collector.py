@@ -12,9 +12,10 @@ from prometheus_client.registry import Collector
 from dht import NodeStats
 from mirror.ingest.state import ColdStartState
 from mirror.oci.reference import parse_image_name, split_registry
-from mirror.web.view import NodeView
+from mirror.web.view import NodeView, RegistryView
 
 _DROP_REASONS = ("malformed", "oversized", "unauthenticated", "unsolicited")
+_REFUSAL_REASONS = ("client", "capacity", "descriptors")
 
 
 @dataclass
@@ -105,6 +106,31 @@ def coldstart_families(state: ColdStartState) -> Iterator[Metric]:
     )
 
 
+def registry_families(registry: RegistryView) -> Iterator[Metric]:
+    yield _gauge(
+        "mirror_registry_connection_limit",
+        "Connections the registry port serves at once (from RLIMIT_NOFILE at start).",
+        registry.limits.connections,
+    )
+    yield _gauge(
+        "mirror_registry_client_connection_limit",
+        "Connections one client address may hold on the registry port "
+        "(--registry-client-connections; 0: no limit).",
+        registry.limits.per_client,
+    )
+    refused = CounterMetricFamily(
+        "mirror_registry_refused",
+        "Connections or requests the registry port turned away (503 with Retry-After, or a "
+        "close when even its lobby was full), by reason: client (the address held its limit), "
+        "capacity (the port held its limit), descriptors (the process ran out of them).",
+        labels=["reason"],
+    )
+    counts = registry.refused
+    for reason in _REFUSAL_REASONS:
+        refused.add_metric([reason], counts.get(reason, 0))
+    yield refused
+
+
 def families(
     advertised: AdvertisedCounts, stats: NodeStats | None, open_connections: int
 ) -> Iterator[Metric]:
@@ -185,11 +211,13 @@ class NodeCollector(Collector):
             view.dht.stats,
             view.registry.open_connections,
         )
+        yield from registry_families(view.registry)
         if view.coldstart is not None:
             yield from coldstart_families(view.coldstart)
 
     def describe(self) -> Iterator[Metric]:
         empty = NodeStats(**{name: 0 for name in NodeStats.__dataclass_fields__})
         yield from families(AdvertisedCounts(), empty, 0)
+        yield from registry_families(self._view.registry)
         if self._view.coldstart is not None:
             yield from coldstart_families(self._view.coldstart)

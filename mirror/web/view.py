@@ -17,6 +17,7 @@ from dht import Contact, NodeStats, Provider
 from mirror.containerd.errors import ContainerdError
 from mirror.ingest.state import ColdStartState
 from mirror.metrics import Telemetry
+from mirror.server.admission import Limits
 
 log = logging.getLogger("mirror.web")
 
@@ -48,6 +49,12 @@ class RegistryView(Protocol):
 
     @property
     def open_connections(self) -> int: ...
+
+    @property
+    def limits(self) -> Limits: ...
+
+    @property
+    def refused(self) -> Mapping[str, int]: ...
 
 
 # Image name -> the digest its tag points to, as containerd lists them.

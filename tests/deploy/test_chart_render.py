@@ -503,3 +503,16 @@ def test_mirror_relay_becomes_a_flag_only_when_changed(
     assert "--mirror-relay=redirect" in _args(redirect, "registry")
     with pytest.raises(helm.HelmError):
         render_set("mirrorRelay=teleport")
+
+
+def test_the_client_connection_limit_becomes_a_flag_only_when_changed(
+    default_docs: list[dict[str, Any]],
+) -> None:
+    default_args = _args(find(default_docs, "DaemonSet", "spegel"), "registry")
+    assert not [a for a in default_args if a.startswith("--registry-client-connections")]
+    changed = find(
+        documents(render_set("registryLimits.clientConnections=4096")), "DaemonSet", "spegel"
+    )
+    assert "--registry-client-connections=4096" in _args(changed, "registry")
+    with pytest.raises(helm.HelmValuesError, match="clientConnection"):
+        render_set("registryLimits.clientConnection=2")

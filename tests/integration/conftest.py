@@ -69,7 +69,11 @@ def node_with_images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeW
 
 
 def start_mirror(
-    env: NodeWithImages, name: str, *extra_args: str, host: str = "127.0.0.1"
+    env: NodeWithImages,
+    name: str,
+    *extra_args: str,
+    host: str = "127.0.0.1",
+    nofile: int | None = None,
 ) -> MirrorNode:
     mirror = MirrorNode(
         host=host,
@@ -77,6 +81,7 @@ def start_mirror(
         workdir=env.workdir / name,
         extra_args=extra_args,
         name=name,
+        nofile=nofile,
     )
     mirror.start()
     return mirror

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
+
+import pytest
 import trio
 import trio.testing
 
@@ -144,3 +149,74 @@ async def test_connect_is_refused_and_closes() -> None:
     raw, seen = await _exchange(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n")
     assert seen == ["CONNECT"]
     assert raw.startswith(b"HTTP/1.1 405")
+
+
+async def test_a_client_trickling_empty_lines_is_cut_at_the_head_deadline(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    async def handler(request: Request) -> Response:
+        raise AssertionError("no request should reach the handler")
+
+    server, client = trio.socket.socketpair()
+
+    async def trickle() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                await client.send(b"\r\n")
+                await trio.sleep(3.0)
+
+    with client:
+        started = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trickle)
+            config = ConnectionConfig(head_timeout=5.0, idle_timeout=60.0)
+            await serve_connection(server, handler, config, Drain())
+            closed_at = trio.current_time() - started
+            nursery.cancel_scope.cancel()
+        raw = await _read_until_closed(client)
+    # Cut by the head deadline from the first empty line, long before the idle timeout.
+    assert closed_at == 5.0
+    assert raw.startswith(b"HTTP/1.1 408 ")
+
+
+async def test_running_out_of_descriptors_answers_503_with_retry_after(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    exhausted: list[bool] = []
+
+    async def handler(request: Request) -> Response:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    server, client = trio.socket.socketpair()
+    with client:
+        await client.send(GET + GET)
+        with trio.fail_after(5):
+            await serve_connection(
+                server,
+                handler,
+                ConnectionConfig(),
+                Drain(),
+                on_exhausted=lambda: exhausted.append(True),
+            )
+        raw = await _read_until_closed(client)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 ")
+    assert b"Retry-After: 1" in head and b"Connection: close" in head
+    assert b"TOOMANYREQUESTS" in body
+    # The connection is closed to give a descriptor back: the second request waits.
+    assert raw.count(b"HTTP/1.1") == 1
+    assert exhausted == [True]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_another_handler_failure_is_still_a_500() -> None:
+    async def handler(request: Request) -> Response:
+        raise OSError(errno.EIO, "I/O error")
+
+    server, client = trio.socket.socketpair()
+    with client:
+        await client.send(GET)
+        with trio.fail_after(5):
+            await serve_connection(server, handler, ConnectionConfig(), Drain())
+        raw = await _read_until_closed(client)
+    assert raw.startswith(b"HTTP/1.1 500 ")

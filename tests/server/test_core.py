@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 
 from mirror.server.core import (
@@ -206,3 +209,61 @@ def test_requests_read_before_the_peer_closed_are_still_answered() -> None:
     request_ready(core, 0.0)
     answer(core, 0.0)
     assert core.next_event(0.0) == Close("peer closed")
+
+
+def test_empty_lines_start_the_head_clock() -> None:
+    # The empty lines HTTP lets a client send before a request line begin no head in
+    # the parser, but they are bytes: a client trickling them is cut at the head deadline.
+    core = ConnectionCore(CONFIG, now=0.0)
+    core.receive(b"\r\n")
+    assert core.next_event(1.0) == NeedData(11.0, idle=True)
+    core.receive(b"\r\n")
+    assert core.next_event(6.0) == NeedData(11.0, idle=True)
+    core.receive(b"\r\n")
+    assert core.next_event(11.0) == SendError(408, "UNSUPPORTED", "request head timed out")
+    assert core.next_event(11.0) == Close("request head timed out")
+
+
+def test_empty_lines_after_a_response_start_the_head_clock_too() -> None:
+    core = ConnectionCore(CONFIG, now=0.0)
+    core.receive(GET)
+    request_ready(core, 0.0)
+    answer(core, 1.0)
+    core.receive(b"\r\n")
+    assert core.next_event(30.0) == NeedData(40.0, idle=True)
+    assert isinstance(core.next_event(40.0), SendError)
+
+
+def test_a_head_after_empty_lines_keeps_their_deadline_and_is_answered() -> None:
+    core = ConnectionCore(CONFIG, now=0.0)
+    core.receive(b"\r\n")
+    assert core.next_event(0.0) == NeedData(10.0, idle=True)
+    core.receive(b"GET /v2/ HTTP/1.1\r\n")
+    assert core.next_event(9.0) == NeedData(10.0, idle=False)
+    core.receive(b"\r\n")
+    assert request_ready(core, 9.5).request.path == "/v2/"
+    answer(core, 9.5)
+    assert core.next_event(9.5) == NeedData(69.5, idle=True)
+
+
+def test_a_drain_closes_a_connection_that_sent_only_empty_lines() -> None:
+    core = ConnectionCore(CONFIG, now=0.0)
+    core.receive(b"\r\n\r\n")
+    assert core.next_event(0.0) == NeedData(10.0, idle=True)
+    core.drain()
+    assert core.next_event(1.0) == Close("draining")
+
+
+def test_release_frees_the_parser_without_the_cycle_collector() -> None:
+    core = ConnectionCore(CONFIG, now=0.0)
+    core.receive(GET)
+    request_ready(core, 0.0)
+    answer(core, 0.0)
+    parser = weakref.ref(core._parser)
+    gc.disable()
+    try:
+        core.release()
+        del core
+        assert parser() is None
+    finally:
+        gc.enable()

@@ -58,8 +58,15 @@ async def test_metrics_count_a_local_hit_and_a_miss(tmp_path: Path) -> None:
             "mirror_dht_routing_table_size",
             "mirror_dht_datagrams_dropped",
             "mirror_open_connections",
+            "mirror_registry_connection_limit",
+            "mirror_registry_client_connection_limit",
+            "mirror_registry_refused",
         ):
             assert name in families, name
+        refused = _samples(reply.body, "mirror_registry_refused_total")
+        assert refused == {(("reason", r),): 0 for r in ("client", "capacity", "descriptors")}
+        limit = _samples(reply.body, "mirror_registry_client_connection_limit")
+        assert limit == {(): 1024}
         requests = _samples(reply.body, "spegel_mirror_requests_total")
         assert requests[(("cache", "hit"), ("registry", REGISTRY))] == 1
         assert requests[(("cache", "miss"), ("registry", REGISTRY))] == 1
