@@ -467,6 +467,9 @@ class PeerMirror:
             )
         self.latencies.add(served.time_to_head)
         if miss.method == "HEAD":
+            # containerd resolves a tag with HEAD, then GETs the manifest by this digest
+            # at once: the peer that answered holds it, no lookup needed.
+            self.cache.hint(decided.digest, decided.winner)
             return self._head(miss, served, decided.disagreeing)
         ballot.peer.close()
         return self._proven(miss, served, ballot.body, decided.disagreeing)

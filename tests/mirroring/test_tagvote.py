@@ -9,10 +9,11 @@ import json
 import pytest
 import trio
 
-from mirror.mirroring.mirror import MirrorEvent
+from mirror.mirroring.mirror import MirrorEvent, MirrorSettings, PeerMirror
+from mirror.mirroring.providers import ProviderCache
 from mirror.mirroring.race import AttemptFailed, Exhausted, ProviderFound, Start, WakeAt
 from mirror.mirroring.tagvote import Answered, Decided, TagVote, VoteLimits
-from tests.mirroring.test_race import _scripted_peer
+from tests.mirroring.test_race import ProvidersByKey, _provider, _scripted_peer
 from tests.mirroring.test_wrong_bytes import MANIFEST_TYPE, _answer, _fetch_manifest, _mirror
 
 LIMITS = VoteLimits(voters=3, grace=0.25, resolve_timeout=0.125, retries=3, budget=4.0)
@@ -156,3 +157,20 @@ async def test_providers_that_agree_are_no_disagreement() -> None:
         assert response is not None and response.body == real
         nursery.cancel_scope.cancel()
     assert [(event.outcome, event.tag_disagreements) for event in events] == [("peer", 0)]
+
+
+async def test_the_peer_that_resolved_a_tag_serves_its_manifest_without_a_lookup() -> None:
+    """containerd resolves with HEAD, then GETs the manifest by digest at once: the DHT
+    need not know the digest yet (a loaded node's lookup outlasts the resolve timeout)."""
+    real, real_digest = _image("amd64")
+    async with trio.open_nursery() as nursery:
+        peer = await _scripted_peer(nursery, _answer(real, real_digest, MANIFEST_TYPE), real)
+        providers = ProvidersByKey({"example.com/team/app:v1": [_provider(peer, b"p")]})
+        cache = ProviderCache(providers, is_self=lambda p: False)
+        await nursery.start(cache.run)
+        mirror = PeerMirror(cache, MirrorSettings())
+        head = await _fetch_manifest(mirror, "v1", "HEAD")
+        assert head is not None and dict(head.headers)["Docker-Content-Digest"] == real_digest
+        by_digest = await _fetch_manifest(mirror, real_digest)
+        assert by_digest is not None and by_digest.body == real
+        nursery.cancel_scope.cancel()
