@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 import hashlib
 import http.client
 import json
@@ -60,3 +62,18 @@ def raw_exchange(address: str, data: bytes, *, timeout: float = 5.0) -> bytes:
 
 def status_of(raw: bytes) -> int:
     return int(raw.split(b" ", 2)[1])
+
+
+def byteranges(reply: Reply) -> list[tuple[str, bytes]]:
+    """The parts of a `multipart/byteranges` answer: (Content-Range, bytes) each, parsed
+    by the standard library's MIME parser (not by the code under test)."""
+    content_type = reply.header("Content-Type") or ""
+    assert content_type.startswith("multipart/byteranges; boundary="), content_type
+    message = email.message_from_bytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + reply.body,
+        policy=email.policy.HTTP,
+    )
+    assert message.is_multipart()
+    return [
+        (str(part["Content-Range"]), part.get_payload(decode=True)) for part in message.iter_parts()
+    ]

@@ -653,7 +653,12 @@ class PeerMirror:
 
     def _blob(self, miss: _Miss, served: _Served) -> Response:
         peer = served.peer
-        start = _range_start(peer.header("content-range")) if peer.status == 206 else 0
+        # Several ranges in one multipart body: relayed as they come, never resumed (no
+        # offset in the blob names where such a body broke).
+        multipart = (peer.header("content-type") or "").startswith("multipart/byteranges")
+        start = 0
+        if peer.status == 206 and not multipart:
+            start = _range_start(peer.header("content-range"))
         end = start + peer.content_length - 1
 
         async def resume(offset: int) -> PeerResponse:
@@ -678,13 +683,13 @@ class PeerMirror:
 
         # A whole blob is proven on the way, its end held back until it is; a range
         # cannot be hashed against the digest (containerd proves it on commit).
-        verify = miss.digest if start == 0 and _whole(peer) else None
+        verify = miss.digest if start == 0 and not multipart and _whole(peer) else None
 
         body = RelayBody(
             peer,
             peer.content_length,
             start,
-            resume=resume,
+            resume=None if multipart else resume,
             max_resumes=self.settings.max_resumes,
             stall_timeout=self.settings.stall_timeout,
             use_splice=self.settings.use_splice,

@@ -1,7 +1,7 @@
-"""HTTP `Range` for a single byte range (pure).
-
-Only one range is honoured; a multi-range or malformed header is ignored and the
-whole body is sent, which RFC 9110 allows.
+"""HTTP `Range` (pure): one byte range (`parse_range`), or several (`parse_ranges`,
+answered as `multipart/byteranges`: what lazy-pull clients such as eStargz readers
+send). A malformed header is ignored and the whole body is sent, which RFC 9110
+allows.
 """
 
 from __future__ import annotations
@@ -69,3 +69,41 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     if start >= size:
         raise Unsatisfiable(header)
     return ByteRange(start, min(end, size - 1))
+
+
+# More ranges than this in one header are ignored (the whole body is sent): RFC 9110
+# lets a server refuse to do the work of many small ranges.
+MAX_RANGES = 64
+
+
+def parse_ranges(header: str | None, size: int) -> list[ByteRange] | None:
+    """The ranges to send, sorted and merged where they overlap or touch, or None for the
+    whole body; raises Unsatisfiable when no range selects a byte (a 416)."""
+    if header is None:
+        return None
+    unit, sep, specs = header.strip().partition("=")
+    if not sep or unit.strip().lower() != "bytes":
+        return None
+    parts = specs.split(",")
+    if len(parts) > MAX_RANGES:
+        return None
+    ranges: list[ByteRange] = []
+    for part in parts:
+        try:
+            one = parse_range(f"bytes={part}", size)
+        except Unsatisfiable:
+            continue  # the others may still select bytes
+        if one is None:
+            return None  # one malformed spec: the header is ignored
+        ranges.append(one)
+    if not ranges:
+        raise Unsatisfiable(header)
+    ranges.sort(key=lambda r: r.start)
+    merged = [ranges[0]]
+    for current in ranges[1:]:
+        last = merged[-1]
+        if current.start <= last.end + 1:
+            merged[-1] = ByteRange(last.start, max(last.end, current.end))
+        else:
+            merged.append(current)
+    return merged

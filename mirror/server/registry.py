@@ -11,6 +11,7 @@ a peer), else it is a fast 404 so that containerd falls back to the next host.
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -26,17 +27,21 @@ from mirror.oci.distribution import (
     valid_registry,
 )
 from mirror.oci.filters import ReferenceFilter
-from mirror.oci.ranges import Unsatisfiable, parse_range
+from mirror.oci.mediatypes import BLOB_CONTENT_TYPE
+from mirror.oci.ranges import Unsatisfiable, parse_range, parse_ranges
 from mirror.server.http import API_VERSION_HEADER, JSON_TYPE
 from mirror.server.localstore import MANIFEST_CACHE_BYTES, LocalStore, Lru
 from mirror.server.pacing import Pacer
 from mirror.server.proofs import BlobProofs
 from mirror.server.request import Request
 from mirror.server.response import (
+    Body,
     FileBody,
+    MultipartFileBody,
     Response,
     blob_headers,
     error_response,
+    multipart_body,
     range_not_satisfiable,
     unavailable,
 )
@@ -239,7 +244,11 @@ class RegistryHandler:
     async def _proven(self, request: Request, route: DistributionPath, response: Response) -> bool:
         """A local blob a peer asked for hashes to its digest (a HEAD sends no bytes)."""
         body = response.body
-        if request.method != "GET" or not isinstance(body, FileBody) or route.digest is None:
+        if (
+            request.method != "GET"
+            or not isinstance(body, FileBody | MultipartFileBody)
+            or route.digest is None
+        ):
             return True
         return await self.proofs.servable(route.digest, body.fd)
 
@@ -318,14 +327,21 @@ class RegistryHandler:
             return None
         headers = blob_headers(str(route.digest))
         try:
-            byte_range = parse_range(request.headers.get("range"), blob.size)
+            ranges = parse_ranges(request.headers.get("range"), blob.size)
         except Unsatisfiable:
             FileBody(blob.fd, 0, 0).close()
             return range_not_satisfiable(blob.size, "blob")
-        if byte_range is None:
+        if ranges is None:
             return Response(
                 200, headers, FileBody(blob.fd, 0, blob.size), handler="blob", source="local"
             )
+        if len(ranges) > 1:
+            # What eStargz readers ask for; a lazy pull must not turn into a full one.
+            boundary = secrets.token_hex(12)
+            headers[0] = ("Content-Type", f"multipart/byteranges; boundary={boundary}")
+            body: Body = multipart_body(blob.fd, ranges, blob.size, BLOB_CONTENT_TYPE, boundary)
+            return Response(206, headers, body, handler="blob", source="local")
+        (byte_range,) = ranges
         headers.append(("Content-Range", byte_range.content_range(blob.size)))
         body = FileBody(blob.fd, byte_range.start, byte_range.length)
         return Response(206, headers, body, handler="blob", source="local")

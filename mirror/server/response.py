@@ -9,8 +9,9 @@ from typing import Protocol
 import trio
 
 from mirror.oci.mediatypes import BLOB_CONTENT_TYPE
+from mirror.oci.ranges import ByteRange
 from mirror.server.http import API_VERSION_HEADER, JSON_TYPE, error_body
-from mirror.server.io import send_file
+from mirror.server.io import send_all, send_file
 from mirror.server.pacing import Pacer
 
 
@@ -42,6 +43,57 @@ class FileBody:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+@dataclass(slots=True)
+class MultipartFileBody:
+    """Several byte ranges of an open file as one `multipart/byteranges` body: each
+    part's head, then the part with `sendfile`."""
+
+    fd: int
+    parts: list[tuple[bytes, ByteRange]]  # (the part's head, its range)
+    closing: bytes
+    pacer: Pacer | None = None
+    length: int = 0
+
+    def __post_init__(self) -> None:
+        self.length = len(self.closing) + sum(len(h) + r.length for h, r in self.parts)
+
+    async def send(self, sock: trio.socket.SocketType, stall_timeout: float) -> None:
+        for head, byte_range in self.parts:
+            await send_all(sock, head, stall_timeout=stall_timeout)
+            await send_file(
+                sock,
+                self.fd,
+                byte_range.start,
+                byte_range.length,
+                stall_timeout=stall_timeout,
+                pacer=self.pacer,
+            )
+        await send_all(sock, self.closing, stall_timeout=stall_timeout)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def multipart_body(
+    fd: int, ranges: list[ByteRange], size: int, content_type: str, boundary: str
+) -> MultipartFileBody:
+    """RFC 9110's multipart/byteranges: every part after a CRLF, its own head, and a
+    closing delimiter."""
+    parts = [
+        (
+            (
+                f"\r\n--{boundary}\r\nContent-Type: {content_type}\r\n"
+                f"Content-Range: {r.content_range(size)}\r\n\r\n"
+            ).encode("latin-1"),
+            r,
+        )
+        for r in ranges
+    ]
+    return MultipartFileBody(fd, parts, f"\r\n--{boundary}--\r\n".encode("latin-1"))
 
 
 @dataclass(slots=True)

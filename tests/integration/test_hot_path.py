@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench.kit.mirror import MirrorNode
-from tests.httpclient import fetch, raw_exchange, status_of
+from tests.httpclient import byteranges, fetch, raw_exchange, status_of
 from tests.integration.conftest import NodeWithImages, start_mirror
 
 pytestmark = pytest.mark.integration
@@ -368,3 +368,34 @@ def test_sigterm_finishes_in_flight_responses_then_exits(node_with_images: NodeW
         assert "gracefully shutdown" in node.tail(5)
     finally:
         node.stop()
+
+
+def test_several_ranges_are_one_multipart_answer(
+    mirror: MirrorNode, node_with_images: NodeWithImages
+) -> None:
+    """What eStargz readers send: each range as a part of `multipart/byteranges`
+    (a whole body would turn a lazy pull into a full one)."""
+    env = node_with_images
+    layer = env.big.layers[0]
+    content = env.big.blob_path(layer.digest).read_bytes()
+    size = len(content)
+    path = f"/v2/{env.big.name}/blobs/{layer.digest}"
+    reply = fetch(mirror.address, path, headers={"Range": "bytes=100-199,0-9,-16"})
+    assert reply.status == 206 and reply.header("Content-Range") is None
+    assert reply.header("Content-Length") == str(len(reply.body))
+    assert byteranges(reply) == [
+        (f"bytes 0-9/{size}", content[:10]),
+        (f"bytes 100-199/{size}", content[100:200]),
+        (f"bytes {size - 16}-{size - 1}/{size}", content[-16:]),
+    ]
+    # Overlapping or touching ranges are one: a plain 206.
+    merged = fetch(mirror.address, path, headers={"Range": "bytes=0-99,50-149,150-199"})
+    assert merged.status == 206 and merged.header("Content-Range") == f"bytes 0-199/{size}"
+    assert merged.body == content[:200]
+    # None satisfiable: 416; one malformed: the whole body.
+    past = fetch(mirror.address, path, headers={"Range": f"bytes={size}-,{size + 5}-"})
+    assert past.status == 416
+    odd = fetch(mirror.address, path, headers={"Range": "bytes=0-9,x-y"})
+    assert odd.status == 200 and odd.body == content
+    head = fetch(mirror.address, path, method="HEAD", headers={"Range": "bytes=0-9,20-29"})
+    assert head.status == 206 and int(head.header("Content-Length") or 0) > 20

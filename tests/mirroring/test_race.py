@@ -26,6 +26,7 @@ from mirror.server.localstore import LocalStore
 from mirror.server.registry import RegistryHandler
 from mirror.server.request import Request
 from mirror.server.response import Response
+from tests.httpclient import Reply, byteranges
 
 BLOB = os.urandom(5 * 1024 * 1024 + 17)  # past SMALL_BLOB_SIZE: relayed, not held
 DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
@@ -380,3 +381,23 @@ async def test_redirect_mode_sends_the_client_to_a_complete_holder(tmp_path: Pat
         head = await _fetch(mirror, "HEAD")
         assert head is not None and head.status == 200
         nursery.cancel_scope.cancel()
+
+
+async def test_several_ranges_through_a_peer_stay_several(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        good = await _good_peer(nursery, tmp_path)
+        mirror = await _mirror(nursery, [_provider(good, b"good")])
+        target = f"/v2/team/app/blobs/{DIGEST}?ns=example.com"
+        request = Request("GET", target, {"range": "bytes=0-9,1000-1999"}, True, False)
+        route = parse_distribution_path(request.path)
+        assert route is not None
+        response = await mirror.fetch(request, route, "example.com")
+        assert response is not None and response.status == 206
+        headers = dict(response.headers)
+        body = await _body_through(response)
+        nursery.cancel_scope.cancel()
+    reply = Reply(206, {k.lower(): v for k, v in headers.items()}, body)
+    assert byteranges(reply) == [
+        (f"bytes 0-9/{len(BLOB)}", BLOB[:10]),
+        (f"bytes 1000-1999/{len(BLOB)}", BLOB[1000:2000]),
+    ]
