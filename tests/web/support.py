@@ -47,6 +47,9 @@ PEER_ID = bytes.fromhex("0bee" * 8)
 PEER_HOST = "127.0.0.2"
 # A blob only the gone peer (PEER_ID) is recorded for.
 GONE_DIGEST = "sha256:" + "0e" * 32
+# A peer that serves (the real hot path) a blob the node does not hold.
+SERVING_ID = bytes.fromhex("5e7e" * 8)
+SERVING_HOST = "127.0.0.3"
 
 
 def dead_port(host: str) -> int:
@@ -163,6 +166,8 @@ class InProcessNode:
     dht: FakeDht
     advertiser: FakeAdvertiser
     web_url: str
+    # Held by the serving peer only: a GET of it through the node is a mirror hit.
+    peer_blob: Blob
 
     @property
     def registry_address(self) -> tuple[str, int]:
@@ -218,8 +223,12 @@ async def in_process_node(
     )
     keys = frozenset({image.name, image.manifest.digest})
     advertiser = FakeAdvertiser({image.name: keys})
+    peer_root = tmp_path / "peer-content"
+    peer_blob = _put(peer_root, b"peer blob " * 100_000, "application/octet-stream")
+    serving = RegistryServer(RegistryHandler(LocalStore(peer_root, FixedTags({}))))
     async with trio.open_nursery() as nursery:
         await nursery.start(cache.run)
+        await nursery.start(serving.run, SERVING_HOST, 0)
         await nursery.start(registry.run, "127.0.0.1", 0)
         host, port = registry.addresses[0]
         me = Provider(NODE_ID, host, 5001, port)
@@ -228,6 +237,7 @@ async def in_process_node(
             image.manifest.digest: [me],
             # A peer that left: its record remains, nothing answers at its address.
             GONE_DIGEST: [Provider(PEER_ID, PEER_HOST, 5001, dead_port(PEER_HOST))],
+            peer_blob.digest: [Provider(SERVING_ID, SERVING_HOST, 5001, serving.addresses[0][1])],
         }
 
         async def images() -> Mapping[str, str]:
@@ -249,7 +259,7 @@ async def in_process_node(
         view.metrics_addresses = web.urls
         await nursery.start(web.run)
         try:
-            yield InProcessNode(image, telemetry, registry, dht, advertiser, web.urls[0])
+            yield InProcessNode(image, telemetry, registry, dht, advertiser, web.urls[0], peer_blob)
         finally:
             nursery.cancel_scope.cancel()
 

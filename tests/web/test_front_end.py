@@ -15,7 +15,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import WebSocketConnection, open_websocket_url
 
 from mirror.server.io import send_all
-from tests.web.support import GONE_DIGEST, PEER_HOST, REGISTRY, http, in_process_node
+from tests.web.support import (
+    GONE_DIGEST,
+    PEER_HOST,
+    REGISTRY,
+    SERVING_HOST,
+    http,
+    in_process_node,
+)
 
 
 def _families(text: bytes) -> dict[str, object]:
@@ -82,6 +89,49 @@ async def test_metrics_count_a_local_hit_apart_from_a_mirror_miss(tmp_path: Path
         advertised = _samples(reply.body, "spegel_advertised_images")
         assert advertised == {(("registry", REGISTRY),): 1}
         assert "_created" not in reply.body.decode()
+
+
+async def test_only_what_a_peer_served_is_a_mirror_success(tmp_path: Path) -> None:
+    """A re-pull of an image the node holds and a measurement of it are no success of
+    the mirror (#15: both set Last Mirror Success to "0s ago"); a blob a peer served is."""
+    async with in_process_node(tmp_path) as node:
+        host, port = node.registry_address
+        base = f"http://{host}:{port}"
+        image = node.image
+        for path in (
+            f"/v2/team/app/manifests/v1?ns={REGISTRY}",
+            image.blob_path(image.config),
+            image.blob_path(image.layers[0]),
+        ):
+            assert (await http(base + path)).status == 200, path
+        measured = await http(
+            node.web_url + "/debug/web/measure", method="POST", body={"image": image.name}
+        )
+        assert measured.json()["pull"]["error"] is None
+        stats = (await http(node.web_url + "/debug/web/stats")).json()
+        assert stats["last_success"] is None and stats["requests"]["last_success"] is None
+        assert stats["requests"]["hit"] == 0 and stats["requests"]["local"] == 3
+        assert stats["requests"]["measure"] == 3
+        reply = await http(node.web_url + "/metrics")
+        assert _samples(reply.body, "spegel_mirror_requests_total") == {}
+        assert _samples(reply.body, "spegel_mirror_last_success_timestamp_seconds")[()] == 0
+
+        blob = node.peer_blob
+        served = await http(base + image.blob_path(blob))
+        assert served.status == 200 and served.headers["x-mirror-peer"].startswith(SERVING_HOST)
+        assert hashlib.sha256(served.body).hexdigest() == blob.digest.removeprefix("sha256:")
+        reply = await http(node.web_url + "/metrics")
+        requests = _samples(reply.body, "spegel_mirror_requests_total")
+        assert requests == {(("cache", "hit"), ("registry", REGISTRY)): 1}
+        assert _samples(reply.body, "spegel_mirror_last_success_timestamp_seconds")[()] > 1e9
+        assert _samples(reply.body, "mirror_upstream_bytes_avoided_total")[()] == blob.size
+        received = _samples(reply.body, "mirror_peer_received_bytes_total")
+        assert received == {(("peer", SERVING_HOST),): blob.size}
+        ours = _samples(reply.body, "mirror_registry_requests_total")
+        assert ours[(("client", "containerd"), ("result", "hit"))] == 1
+        assert ours[(("client", "measure"), ("result", "local"))] == 3
+        stats = (await http(node.web_url + "/debug/web/stats")).json()
+        assert stats["last_success"] is not None and stats["requests"]["hit"] == 1
 
 
 async def test_bytes_and_failures_are_counted_per_peer(tmp_path: Path) -> None:

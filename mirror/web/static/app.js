@@ -90,7 +90,7 @@ function table(className, headers, rows, emptyText) {
   const head = el("tr", {}, ...headers.map(([text, cls]) => el("th", cls ? { class: cls } : {}, text)));
   const node = el("table", { class: className }, el("thead", {}, head), el("tbody", {}));
   fill(node.tBodies[0], rows, emptyText);
-  return node;
+  return el("div", { class: "scroll" }, node);
 }
 
 // -- state from the server --------------------------------------------------
@@ -261,16 +261,16 @@ function eventPeer(e) {
 function eventRow(e) {
   const time = new Date(e.time * 1000).toLocaleTimeString([], { hour12: false });
   const tag = eventTag(e);
-  const request = el("td", {}, `${e.method} ${e.kind}`);
-  if (e.client === "measure") request.append(" ", el("span", { class: "tag measure" }, "measure"));
+  const result = el("td", { class: "wrap" }, el("span", { class: `tag ${tag}` }, tag));
+  if (e.status < 200 || e.status >= 300) result.append(" ", el("span", { class: "status" }, e.status));
+  if (e.client === "measure") result.append(" ", el("span", { class: "tag measure" }, "measure"));
   return el("tr", {},
     el("td", {}, time),
-    el("td", {}, el("span", { class: `tag ${tag}` }, tag)),
-    request,
-    el("td", { class: "wrap" }, imageName(e)),
-    el("td", { title: e.reference }, el("code", {}, shortDigest(e.reference))),
+    result,
+    el("td", { class: "wrap", title: e.reference },
+      el("div", {}, `${e.method} ${e.kind} ${imageName(e)}`),
+      el("code", {}, shortDigest(e.reference))),
     el("td", { class: "wrap" }, eventPeer(e)),
-    el("td", {}, e.status),
     el("td", { class: "num" }, formatBytes(e.bytes)),
     el("td", { class: "num" }, formatSeconds(e.duration)));
 }
@@ -384,7 +384,7 @@ function renderMeasurement(out, result) {
   const pullRows = pull.items.map((item) => el("tr", {},
     el("td", {}, item.kind),
     el("td", { title: item.digest }, el("code", {}, shortDigest(item.digest))),
-    el("td", { class: "wrap" }, item.media_type),
+    el("td", { class: "break", title: item.media_type }, item.media_type.replace(/^application\/vnd\./, "")),
     el("td", { class: "wrap" }, item.source === "local" ? "this node" : peerName(item.source)),
     el("td", { class: "num" }, formatBytes(item.size)),
     el("td", { class: "num" }, formatSeconds(item.seconds))));
