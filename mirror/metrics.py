@@ -1,10 +1,13 @@
 """What the hot path records: Prometheus counters and the live event feed.
 
 Everything here is synchronous and O(1) per request: a few dict lookups,
-counter increments and one append to a bounded feed. Nothing here awaits, so
-nothing here can slow a response down by waiting on a scrape or a websocket.
-Metric names and labels are Spegel's where Spegel has one (its Grafana
-dashboard keeps working); ours carry the `mirror_` prefix. See docs/metrics.md.
+counter increments and one append to a bounded feed (and, for a body of 1 MiB or
+more, one entry in the table of transfers in progress: transfers.py). Nothing here
+awaits, so nothing here can slow a response down by waiting on a scrape or a
+websocket. Metric names and labels are Spegel's where Spegel has one, with Spegel's
+meaning (a mirror request is a local miss of containerd's, a hit is a peer serving
+it), so its Grafana dashboard keeps working; ours carry the `mirror_` prefix and
+count by who asked (containerd, a peer, Measure) and per peer. See docs/metrics.md.
 """
 
 from __future__ import annotations

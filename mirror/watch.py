@@ -60,9 +60,17 @@ def _image(item: dict[str, Any]) -> str:
     return f"{item['registry']}/{image}" if item["registry"] else image
 
 
+def _client(item: dict[str, Any]) -> str:
+    """Who asked; a node of an older version says only `cache` ("served": a peer)."""
+    client = item.get("client")
+    if client is None:
+        return "peer" if item.get("cache") == "served" else "containerd"
+    return str(client)
+
+
 def _where(item: dict[str, Any]) -> str:
     """From whom, or to whom: the peer served (its address), the peer that served."""
-    if item["client"] == "peer":
+    if _client(item) == "peer":
         return f"to {item['peer'] or 'a peer'}"
     if item["source"] == "peer":
         return f"from {item['peer']}"
@@ -75,10 +83,10 @@ def format_event(node: str, event: dict[str, Any]) -> str:
     """One line, about 100 columns: when, which node, how it was answered, what,
     how big and fast, and from (or to) whom."""
     stamp = time.strftime("%H:%M:%S", time.localtime(event["time"]))
-    result = event["result"]
-    if event["client"] == "peer" and result == "local":
+    result, client = event.get("result") or event["cache"], _client(event)
+    if client == "peer" and result == "local":
         result = "served"
-    elif event["client"] == "measure":
+    elif client == "measure":
         result = f"measure:{result}"
     head = " HEAD" if event["method"] == "HEAD" else ""
     status = "" if 200 <= event["status"] < 300 else f" {event['status']}"

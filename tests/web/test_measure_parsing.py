@@ -79,6 +79,10 @@ def test_watch_urls_and_lines() -> None:
     assert " served blob " in line and line.endswith(" to 10.0.0.7"), line
     measured = {**event, "client": "measure", "result": "local", "source": "local", "peer": ""}
     assert " measure:local blob " in format_event("127.0.0.1:9090", measured)
+    # A node of the version before (a rolling upgrade) says `cache` only.
+    older = {k: v for k, v in served.items() if k not in ("client", "result")}
+    older["cache"] = "served"
+    assert " served blob " in format_event("127.0.0.1:9090", older)
 
 
 def test_watch_shows_long_transfers_every_ten_seconds() -> None:
