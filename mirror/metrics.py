@@ -316,7 +316,8 @@ class Telemetry:
             "mirror_registry_requests_total",
             "Blob and manifest requests on the registry port, by who asked (containerd, "
             "peer, measure) and how they were answered: hit (a peer served it), local "
-            "(this node served it), miss (404), failed (the body was cut short), error.",
+            "(this node served it), miss (404, or no peer could serve it), failed (the body "
+            "was cut short), error.",
             ["client", "result"],
             registry=r,
         )
