@@ -337,6 +337,7 @@ class Node:
             book=book,
             abort_ingest=PoisonedIngests(client).abort,
             authorization=authorization,
+            ledger=telemetry,
         )
         handler = RegistryHandler(
             store,

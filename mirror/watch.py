@@ -33,12 +33,17 @@ def feed_url(node: str) -> str:
     return urlunsplit((scheme, parts.netloc, path, "", ""))
 
 
-def _size(n: int) -> str:
-    if n >= MIB:
-        return f"{n / MIB:.1f} MiB"
-    if n >= 1024:
-        return f"{n / 1024:.1f} KiB"
-    return f"{n} B"
+_UNITS = ((1024 * MIB, "GiB"), (MIB, "MiB"), (1024, "KiB"))
+
+
+def _unit(n: float) -> tuple[int, str]:
+    """The unit `n` bytes are best shown in, and its size."""
+    return next(((size, name) for size, name in _UNITS if n >= size), (1, "B"))
+
+
+def _size(n: float) -> str:
+    scale, unit = _unit(n)
+    return f"{n:.0f} B" if scale == 1 else f"{n / scale:.1f} {unit}"
 
 
 def _short(reference: str) -> str:
@@ -49,26 +54,86 @@ def _short(reference: str) -> str:
     return reference
 
 
+def _image(item: dict[str, Any]) -> str:
+    separator = "@" if ":" in item["reference"] else ":"
+    image = f"{item['repository']}{separator}{_short(item['reference'])}"
+    return f"{item['registry']}/{image}" if item["registry"] else image
+
+
+def _client(item: dict[str, Any]) -> str:
+    """Who asked; a node of an older version says only `cache` ("served": a peer)."""
+    client = item.get("client")
+    if client is None:
+        return "peer" if item.get("cache") == "served" else "containerd"
+    return str(client)
+
+
+def _where(item: dict[str, Any]) -> str:
+    """From whom, or to whom: the peer served (its address), the peer that served."""
+    if _client(item) == "peer":
+        return f"to {item['peer'] or 'a peer'}"
+    if item["source"] == "peer":
+        return f"from {item['peer']}"
+    if item["source"] in ("local", "inflight"):
+        return "from this node"
+    return "from nowhere"
+
+
 def format_event(node: str, event: dict[str, Any]) -> str:
     """One line, about 100 columns: when, which node, how it was answered, what,
     how big and fast, and from (or to) whom."""
     stamp = time.strftime("%H:%M:%S", time.localtime(event["time"]))
-    separator = "@" if ":" in event["reference"] else ":"
-    image = f"{event['repository']}{separator}{_short(event['reference'])}"
-    if event["registry"]:
-        image = f"{event['registry']}/{image}"
-    if event["cache"] == "served":
-        where = f"to {event['peer']}" if event.get("peer") else "to a peer"
-    elif event["source"] == "peer":
-        where = f"from {event['peer']}"
-    else:
-        where = f"from {event['source'] or 'nowhere'}"
+    result, client = event.get("result") or event["cache"], _client(event)
+    if client == "peer" and result == "local":
+        result = "served"
+    elif client == "measure":
+        result = f"measure:{result}"
     head = " HEAD" if event["method"] == "HEAD" else ""
     status = "" if 200 <= event["status"] < 300 else f" {event['status']}"
     return (
-        f"{stamp} {node} {event['cache']} {event['kind']}{head} {image} "
-        f"{_size(event['bytes'])} {event['duration'] * 1000:.0f}ms{status} {where}"
+        f"{stamp} {node} {result} {event['kind']}{head} {_image(event)} "
+        f"{_size(event['bytes'])} {event['duration'] * 1000:.0f}ms{status} {_where(event)}"
     )
+
+
+def format_transfer(node: str, transfer: dict[str, Any]) -> str:
+    """A body still being sent: how far along, how fast, to (or from) whom:
+    `14:02:21 127.0.0.2:9090 50% docker.io/team/app@3f9a0c1d2e4b… 2.0 of 4.0 GiB
+    170.7 MiB/s to 127.0.0.3` (on one line)."""
+    stamp = time.strftime("%H:%M:%S")
+    sent, length, seconds = transfer["bytes"], transfer["length"], transfer["seconds"]
+    if sent is None:
+        progress = f"?% {_image(transfer)} ? of {_size(length)}"
+    else:
+        scale, _ = _unit(length)
+        done = str(sent) if scale == 1 else f"{sent / scale:.1f}"
+        rate = f" {_size(sent / seconds)}/s" if seconds > 0 else ""
+        share = 100 * sent // max(length, 1)
+        progress = f"{share}% {_image(transfer)} {done} of {_size(length)}{rate}"
+    return f"{stamp} {node} {progress} {_where(transfer)}"
+
+
+class ProgressLines:
+    """Which transfers in progress get a line now: those sent for PROGRESS_EVERY seconds
+    already, once every PROGRESS_EVERY seconds each (pure: `now` is given)."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self._last: dict[int, float] = {}
+
+    def due(self, transfers: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
+        live = {transfer["id"] for transfer in transfers}
+        self._last = {key: at for key, at in self._last.items() if key in live}
+        lines = []
+        for transfer in transfers:
+            last = self._last.get(transfer["id"])
+            if last is None and transfer["seconds"] < self.every:
+                continue
+            if last is not None and now - last < self.every:
+                continue
+            self._last[transfer["id"]] = now
+            lines.append(transfer)
+        return lines
 
 
 def disconnect_reason(exc: BaseException) -> str:
@@ -88,6 +153,20 @@ def disconnect_reason(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return f"cannot connect: {exc.strerror or exc}"
     return type(exc).__name__
+
+
+def feed_lines(
+    node: str, message: dict[str, Any], progress: ProgressLines, now: float
+) -> list[str]:
+    """The lines a message of the feed makes: its events, the transfers due a line."""
+    if message.get("type") == "events":
+        lines = [format_event(node, event) for event in message["events"]]
+        if message.get("dropped"):
+            lines.insert(0, _note(node, f"{message['dropped']} events skipped (too slow)"))
+        return lines
+    if message.get("type") == "transfers":
+        return [format_transfer(node, t) for t in progress.due(message["transfers"], now)]
+    return []
 
 
 def _note(node: str, text: str) -> str:
@@ -118,17 +197,16 @@ async def follow(
                 backoff = min_backoff
                 announced_down = False
                 connected = False
+                progress = ProgressLines()
                 while True:
                     message = json.loads(await ws.get_message())
                     if message.get("type") == "stats" and not connected:
                         connected = True
                         node_id = message["stats"]["node_id"]
                         emit(_note(label, f"connected to node {node_id}"))
-                    elif message.get("type") == "events":
-                        if message.get("dropped"):
-                            emit(_note(label, f"{message['dropped']} events skipped (too slow)"))
-                        for event in message["events"]:
-                            emit(format_event(label, event))
+                    else:
+                        for line in feed_lines(label, message, progress, trio.current_time()):
+                            emit(line)
         except (ConnectionClosed, HandshakeError, OSError, ValueError, KeyError) as exc:
             if not announced_down:
                 emit(_note(label, f"{disconnect_reason(exc)}; trying again"))

@@ -41,6 +41,7 @@ from mirror.mirroring.coldmiss import (
     usable_source,
 )
 from mirror.mirroring.distrust import SourceDistrust, Where
+from mirror.mirroring.ledger import WRONG_BYTES, NoLedger, PeerLedger, body_failure
 from mirror.mirroring.peer import PeerError, PeerResponse, read_whole_body, request_head
 from mirror.mirroring.providers import ProviderCache
 from mirror.mirroring.race import Race, RaceLimits
@@ -284,8 +285,11 @@ class PeerMirror:
         book: ClaimBook | None = None,
         abort_ingest: Callable[[str], Awaitable[None]] | None = None,
         authorization: str | None = None,
+        ledger: PeerLedger | None = None,
     ) -> None:
         self.cache = cache
+        # Per peer: bytes received from it, and each request to it that failed.
+        self.ledger: PeerLedger = ledger if ledger is not None else NoLedger()
         # Sent on every request to a peer: the loop guard, and the cluster's basic
         # auth credentials when the registry port requires them (basicauth.py).
         self.peer_headers = [(MIRRORED_HEADER, "true")]
@@ -317,6 +321,9 @@ class PeerMirror:
         )
         if self._on_event is not None:
             self._on_event(event)
+
+    def _attempt_failed(self, provider: Provider, reason: str) -> None:
+        self.ledger.peer_failed(provider.host, reason)
 
     def _finished(
         self,
@@ -449,6 +456,7 @@ class PeerMirror:
             head,
             stall_timeout=settings.stall_timeout,
             on_wrong_bytes=wrong_bytes,
+            on_failure=self._attempt_failed,
         )
         decided, ballot = await voter.run()
         if decided.winner is None or ballot is None:
@@ -564,6 +572,7 @@ class PeerMirror:
                 body = await read_whole_body(peer, self.settings.stall_timeout)
         except (PeerError, PeerStalled, OSError, trio.TooSlowError) as exc:
             log.warning("peer failed mid-body", extra={"peer": served.name, "error": str(exc)})
+            self.ledger.peer_failed(served.provider.host, body_failure(exc))
             self._finished(miss, served, "failed", 0)
             return None
         finally:
@@ -582,6 +591,7 @@ class PeerMirror:
         peer that served a manifest hinted for what it names."""
         peer = served.peer
         served_digest = peer.header("docker-content-digest")
+        self.ledger.peer_received(served.provider.host, len(body))
         self._finished(miss, served, "peer", len(body), tag_disagreements=tag_disagreements)
         if miss.kind == "manifest":
             if miss.digest is None and served_digest:
@@ -603,6 +613,7 @@ class PeerMirror:
         asked for it again."""
         now = trio.current_time()
         for where in sources:
+            self.ledger.peer_failed(where[0], WRONG_BYTES)
             self.distrust.distrust(digest, where, now)
             if miss.key != digest:  # a tag: that source's answers for it are suspect too
                 self.distrust.distrust(miss.key, where, now)
@@ -669,6 +680,11 @@ class PeerMirror:
             )
 
         def relay_done(stats: RelayStats) -> None:
+            for (host, _), count in zip(stats.sources, stats.source_bytes, strict=True):
+                if count:
+                    self.ledger.peer_received(host, count)
+            for (host, _), reason in stats.failures:
+                self.ledger.peer_failed(host, reason)
             if stats.digest_mismatch and miss.digest is not None:
                 self._wrong_bytes(miss, served, miss.digest, stats.sources, stats.bytes_relayed)
                 return
@@ -800,7 +816,7 @@ class PeerMirror:
         )
         race = Race[Provider](limits, trio.current_time())
         sources = self._sources(key, pick)
-        done, peer = await RaceShell(race, sources, head).run()
+        done, peer = await RaceShell(race, sources, head, on_failure=self._attempt_failed).run()
         if done.winner is None or peer is None:
             log.debug("no peer answered", extra={"key": key, "reason": done.reason})
             return result

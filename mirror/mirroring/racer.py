@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import trio
 
 from dht import Provider
+from mirror.mirroring.ledger import TIMEOUT, head_failure
 from mirror.mirroring.peer import PeerError, PeerResponse, PeerUnreachable, request_head
 from mirror.mirroring.race import (
     Abandon,
@@ -33,6 +34,9 @@ from mirror.mirroring.race import (
 log = logging.getLogger("mirror.mirroring")
 
 Validator = Callable[[PeerResponse], None]
+# Told of each attempt that failed (not a busy answer): the provider, and why (ledger.py).
+FailureSink = Callable[[Provider, str], None]
+BUSY = 503
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +51,14 @@ class HeadRequest:
 
 class RaceShell:
     def __init__(
-        self, race: Race[Provider], providers: AsyncIterator[Provider], request: HeadRequest
+        self,
+        race: Race[Provider],
+        providers: AsyncIterator[Provider],
+        request: HeadRequest,
+        *,
+        on_failure: FailureSink | None = None,
     ) -> None:
+        self._on_failure = on_failure
         self._race = race
         self._providers = providers
         self._request = request
@@ -80,6 +90,8 @@ class RaceShell:
             elif isinstance(command, Abandon):
                 self._attempts[command.provider].cancel()
                 _log_failure(command.provider, "no response head in time")
+                if self._on_failure is not None:
+                    self._on_failure(command.provider, TIMEOUT)
             else:
                 with trio.move_on_at(command.deadline) as timer:
                     event = await self._receive.receive()
@@ -123,13 +135,15 @@ class RaceShell:
                 request.validate(peer)
             except PeerError as exc:
                 peer.close()
-                self._failed(provider, exc)
+                self._failed(provider, exc, busy=peer.status == BUSY)
                 return
             self._heads[provider] = peer
             self._send.send_nowait(HeadReady(provider))
 
-    def _failed(self, provider: Provider, exc: Exception) -> None:
+    def _failed(self, provider: Provider, exc: Exception, *, busy: bool = False) -> None:
         _log_failure(provider, str(exc))
+        if self._on_failure is not None and not busy:
+            self._on_failure(provider, head_failure(exc))
         unreachable = isinstance(exc, PeerUnreachable)
         self._send.send_nowait(AttemptFailed(provider, str(exc), unreachable))
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import trio
 
 from mirror.ingest.serving import INFLIGHT_HEADER
+from mirror.mirroring.ledger import body_failure
 from mirror.mirroring.peer import PeerError, PeerResponse
 from mirror.mirroring.ratefloor import RateFloor
 from mirror.server.io import BodyIntegrityError, PeerStalled, send_all
@@ -66,8 +67,20 @@ class RelayStats:
     resumes: int = 0
     mode: str = "copy"
     digest_mismatch: bool = False
-    # Every peer that sent bytes of this body, in order (resumes add one each).
+    # Every peer that sent bytes of this body, in order (resumes add one each), and
+    # how many bytes of it each sent.
     sources: list[tuple[str, int]] = field(default_factory=list)
+    source_bytes: list[int] = field(default_factory=list)
+    # The sources that broke off, and why (ledger.py: "body" or "timeout").
+    failures: list[tuple[tuple[str, int], str]] = field(default_factory=list)
+
+    def add_source(self, where: tuple[str, int]) -> None:
+        self.sources.append(where)
+        self.source_bytes.append(0)
+
+    def moved(self, count: int) -> None:
+        """`count` more bytes of the latest source reached the client."""
+        self.source_bytes[-1] += count
 
 
 @dataclass(slots=True)
@@ -99,19 +112,25 @@ class RelayBody:
         if self.verify is not None:
             algorithm, _, _ = self.verify.partition(":")
             self._hasher = hashlib.new(algorithm)
-        self.stats.sources.append(self.peer.where)
+        stats = self.stats
+        stats.add_source(self.peer.where)
         try:
             while True:
                 try:
-                    sent += await self._move(self.peer, sock, self.length - sent, stall_timeout)
+                    moved = await self._move(self.peer, sock, self.length - sent, stall_timeout)
+                    sent += moved
+                    stats.moved(moved)
                     return
                 except DigestMismatch as mismatch:
                     sent += mismatch.moved
+                    stats.moved(mismatch.moved)
                     if self.before_reset is not None:
                         await self.before_reset()
                     raise
                 except PeerFailure as failure:
                     sent += failure.moved
+                    stats.moved(failure.moved)
+                    stats.failures.append((self.peer.where, body_failure(failure.cause)))
                     if self.resume is None or self.stats.resumes >= self.max_resumes:
                         raise PeerError(
                             f"peer failed after {sent} of {self.length} bytes: {failure.cause}"
@@ -119,7 +138,7 @@ class RelayBody:
                     self.peer.close()
                     self.stats.resumes += 1
                     self.peer = await self.resume(self.start + sent)
-                    self.stats.sources.append(self.peer.where)
+                    stats.add_source(self.peer.where)
         finally:
             self.stats.bytes_relayed = sent
             if self.on_done is not None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import trio
 
 from dht import Provider
+from mirror.mirroring.ledger import ANSWER, BODY, WRONG_BYTES, body_failure, head_failure
 from mirror.mirroring.peer import (
     PeerError,
     PeerResponse,
@@ -23,7 +24,7 @@ from mirror.mirroring.peer import (
     request_head,
 )
 from mirror.mirroring.race import AttemptFailed, Exhausted, ProviderFound, Start
-from mirror.mirroring.racer import HeadRequest
+from mirror.mirroring.racer import BUSY, FailureSink, HeadRequest
 from mirror.mirroring.tagvote import Answered, Decided, TagVote, VoteEvent
 from mirror.oci.digest import digest_matches, is_digest
 from mirror.server.io import PeerStalled
@@ -44,7 +45,9 @@ class TagVoter:
         *,
         stall_timeout: float,
         on_wrong_bytes: Callable[[Provider, PeerResponse, str], None],
+        on_failure: FailureSink | None = None,
     ) -> None:
+        self._on_failure = on_failure
         self._vote = vote
         self._providers = providers
         self._request = request
@@ -94,10 +97,12 @@ class TagVoter:
                 request.headers,
             )
         except (PeerError, OSError) as exc:
+            self._failed(provider, head_failure(exc))
             self._send.send_nowait(
                 AttemptFailed(provider, str(exc), isinstance(exc, PeerUnreachable))
             )
             return
+        reason = ANSWER
         try:
             request.validate(peer)
             digest = peer.header("docker-content-digest") or ""
@@ -105,12 +110,18 @@ class TagVoter:
                 raise PeerError(f"no usable answer for the tag (status {peer.status})")
             body = b""
             if request.method == "GET":
+                reason = BODY
                 body = await read_whole_body(peer, self._stall_timeout)
                 if not digest_matches(digest, body):
+                    reason = WRONG_BYTES  # reported through on_wrong_bytes
                     self._on_wrong_bytes(provider, peer, digest)
                     raise PeerError(f"the body does not hash to {digest}")
         except (PeerError, PeerStalled, OSError) as exc:
             peer.close()
+            if reason == BODY:
+                reason = body_failure(exc)
+            if peer.status != BUSY and reason != WRONG_BYTES:
+                self._failed(provider, reason)
             self._send.send_nowait(AttemptFailed(provider, str(exc)))
             return
         except BaseException:
@@ -118,3 +129,7 @@ class TagVoter:
             raise
         self._ballots[provider] = Ballot(peer, body)
         self._send.send_nowait(Answered(provider, digest))
+
+    def _failed(self, provider: Provider, reason: str) -> None:
+        if self._on_failure is not None:
+            self._on_failure(provider, reason)

@@ -89,11 +89,13 @@ async def serve_connection(
 ) -> None:
     core = ConnectionCore(config, trio.current_time())
     drain.add(core)
+    client = _client_host(sock)
     try:
         with sock:
             while True:
                 event = core.next_event(trio.current_time())
                 if isinstance(event, RequestReady):
+                    event.request.client = client
                     if not await _respond(
                         sock, core, handler, event.request, config, observe, on_exhausted
                     ):
@@ -108,6 +110,15 @@ async def serve_connection(
     finally:
         drain.cores.discard(core)
         core.release()
+
+
+def _client_host(sock: trio.socket.SocketType) -> str:
+    """The client's IP address ("" for a socket without one, such as a socket pair)."""
+    try:
+        address = sock.getpeername()
+    except OSError:
+        return ""
+    return str(address[0]) if isinstance(address, tuple) else ""
 
 
 async def _receive(

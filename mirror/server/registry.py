@@ -215,8 +215,9 @@ class RegistryHandler:
                 self.on_local_miss(f"{registry}/{route.name}:{route.tag}")
         if self.miss is not None and not peer:
             mirrored = await self.miss.fetch(request, route, registry)
-            if mirrored is not None:
-                return mirrored
+            response = mirrored or self._unknown(route, "not on this node")
+            response.mirrored = True
+            return response
         return self._unknown(route, "not on this node")
 
     async def _blob(

@@ -26,6 +26,8 @@ class Request:
     headers: dict[str, str]
     keep_alive: bool
     has_body: bool
+    # The client's address (host only), set by the connection: who asked, for metrics.
+    client: str = ""
     path: str = field(init=False)
     query: str = field(init=False)
 

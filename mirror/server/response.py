@@ -108,6 +108,9 @@ class Response:
     source: str = ""
     # The Content-Length of a HEAD answer whose body is not at hand (a peer's).
     declared_length: int | None = None
+    # A local miss handed to the peer mirror, served or not (what Spegel counts as a
+    # mirror request: hit or miss).
+    mirrored: bool = False
 
     @property
     def length(self) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,6 +35,9 @@ STATIC_TYPES = {
 BATCH_INTERVAL = 0.1
 MAX_BATCH = 200
 STATS_INTERVAL = 2.0
+# Bodies being sent, with bytes so far: read from the kernel this often while any run.
+TRANSFERS_INTERVAL = 1.0
+MAX_TRANSFERS = 50
 MAX_MEASURE_LIMIT = 300.0
 # Measurements at once: each pulls a whole image through the registry port.
 MAX_MEASUREMENTS = 1
@@ -175,23 +179,36 @@ def _add_live_route(app: QuartTrio, view: NodeView) -> None:
         if not same_origin(websocket.headers.get("Origin"), websocket.headers.get("Host")):
             return _json_response({"error": "cross-site WebSocket refused"}, 403)
         await websocket.accept()
-        feed = view.telemetry.feed
+        telemetry = view.telemetry
+        feed = telemetry.feed
         cursor = feed.published
         await websocket.send(json.dumps({"type": "stats", "stats": await snapshot(view)}))
-        next_stats = trio.current_time() + STATS_INTERVAL
+        now = trio.current_time()
+        next_stats = now + STATS_INTERVAL
+        next_transfers = now + TRANSFERS_INTERVAL
+        showing_transfers = False
         while True:
-            with trio.move_on_at(next_stats):
+            with trio.move_on_at(min(next_stats, next_transfers)):
                 await feed.wait(cursor)
                 await trio.sleep(BATCH_INTERVAL)
             batch = feed.since(cursor, MAX_BATCH)
             cursor = batch.cursor
             if batch.events or batch.dropped:
+                # The counters as of these events: the page's cards move with the feed.
                 message = {
                     "type": "events",
                     "events": [event_json(seq, event) for seq, event in batch.events],
                     "dropped": batch.dropped,
+                    "requests": telemetry.summary(),
+                    "now": time.time(),
                 }
                 await websocket.send(json.dumps(message))
+            if trio.current_time() >= next_transfers:
+                transfers = telemetry.transfers.snapshot(MAX_TRANSFERS)
+                if transfers or showing_transfers:  # once more when the last one ended
+                    await websocket.send(json.dumps({"type": "transfers", "transfers": transfers}))
+                showing_transfers = bool(transfers)
+                next_transfers = trio.current_time() + TRANSFERS_INTERVAL
             if trio.current_time() >= next_stats:
                 stats = await snapshot(view, events=0)
                 await websocket.send(json.dumps({"type": "stats", "stats": stats}))

@@ -20,6 +20,7 @@ from typing import Any
 import trio
 
 from dht import Provider
+from mirror.metrics import MEASURE_HEADER
 from mirror.mirroring.mirror import PEER_HEADER
 from mirror.mirroring.peer import PeerError, PeerResponse, request_head
 from mirror.oci.distribution import PathError, parse_distribution_path, valid_registry
@@ -46,6 +47,10 @@ class InvalidReference(ValueError):
 
 class PullFailed(Exception):
     pass
+
+
+class NotFound(PullFailed):
+    """The registry port answered 404: neither this node nor any peer serves it."""
 
 
 def parse_reference(text: object) -> ImageName:
@@ -77,7 +82,8 @@ def local_platform() -> tuple[str, str]:
 
 @dataclass
 class PeerFound:
-    address: str
+    address: str  # its registry port (HTTP), where pulls go
+    router: str  # its router port (UDP): the address in the page's peer table
     node_id: str
     seconds: float
     self: bool
@@ -136,6 +142,7 @@ async def lookup(find: ProviderLookup, key: str, is_self: Callable[[Provider], b
                 result.peers.append(
                     PeerFound(
                         f"{provider.host}:{provider.registry_port}",
+                        f"{provider.host}:{provider.udp_port}",
                         provider.node_id.hex(),
                         trio.current_time() - started,
                         is_self(provider),
@@ -166,7 +173,8 @@ class RegistryClient:
 
     async def get(self, repository: str, section: str, reference: str, *, keep: bool) -> Fetched:
         target = f"/v2/{repository}/{section}/{reference}?ns={self.registry}"
-        headers = [("Accept", MANIFEST_ACCEPT), ("Connection", "close")]
+        # Marked, so the node counts these apart from containerd's (metrics.py).
+        headers = [("Accept", MANIFEST_ACCEPT), ("Connection", "close"), (MEASURE_HEADER, "1")]
         if self.authorization is not None:
             headers.append(("Authorization", self.authorization))
         try:
@@ -176,7 +184,10 @@ class RegistryClient:
         try:
             if peer.status != 200:
                 body = await _read(peer, min(peer.content_length, 64 * 1024), keep=True)
-                raise PullFailed(f"GET {target} answered {peer.status}: {_error_text(body)}")
+                text = _error_text(body)
+                if peer.status == 404:
+                    raise NotFound(text)
+                raise PullFailed(f"GET {target} answered {peer.status}: {text}")
             if keep and peer.content_length > MAX_MANIFEST_SIZE:
                 raise PullFailed(f"{target}: manifest larger than {MAX_MANIFEST_SIZE} bytes")
             body = await _read(peer, peer.content_length, keep=keep)
@@ -207,6 +218,18 @@ async def _read(peer: PeerResponse, length: int, *, keep: bool) -> bytes:
             kept += view[:count]
         received += count
     return bytes(kept)
+
+
+def _not_found(kind: str, reference: str, *, first: bool, why: str) -> str:
+    """A 404 in words: nobody has it, or this node does not mirror it (its filters)."""
+    if "filtered" in why:
+        return (
+            "this node does not mirror this image: its --mirrored-registries or "
+            "--registry-filters leave it out"
+        )
+    if first:
+        return "no peer has this image, and this node does not hold it"
+    return f"no peer has its {kind} {reference}, and this node does not hold it"
 
 
 def _error_text(body: bytes) -> str:
@@ -253,7 +276,12 @@ async def pull(
 
     async def fetch(kind: str, section: str, reference: str, media_type: str = "") -> Fetched:
         started = trio.current_time()
-        fetched = await client.get(image.repository, section, reference, keep=section != "blobs")
+        keep = section != "blobs"
+        try:
+            fetched = await client.get(image.repository, section, reference, keep=keep)
+        except NotFound as exc:
+            why = _not_found(kind, reference, first=not report.items, why=str(exc))
+            raise PullFailed(why) from None
         report.items.append(
             Item(
                 kind,

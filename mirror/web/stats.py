@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
+from dht import Contact
 from mirror.metrics import FeedEvent
 from mirror.oci.reference import parse_image_name
 from mirror.web.view import NodeView
@@ -34,6 +36,19 @@ def image_rows(images: dict[str, str], advertised: set[str]) -> list[dict[str, A
             }
         )
     return rows
+
+
+def peer_rows(peers: list[Contact], registries: Mapping[bytes, str]) -> list[dict[str, Any]]:
+    """The DHT's contacts, each with its router address (UDP) and, when a lookup named
+    it, its registry address (HTTP): the lookup table shows the latter."""
+    return [
+        {
+            "node_id": peer.node_id.hex(),
+            "router": f"{peer.host}:{peer.port}",
+            "registry": registries.get(peer.node_id, ""),
+        }
+        for peer in sorted(peers, key=lambda p: (p.host, p.port))
+    ]
 
 
 def coldstart_json(view: NodeView) -> dict[str, Any] | None:
@@ -82,12 +97,10 @@ async def snapshot(view: NodeView, *, events: int = 50) -> dict[str, Any]:
             "digests": counts.get("digests", 0),
             "peers": len(peers),
         },
-        "requests": dict(telemetry.cache_counts),
+        "requests": telemetry.summary(),
         "open_connections": view.registry.open_connections,
-        "peers": [
-            {"node_id": peer.node_id.hex(), "address": f"{peer.host}:{peer.port}"}
-            for peer in sorted(peers, key=lambda p: (p.host, p.port))
-        ],
+        "peers": peer_rows(peers, telemetry.registry_addresses),
+        "transfers": telemetry.transfers.snapshot(),
         "images": image_rows(listed, set(view.advertiser.images)),
         "dht": asdict(view.dht.stats),
         "coldstart": coldstart_json(view),

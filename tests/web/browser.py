@@ -46,6 +46,18 @@ QUIET_SWITCHES = (
 )
 
 
+# The page's width against the viewport's, and every table wider than its box
+# (`.scroll` lets a table scroll inside the page rather than widen it).
+OVERFLOW = """(() => ({
+  page: document.documentElement.scrollWidth,
+  viewport: document.documentElement.clientWidth,
+  tables: [...document.querySelectorAll('.scroll')]
+    .filter((box) => box.scrollWidth > box.clientWidth)
+    .map((box) => `${box.firstElementChild.id || box.firstElementChild.className}: `
+      + `${box.scrollWidth} > ${box.clientWidth}`),
+}))()"""
+
+
 def chromium_binary() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -101,6 +113,22 @@ class Page:
                     return value
                 await trio.sleep(0.1)
         raise AssertionError(f"{expression!r} still {value!r} when giving up")
+
+    async def resize(self, width: int, height: int = 1100) -> None:
+        """Lay the page out again for a viewport of `width` x `height` CSS pixels."""
+        await self.call(
+            "Emulation.setDeviceMetricsOverride",
+            width=width,
+            height=height,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
+
+    async def overflow(self) -> dict[str, Any]:
+        """What runs past the viewport's width: the page, and any table in its box."""
+        value = await self.evaluate(OVERFLOW)
+        assert isinstance(value, dict)
+        return value
 
     async def screenshot(self, path: Path) -> None:
         result = await self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
@@ -158,13 +186,7 @@ async def open_page(width: int = 1400, height: int = 1100) -> AsyncIterator[Page
                     "Target.attachToTarget", targetId=target["targetId"], flatten=True
                 )
                 page = Page(ws, attached["sessionId"])
-                await page.call(
-                    "Emulation.setDeviceMetricsOverride",
-                    width=width,
-                    height=height,
-                    deviceScaleFactor=1,
-                    mobile=False,
-                )
+                await page.resize(width, height)
                 yield page
         finally:
             _stop(proc)

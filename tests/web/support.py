@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Mapping
@@ -22,7 +23,9 @@ import trio
 
 from dht import Contact, NodeStats, Provider
 from mirror.basicauth import BasicAuth
-from mirror.metrics import Telemetry
+from mirror.metrics import Telemetry, TimedProviders
+from mirror.mirroring.mirror import MirrorSettings, PeerMirror
+from mirror.mirroring.providers import ProviderCache
 from mirror.oci.digest import parse_digest
 from mirror.oci.mediatypes import OCI_MANIFEST
 from mirror.server.connection import Handler
@@ -41,6 +44,19 @@ REPOSITORY = "team/app"
 TAG = "v1"
 NODE_ID = bytes.fromhex("5e1f" * 8)
 PEER_ID = bytes.fromhex("0bee" * 8)
+PEER_HOST = "127.0.0.2"
+# A blob only the gone peer (PEER_ID) is recorded for.
+GONE_DIGEST = "sha256:" + "0e" * 32
+# A peer that serves (the real hot path) a blob the node does not hold.
+SERVING_ID = bytes.fromhex("5e7e" * 8)
+SERVING_HOST = "127.0.0.3"
+
+
+def dead_port(host: str) -> int:
+    """A port on `host` that nothing listens on (bound once, then closed)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -110,7 +126,7 @@ class FixedTags:
 class FakeDht:
     node_id: bytes = NODE_ID
     address: tuple[str, int] = ("127.0.0.1", 5001)
-    contacts: list[Contact] = field(default_factory=lambda: [Contact(PEER_ID, "127.0.0.2", 5001)])
+    contacts: list[Contact] = field(default_factory=lambda: [Contact(PEER_ID, PEER_HOST, 5001)])
     providers: dict[str, list[Provider]] = field(default_factory=dict)
 
     @property
@@ -150,6 +166,8 @@ class InProcessNode:
     dht: FakeDht
     advertiser: FakeAdvertiser
     web_url: str
+    # Held by the serving peer only: a GET of it through the node is a mirror hit.
+    peer_blob: Blob
 
     @property
     def registry_address(self) -> tuple[str, int]:
@@ -183,23 +201,44 @@ async def in_process_node(
     stall_timeout: float = 10.0,
     gate: RegistryGate | None = None,
     auth: BasicAuth | None = None,
+    layer_sizes: tuple[int, ...] = (4 * 1024 * 1024,),
 ) -> AsyncIterator[InProcessNode]:
-    image = write_image(tmp_path / "content")
+    image = write_image(tmp_path / "content", layer_sizes)
     target = TagTarget(parse_digest(image.manifest.digest), OCI_MANIFEST, image.manifest.size)
     store = LocalStore(image.root, FixedTags({image.name: target}))
     telemetry = Telemetry()
-    handler = telemetry.instrument(RegistryHandler(store, auth=auth))
+    dht = FakeDht()
+
+    def is_self(provider: Provider) -> bool:
+        return provider.node_id == NODE_ID
+
+    # The real peer mirror, over the fake DHT: a local miss is handed to the peers.
+    cache = ProviderCache(TimedProviders(dht, telemetry, is_self=is_self), is_self=is_self)
+    mirror = PeerMirror(
+        cache, MirrorSettings(), on_event=telemetry.on_mirror_event, ledger=telemetry
+    )
+    handler = telemetry.instrument(RegistryHandler(store, auth=auth, miss=mirror))
     registry = RegistryServer(
         handler if gate is None else gate.wrap(handler), observe=telemetry.observe
     )
     keys = frozenset({image.name, image.manifest.digest})
     advertiser = FakeAdvertiser({image.name: keys})
-    dht = FakeDht()
+    peer_root = tmp_path / "peer-content"
+    peer_blob = _put(peer_root, b"peer blob " * 100_000, "application/octet-stream")
+    serving = RegistryServer(RegistryHandler(LocalStore(peer_root, FixedTags({}))))
     async with trio.open_nursery() as nursery:
+        await nursery.start(cache.run)
+        await nursery.start(serving.run, SERVING_HOST, 0)
         await nursery.start(registry.run, "127.0.0.1", 0)
         host, port = registry.addresses[0]
         me = Provider(NODE_ID, host, 5001, port)
-        dht.providers = {f"{REGISTRY}/{REPOSITORY}:{TAG}": [me], image.manifest.digest: [me]}
+        dht.providers = {
+            f"{REGISTRY}/{REPOSITORY}:{TAG}": [me],
+            image.manifest.digest: [me],
+            # A peer that left: its record remains, nothing answers at its address.
+            GONE_DIGEST: [Provider(PEER_ID, PEER_HOST, 5001, dead_port(PEER_HOST))],
+            peer_blob.digest: [Provider(SERVING_ID, SERVING_HOST, 5001, serving.addresses[0][1])],
+        }
 
         async def images() -> Mapping[str, str]:
             await trio.lowlevel.checkpoint()
@@ -220,7 +259,7 @@ async def in_process_node(
         view.metrics_addresses = web.urls
         await nursery.start(web.run)
         try:
-            yield InProcessNode(image, telemetry, registry, dht, advertiser, web.urls[0])
+            yield InProcessNode(image, telemetry, registry, dht, advertiser, web.urls[0], peer_blob)
         finally:
             nursery.cancel_scope.cancel()
 

@@ -6,15 +6,23 @@ import hashlib
 import json
 import socket
 from pathlib import Path
+from typing import Any
 
 import trio
 import wsproto
 import wsproto.events
 from prometheus_client.parser import text_string_to_metric_families
-from trio_websocket import open_websocket_url
+from trio_websocket import WebSocketConnection, open_websocket_url
 
 from mirror.server.io import send_all
-from tests.web.support import REGISTRY, http, in_process_node
+from tests.web.support import (
+    GONE_DIGEST,
+    PEER_HOST,
+    REGISTRY,
+    SERVING_HOST,
+    http,
+    in_process_node,
+)
 
 
 def _families(text: bytes) -> dict[str, object]:
@@ -30,7 +38,7 @@ def _samples(text: bytes, name: str) -> dict[tuple[tuple[str, str], ...], float]
     return out
 
 
-async def test_metrics_count_a_local_hit_and_a_miss(tmp_path: Path) -> None:
+async def test_metrics_count_a_local_hit_apart_from_a_mirror_miss(tmp_path: Path) -> None:
     async with in_process_node(tmp_path) as node:
         host, port = node.registry_address
         layer = node.image.layers[0]
@@ -55,6 +63,11 @@ async def test_metrics_count_a_local_hit_and_a_miss(tmp_path: Path) -> None:
             "http_response_size_bytes",
             "http_requests_inflight",
             "mirror_served_bytes",
+            "mirror_registry_requests",
+            "mirror_upstream_bytes_avoided",
+            "mirror_peer_sent_bytes",
+            "mirror_peer_received_bytes",
+            "mirror_peer_failures",
             "mirror_dht_routing_table_size",
             "mirror_dht_datagrams_dropped",
             "mirror_open_connections",
@@ -67,12 +80,15 @@ async def test_metrics_count_a_local_hit_and_a_miss(tmp_path: Path) -> None:
         assert refused == {(("reason", r),): 0 for r in ("client", "capacity", "descriptors")}
         limit = _samples(reply.body, "mirror_registry_client_connection_limit")
         assert limit == {(): 1024}
+        # Spegel's count: only the local miss handed to the peers (none served it).
         requests = _samples(reply.body, "spegel_mirror_requests_total")
-        assert requests[(("cache", "hit"), ("registry", REGISTRY))] == 1
-        assert requests[(("cache", "miss"), ("registry", REGISTRY))] == 1
-        assert _samples(reply.body, "spegel_mirror_last_success_timestamp_seconds")[()] > 1e9
+        assert requests == {(("cache", "miss"), ("registry", REGISTRY)): 1}
+        assert _samples(reply.body, "spegel_mirror_last_success_timestamp_seconds")[()] == 0
+        ours = _samples(reply.body, "mirror_registry_requests_total")
+        assert ours[(("client", "containerd"), ("result", "local"))] == 1
+        assert ours[(("client", "containerd"), ("result", "miss"))] == 1
         served = _samples(reply.body, "mirror_served_bytes_total")
-        assert served[(("source", "local"),)] == layer.size
+        assert served[(("client", "containerd"), ("source", "local"))] == layer.size
         sizes = _samples(reply.body, "http_response_size_bytes_count")
         assert sizes[(("code", "200"), ("handler", "blob"), ("method", "GET"))] == 1
         inflight = _samples(reply.body, "http_requests_inflight")
@@ -80,6 +96,79 @@ async def test_metrics_count_a_local_hit_and_a_miss(tmp_path: Path) -> None:
         advertised = _samples(reply.body, "spegel_advertised_images")
         assert advertised == {(("registry", REGISTRY),): 1}
         assert "_created" not in reply.body.decode()
+
+
+async def test_only_what_a_peer_served_is_a_mirror_success(tmp_path: Path) -> None:
+    """A re-pull of an image the node holds and a measurement of it are no success of
+    the mirror (#15: both set Last Mirror Success to "0s ago"); a blob a peer served is."""
+    async with in_process_node(tmp_path) as node:
+        host, port = node.registry_address
+        base = f"http://{host}:{port}"
+        image = node.image
+        for path in (
+            f"/v2/team/app/manifests/v1?ns={REGISTRY}",
+            image.blob_path(image.config),
+            image.blob_path(image.layers[0]),
+        ):
+            assert (await http(base + path)).status == 200, path
+        measured = await http(
+            node.web_url + "/debug/web/measure", method="POST", body={"image": image.name}
+        )
+        assert measured.json()["pull"]["error"] is None
+        stats = (await http(node.web_url + "/debug/web/stats")).json()
+        assert stats["last_success"] is None and stats["requests"]["last_success"] is None
+        assert stats["requests"]["hit"] == 0 and stats["requests"]["local"] == 3
+        assert stats["requests"]["measure"] == 3
+        reply = await http(node.web_url + "/metrics")
+        assert _samples(reply.body, "spegel_mirror_requests_total") == {}
+        assert _samples(reply.body, "spegel_mirror_last_success_timestamp_seconds")[()] == 0
+
+        blob = node.peer_blob
+        served = await http(base + image.blob_path(blob))
+        assert served.status == 200 and served.headers["x-mirror-peer"].startswith(SERVING_HOST)
+        assert hashlib.sha256(served.body).hexdigest() == blob.digest.removeprefix("sha256:")
+        reply = await http(node.web_url + "/metrics")
+        requests = _samples(reply.body, "spegel_mirror_requests_total")
+        assert requests == {(("cache", "hit"), ("registry", REGISTRY)): 1}
+        assert _samples(reply.body, "spegel_mirror_last_success_timestamp_seconds")[()] > 1e9
+        assert _samples(reply.body, "mirror_upstream_bytes_avoided_total")[()] == blob.size
+        received = _samples(reply.body, "mirror_peer_received_bytes_total")
+        assert received == {(("peer", SERVING_HOST),): blob.size}
+        ours = _samples(reply.body, "mirror_registry_requests_total")
+        assert ours[(("client", "containerd"), ("result", "hit"))] == 1
+        assert ours[(("client", "measure"), ("result", "local"))] == 3
+        stats = (await http(node.web_url + "/debug/web/stats")).json()
+        assert stats["last_success"] is not None and stats["requests"]["hit"] == 1
+
+
+async def test_bytes_and_failures_are_counted_per_peer(tmp_path: Path) -> None:
+    async with in_process_node(tmp_path) as node:
+        host, port = node.registry_address
+        layer = node.image.layers[0]
+        # A peer's request (Spegel's loop guard): named by the address it came from.
+        served = await http(
+            f"http://{host}:{port}{node.image.blob_path(layer)}",
+            headers={"X-Spegel-Mirrored": "true"},
+        )
+        assert served.status == 200
+        # A blob only a gone peer is recorded for: its failure, by its host.
+        gone = await http(f"http://{host}:{port}/v2/team/app/blobs/{GONE_DIGEST}?ns={REGISTRY}")
+        assert gone.status == 404
+        reply = await http(node.web_url + "/metrics")
+        sent = _samples(reply.body, "mirror_peer_sent_bytes_total")
+        assert sent == {(("peer", "127.0.0.1"),): layer.size}
+        failures = _samples(reply.body, "mirror_peer_failures_total")
+        assert failures == {(("peer", PEER_HOST), ("reason", "unreachable")): 1}
+        stats = (await http(node.web_url + "/debug/web/stats")).json()
+        assert stats["requests"]["served"] == 1
+        assert stats["requests"]["bytes_to_peers"] == layer.size
+        # The peer table names the gone peer's registry port, learnt from the lookup,
+        # next to its router port.
+        (peer,) = stats["peers"]
+        assert peer["router"] == f"{PEER_HOST}:5001"
+        assert peer["registry"].startswith(f"{PEER_HOST}:")
+        served_event = next(e for e in stats["events"] if e["client"] == "peer")
+        assert served_event["peer"] == "127.0.0.1" and served_event["result"] == "local"
 
 
 async def test_debug_page_assets_stats_and_metadata(tmp_path: Path) -> None:
@@ -158,7 +247,9 @@ async def test_measure_rejects_bad_input_with_a_clear_400(tmp_path: Path) -> Non
             assert words in message, (body, message)
         unknown = await http(url, method="POST", body={"image": f"{REGISTRY}/team/other:v9"})
         assert unknown.status == 200
-        assert "404" in unknown.json()["pull"]["error"]
+        assert unknown.json()["pull"]["error"] == (
+            "no peer has this image, and this node does not hold it"
+        )
 
 
 async def test_websocket_streams_hot_path_events(tmp_path: Path) -> None:
@@ -177,9 +268,59 @@ async def test_websocket_streams_hot_path_events(tmp_path: Path) -> None:
                     if message["type"] == "events":
                         break
         event = message["events"][0]
-        assert event["cache"] == "hit" and event["source"] == "local"
+        assert event["result"] == "local" and event["source"] == "local"
+        assert event["client"] == "containerd"
         assert event["reference"] == layer.digest and event["bytes"] == layer.size
         assert event["registry"] == REGISTRY and event["repository"] == "team/app"
+        # The cards' counters come with the events they count, not 2 s later.
+        assert message["requests"]["local"] == 1
+        assert message["requests"]["last_success"] is None
+
+
+async def _next_message(ws: WebSocketConnection, kind: str) -> dict[str, Any]:
+    while True:
+        message: dict[str, Any] = json.loads(await ws.get_message())
+        if message["type"] == kind:
+            return message
+
+
+async def test_a_body_being_sent_is_shown_with_its_bytes_so_far(tmp_path: Path) -> None:
+    big = 64 * 1024 * 1024  # more than the kernel buffers between a stalled reader and us
+    async with in_process_node(tmp_path, layer_sizes=(big,)) as node:
+        host, port = node.registry_address
+        layer = node.image.layers[0]
+        ws_url = node.web_url.replace("http://", "ws://") + "/debug/web/ws"
+        async with open_websocket_url(ws_url) as ws:
+            await _next_message(ws, "stats")
+            with trio.socket.socket() as reader:
+                reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+                await reader.connect((host, port))
+                path = node.image.blob_path(layer)
+                await send_all(reader, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                received = len(await reader.recv(1 << 20))
+                with trio.fail_after(10):
+                    (transfer,) = (await _next_message(ws, "transfers"))["transfers"]
+                assert transfer["length"] == big and transfer["reference"] == layer.digest
+                assert transfer["client"] == "containerd" and transfer["source"] == "local"
+                assert 0 < transfer["bytes"] < big
+                (listed,) = (await http(node.web_url + "/debug/web/stats")).json()["transfers"]
+                assert listed["id"] == transfer["id"]
+                # The reader takes more: the next report says so.
+                while received < transfer["bytes"] + 8 * 1024 * 1024:
+                    received += len(await reader.recv(1 << 20))
+                with trio.fail_after(10):
+                    while True:
+                        (later,) = (await _next_message(ws, "transfers"))["transfers"]
+                        if later["bytes"] > transfer["bytes"]:
+                            break
+                while received < big:
+                    chunk = await reader.recv(1 << 20)
+                    assert chunk
+                    received += len(chunk)
+            with trio.fail_after(10):
+                while (await _next_message(ws, "transfers"))["transfers"]:
+                    pass
+        assert node.telemetry.transfers.snapshot() == []
 
 
 async def _raw_websocket(url: str) -> tuple[trio.socket.SocketType, wsproto.WSConnection]:

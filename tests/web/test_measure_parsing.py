@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from mirror.cli import parse_args
-from mirror.watch import feed_url, format_event, run_watch
+from mirror.watch import ProgressLines, feed_lines, feed_url, format_event, run_watch
 from mirror.web.measure import InvalidReference, choose_manifest, parse_reference
 
 
@@ -54,26 +54,63 @@ def test_watch_urls_and_lines() -> None:
     assert feed_url("127.0.0.2:9090/") == "ws://127.0.0.2:9090/debug/web/ws"
     with pytest.raises(ValueError):
         feed_url("ftp://host:1")
-    line = format_event(
-        "127.0.0.1:9090",
-        {
-            "time": 0.0,
-            "kind": "blob",
-            "method": "GET",
-            "repository": "team/app",
-            "reference": "sha256:" + "c" * 64,
-            "registry": "docker.io",
-            "cache": "hit",
-            "source": "peer",
-            "peer": "127.0.0.2:5000",
-            "status": 200,
-            "bytes": 3 * 1024 * 1024,
-            "duration": 0.0125,
-        },
-    )
-    assert "hit" in line and "docker.io/team/app@cccccccccccc…" in line
+    event = {
+        "time": 0.0,
+        "kind": "blob",
+        "method": "GET",
+        "repository": "team/app",
+        "reference": "sha256:" + "c" * 64,
+        "registry": "docker.io",
+        "client": "containerd",
+        "result": "hit",
+        "source": "peer",
+        "peer": "127.0.0.2:5000",
+        "status": 200,
+        "bytes": 3 * 1024 * 1024,
+        "duration": 0.0125,
+    }
+    line = format_event("127.0.0.1:9090", event)
+    assert " hit " in line and "docker.io/team/app@cccccccccccc…" in line
     assert "from 127.0.0.2:5000" in line and "3.0 MiB" in line and "12ms" in line
     assert len(line) <= 100, line
+    # A peer's request names the peer that was served, by its address.
+    served = {**event, "client": "peer", "result": "local", "source": "local", "peer": "10.0.0.7"}
+    line = format_event("127.0.0.1:9090", served)
+    assert " served blob " in line and line.endswith(" to 10.0.0.7"), line
+    measured = {**event, "client": "measure", "result": "local", "source": "local", "peer": ""}
+    assert " measure:local blob " in format_event("127.0.0.1:9090", measured)
+    # A node of the version before (a rolling upgrade) says `cache` only.
+    older = {k: v for k, v in served.items() if k not in ("client", "result")}
+    older["cache"] = "served"
+    assert " served blob " in format_event("127.0.0.1:9090", older)
+
+
+def test_watch_shows_long_transfers_every_ten_seconds() -> None:
+    transfer = {
+        "id": 7,
+        "kind": "blob",
+        "registry": "docker.io",
+        "repository": "team/app",
+        "reference": "sha256:" + "d" * 64,
+        "client": "peer",
+        "source": "local",
+        "peer": "10.0.0.7",
+        "length": 4 * 1024**3,
+        "bytes": 1024**3,
+        "seconds": 4.0,
+    }
+    progress = ProgressLines(every=10.0)
+    message = {"type": "transfers", "transfers": [transfer]}
+    node = "127.0.0.1:9090"
+    assert feed_lines(node, message, progress, now=100.0) == []  # 4 s in: not yet
+    later = {**transfer, "seconds": 12.0, "bytes": 2 * 1024**3}
+    (line,) = feed_lines(node, {**message, "transfers": [later]}, progress, now=108.0)
+    assert line.endswith(
+        " 50% docker.io/team/app@dddddddddddd… 2.0 of 4.0 GiB 170.7 MiB/s to 10.0.0.7"
+    ), line
+    assert len(line) <= 100, line
+    assert feed_lines(node, {**message, "transfers": [later]}, progress, now=115.0) == []
+    assert len(feed_lines(node, {**message, "transfers": [later]}, progress, now=118.0)) == 1
 
 
 async def test_watch_says_why_it_cannot_follow_a_node() -> None:
