@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=16,
         help="nodes announcing their keys at the same time (all share one CPU)",
     )
+    parser.add_argument(
+        "--cluster-key", action="store_true", help="seal every datagram with a shared cluster key"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("bench/results/dht.json"))
 
@@ -166,6 +169,8 @@ async def _join(
 async def _main(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed)
     results: dict[str, Any] = {"nodes": args.nodes, "keys": args.keys, "timeout_s": args.timeout}
+    results["cluster_key"] = args.cluster_key
+    cluster_key = rng.randbytes(32) if args.cluster_key else None
 
     def config(i: int) -> NodeConfig:
         return NodeConfig(
@@ -174,6 +179,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
             registry_port=5000,
             request_timeout=args.timeout,
             node_id=rng.randbytes(16),
+            cluster_key=cluster_key,
         )
 
     gc.disable()
@@ -255,7 +261,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
 
 def _print_table(results: dict[str, Any]) -> None:
     rows = [
-        ("nodes", f"{results['nodes']}"),
+        ("nodes", f"{results['nodes']}" + (" (cluster key)" if results.get("cluster_key") else "")),
         ("join (s)", f"{results['join_s']:.1f}"),
         (
             "routing table size mean/min",
