@@ -8,6 +8,7 @@ import random
 from dht_peer import Peer
 from test_dht_node_core import SimNet, lone_core, sends
 
+from dht.config import NodeConfig
 from dht.core import NodeCore, Send, WakeAt
 from dht.ids import key_id
 from dht.messages import (
@@ -21,7 +22,9 @@ from dht.messages import (
     ClaimRequest,
     Contact,
     Envelope,
+    FindNode,
     GetProviders,
+    Nodes,
     Ping,
     Pong,
     Provider,
@@ -346,3 +349,36 @@ def test_expiry_does_a_bounded_batch_per_tick() -> None:
     assert len(core.store) == 0
     assert most <= core.store.batch  # no tick walked the whole table
     assert ticks >= count // core.store.batch
+
+
+def test_a_node_on_a_wildcard_learns_its_address_before_it_announces() -> None:
+    config = NodeConfig(bind_host="0.0.0.0", bind_port=5001, cluster_key=CLUSTER_KEY)
+    core = NodeCore(config, bytes(16), ("0.0.0.0", 5001), 0.0, rng=random.Random(3))
+    core.take_commands()
+    peer = Peer(bytes([0x80]) * 16, "127.0.0.2", 5001, key=CLUSTER_KEY)
+    core.routing.observe(Contact(peer.node_id, peer.host, peer.port), 0.0)
+    core.provide([KEY], 0.0)
+    requests = [peer.open(s.data, 0.0) for s in sends(core)]
+    kinds = {type(r.message) for r in requests}
+    assert kinds == {Ping, FindNode}  # asks where it is, and looks the key up
+    for nonce, request in enumerate(requests):  # the peer answers both
+        reply = Pong("10.1.2.3", 5001) if isinstance(request.message, Ping) else Nodes(())
+        payload = encode(Envelope(request.request_id, peer.node_id, reply, b"cookie!!"))
+        core.receive(peer.auth.seal(payload, 0.01, 1000 + nonce), peer.host, peer.port, 0.01)
+    adds = [peer.open(s.data, 0.02).message for s in sends(core)]
+    [add] = [m for m in adds if isinstance(m, AddProvider)]
+    assert (add.host, add.udp_port) == ("10.1.2.3", 5001)  # not 0.0.0.0, which holders refuse
+
+
+def test_a_keyed_holder_refuses_a_record_naming_no_address() -> None:
+    holder = NodeCore(
+        NodeConfig(bind_host="127.0.0.1", bind_port=5001, cluster_key=CLUSTER_KEY),
+        bytes(16),
+        ("127.0.0.1", 5001),
+        0.0,
+        rng=random.Random(4),
+    )
+    peer = Peer(bytes([0x80]) * 16, "127.0.0.2", 5001, key=CLUSTER_KEY)
+    ack = peer.ask(holder, AddProvider("0.0.0.0", 5001, 5000, (key_id(KEY),)), 0.0)
+    assert ack.message == AddProviderAck(0)
+    assert records(holder, 0.0) == []
