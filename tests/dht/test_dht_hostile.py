@@ -50,10 +50,13 @@ class TappedNet(SimNet):
         self.sent = []
 
     def captured(self, kind: int, source: NodeCore, to: NodeCore | None = None) -> list[bytes]:
-        """Datagrams of type `kind` `source` sent (to `to`). The type is the payload's
-        third byte (array header, version, type), sealed or not."""
+        """Datagrams of type `kind` `source` sent (to `to`)."""
+        return [send.data for send in self.sends(kind, source, to)]
+
+    def sends(self, kind: int, source: NodeCore, to: NodeCore | None = None) -> list[Send]:
+        """The type is the payload's third byte (array header, version, type), sealed or not."""
         return [
-            send.data
+            send
             for sender, send in self.sent or []
             if sender == source.bound
             and send.data[2] == kind
@@ -130,7 +133,7 @@ def test_a_datagram_outside_the_replay_window_is_refused() -> None:
     stranger.receive(captured, *author.bound, later)  # even from the author's own address
     assert stranger.counters.dropped_stale == 1
     assert records(stranger, later) == []
-    # A clock running ahead is no way round it.
+    # Nor where the receiver's clock is behind the stamp by more than the window.
     stranger.clock_offset = -62.0
     stranger.receive(captured, *author.bound, later)
     assert stranger.counters.dropped_stale == 2
@@ -145,11 +148,9 @@ def test_claims_and_inflight_records_are_sealed_the_same_way() -> None:
     net.pump(author.bound)
     net.run(1.0)
     assert op.done
-    [claim, *_] = net.captured(CLAIM, author)
-    arbiter = next(
-        c for c in cores if c.bound == next(s.address for a, s in net.sent if s.data is claim)
-    )
-    arbiter.receive(claim, *ATTACKER, net.now)  # replayed: refused
+    [sent, *_] = net.sends(CLAIM, author)  # the arbiter is another node, for this seed
+    arbiter = net.cores[sent.address]
+    arbiter.receive(sent.data, *ATTACKER, net.now)  # replayed: refused
     assert arbiter.counters.dropped_replayed == 1
     held = arbiter.claims.get(key_id(KEY), net.now)
     assert held is not None and held.holder == own(author)
