@@ -74,6 +74,16 @@ async def _run_node(
             await trio.sleep_forever()
 
 
+def _dropped(nodes: list[_Running]) -> dict[str, int]:
+    """Datagrams every node dropped, by reason, summed."""
+    totals: dict[str, int] = {}
+    for r in nodes:
+        for name, value in vars(r.node.stats).items():
+            if name.startswith("dropped_"):
+                totals[name[len("dropped_") :]] = totals.get(name[len("dropped_") :], 0) + value
+    return totals
+
+
 def _percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -255,6 +265,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
             await trio.lowlevel.checkpoint()
             results[label] = await _lookups(alive, rng, args.lookups)
             print(f"lookups at {label} done", file=sys.stderr)
+        results["dropped"] = _dropped(nodes)
         nursery.cancel_scope.cancel()
     return results
 
@@ -306,6 +317,8 @@ def _print_table(results: dict[str, Any]) -> None:
                 f"{r['messages']['mean']:.1f} / {r['messages']['max']}",
             )
         )
+    dropped = {k: v for k, v in results.get("dropped", {}).items() if v}
+    rows.append(("datagrams dropped", ", ".join(f"{k} {v}" for k, v in dropped.items()) or "none"))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
