@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "demo": "the main job: a local cluster, a pull through the mirror, checked by digest",
     "serve": "hot path: blob throughput and manifest requests/s vs nginx and Distribution",
     "dht": "Kademlia: lookup latency, hops, churn, provide cost on N loopback nodes",
+    "dht-flood": "a provider-record flood against one DHT node: RSS, records held, loop lag",
     "proxy": "peer relay vs direct read, 404 latency, time to first byte",
     "generate": "benchmark images: v1 and v2 of 10 MB / 100 MB / 1 GB in 1 and 4 layers",
     "cluster": "N local nodes with mirrors and an upstream behind an emulated WAN link",
@@ -36,6 +37,7 @@ MODULES = {
         for name in ("generate", "cluster", "measure", "analyze", "suite")
     },
     "coldstart-sim": "bench.coldstart_sim",
+    "dht-flood": "bench.dht_flood",
 }
 # What the `bench` extra brings that a command needs (pyproject.toml).
 EXTRA = "bench"

@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=16,
         help="nodes announcing their keys at the same time (all share one CPU)",
     )
+    parser.add_argument(
+        "--cluster-key", action="store_true", help="seal every datagram with a shared cluster key"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("bench/results/dht.json"))
 
@@ -69,6 +72,16 @@ async def _run_node(
         async with DhtNode.open(config, bootstrapper) as node:
             task_status.started(_Running(node, scope))
             await trio.sleep_forever()
+
+
+def _dropped(nodes: list[_Running]) -> dict[str, int]:
+    """Datagrams every node dropped, by reason, summed."""
+    totals: dict[str, int] = {}
+    for r in nodes:
+        for name, value in vars(r.node.stats).items():
+            if name.startswith("dropped_"):
+                totals[name[len("dropped_") :]] = totals.get(name[len("dropped_") :], 0) + value
+    return totals
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -166,6 +179,8 @@ async def _join(
 async def _main(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed)
     results: dict[str, Any] = {"nodes": args.nodes, "keys": args.keys, "timeout_s": args.timeout}
+    results["cluster_key"] = args.cluster_key
+    cluster_key = rng.randbytes(32) if args.cluster_key else None
 
     def config(i: int) -> NodeConfig:
         return NodeConfig(
@@ -174,6 +189,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
             registry_port=5000,
             request_timeout=args.timeout,
             node_id=rng.randbytes(16),
+            cluster_key=cluster_key,
         )
 
     gc.disable()
@@ -249,13 +265,14 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
             await trio.lowlevel.checkpoint()
             results[label] = await _lookups(alive, rng, args.lookups)
             print(f"lookups at {label} done", file=sys.stderr)
+        results["dropped"] = _dropped(nodes)
         nursery.cancel_scope.cancel()
     return results
 
 
 def _print_table(results: dict[str, Any]) -> None:
     rows = [
-        ("nodes", f"{results['nodes']}"),
+        ("nodes", f"{results['nodes']}" + (" (cluster key)" if results.get("cluster_key") else "")),
         ("join (s)", f"{results['join_s']:.1f}"),
         (
             "routing table size mean/min",
@@ -300,6 +317,8 @@ def _print_table(results: dict[str, Any]) -> None:
                 f"{r['messages']['mean']:.1f} / {r['messages']['max']}",
             )
         )
+    dropped = {k: v for k, v in results.get("dropped", {}).items() if v}
+    rows.append(("datagrams dropped", ", ".join(f"{k} {v}" for k, v in dropped.items()) or "none"))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")

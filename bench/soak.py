@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import secrets
 import shutil
 import socket
 import tempfile
@@ -44,6 +43,7 @@ from bench.result_file import write_json
 from bench.soak_record_flood import RecordFlood
 from bench.soak_report import PhaseReport, PhaseWindow, Sample, judge, parse_metrics
 from bench.wrk import WRK_DONE_SCRIPT, run_client, wrk_command
+from dht import load_cluster_key
 
 SAMPLE_EVERY = 0.5
 # Source addresses of the idle and slow clients: several, as real clients are.
@@ -278,7 +278,6 @@ class Soak:
     image: GeneratedImage
     registry: str
     args: argparse.Namespace
-    key_file: Path
     wrk_script: Path
     sampler: Sampler
     windows: list[PhaseWindow] = field(default_factory=list)
@@ -317,8 +316,9 @@ class Soak:
         self.phase(
             "idle-slow-clients", lambda load: _idle_and_slow(load, [holder, relay], slow_url, args)
         )
+        assert self.cluster.router_key is not None  # LocalCluster's default: one shared key
         flood = RecordFlood(
-            self.key_file.read_bytes(),
+            load_cluster_key(self.cluster.router_key),
             (holder.host, holder.router_port),
             sources=CLIENT_HOSTS,
             count=args.flood_records,
@@ -329,13 +329,23 @@ class Soak:
             lambda load: load.once(lambda: flood.run(load.stop)),
         )
         self.notes["record-flood: datagrams sent"] = flood.sent
+        # That the flood reached the store (authentic, fresh) and what held it back.
+        last = [x for x in self.sampler.samples if x.node == self.cluster[0].name][-1]
+        self.notes["record-flood: records stored on node-1"] = last.metrics.get(
+            "mirror_dht_records_stored", -1.0
+        )
+        self.notes["record-flood: datagrams dropped on node-1"] = {
+            name.split('"')[1]: value
+            for name, value in last.metrics.items()
+            if name.startswith("mirror_dht_datagrams_dropped_total{") and value
+        }
 
 
-def _setup(
-    base: Path, args: argparse.Namespace, key_file: Path
-) -> tuple[LocalCluster, GeneratedImage, str]:
+def _setup(base: Path, args: argparse.Namespace) -> tuple[LocalCluster, GeneratedImage, str]:
     cluster = LocalCluster(
-        3, base / "cluster", log_level="WARN", mirror_args=[f"--router-key-file={key_file}"]
+        3,
+        base / "cluster",
+        log_level="WARN",  # one cluster key, as deployed
     )
     cluster.start()
     image = generate_image(
@@ -412,17 +422,14 @@ def _print(reports: list[PhaseReport]) -> None:
 def run(args: argparse.Namespace) -> int:
     base = args.dir or Path(tempfile.mkdtemp(prefix="bench-soak-"))
     base.mkdir(parents=True, exist_ok=True)
-    key_file = base / "cluster.key"
-    key_file.write_bytes(secrets.token_bytes(32))
-    key_file.chmod(0o600)
     _step(f"a 3-node cluster with a {args.image_mib} MiB image on node 1, in {base}")
-    cluster, image, registry = _setup(base, args, key_file)
+    cluster, image, registry = _setup(base, args)
     try:
         nodes = {node.name: node.mirror for node in cluster.nodes[:2]}
         sampler = Sampler(nodes)
         script = base / "done.lua"
         script.write_text(WRK_DONE_SCRIPT)
-        soak = Soak(cluster, image, registry, args, key_file, script, sampler)
+        soak = Soak(cluster, image, registry, args, script, sampler)
         with sampler.running():
             soak.run()
     finally:

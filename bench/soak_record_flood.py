@@ -37,10 +37,13 @@ class RecordFlood:
         self._rate = rate
         self.sent = 0
 
-    def _datagram(self, n: int) -> bytes:
+    def _datagram(self, n: int, source: tuple[str, int]) -> bytes:
         keys = tuple(os.urandom(16) for _ in range(KEYS_PER_DATAGRAM))
-        envelope = Envelope(n & 0xFFFFFFFF, os.urandom(16), AddProvider(5000, keys))
-        return self._auth.seal(encode(envelope))
+        host, port = source
+        message = AddProvider(host, port, 5000, keys)
+        envelope = Envelope(n & 0xFFFFFFFF, os.urandom(16), message)
+        nonce = int.from_bytes(os.urandom(8), "big")
+        return self._auth.seal(encode(envelope), time.time(), nonce)
 
     def run(self, stop: threading.Event) -> None:
         socks = []
@@ -58,7 +61,7 @@ class RecordFlood:
                     continue
                 sock = socks[self.sent % len(socks)]
                 try:
-                    sock.sendto(self._datagram(self.sent), self._target)
+                    sock.sendto(self._datagram(self.sent, sock.getsockname()), self._target)
                 except BlockingIOError:
                     time.sleep(0.001)
                     continue

@@ -58,10 +58,12 @@ class Plan:
                 else:
                     entry[1].append(kid)
 
-    def messages(self, registry_port: int) -> list[tuple[Contact, AddProvider]]:
+    def messages(self, origin: tuple[str, int, int]) -> list[tuple[Contact, AddProvider]]:
+        """The ADD_PROVIDER datagrams naming this node at `origin` (host, UDP and
+        registry ports)."""
         out = []
         for contact, kids in self.entries.values():
             for start in range(0, len(kids), MAX_KEYS_PER_ADD):
                 chunk = tuple(kids[start : start + MAX_KEYS_PER_ADD])
-                out.append((contact, AddProvider(registry_port, chunk)))
+                out.append((contact, AddProvider(*origin, chunk)))
         return out

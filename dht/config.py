@@ -52,7 +52,10 @@ class NodeStats:
     dropped_malformed: int
     dropped_oversized: int
     dropped_unauthenticated: int
+    dropped_replayed: int
+    dropped_stale: int
     dropped_unsolicited: int
+    dropped_unverified: int
     requests_sent: int
     timeouts: int
     records_stored: int

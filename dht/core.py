@@ -6,7 +6,10 @@ after each call executes `take_commands()`: `Send` a datagram, `WakeAt` a
 time, `Progress` (an operation has news for whoever waits on it), `Ready`
 (the routing table became non-empty or empty), `FetchPeers` (ask the
 bootstrapper for addresses, then call `bootstrap`). Time is always an
-argument; randomness comes from the injected `random.Random` instances.
+argument (`now`, on the shell's clock; `now + clock_offset` is the wall clock
+that seals are stamped with); randomness comes from the injected
+`random.Random` instances (request ids, nonces and cookie secrets from the
+unguessable one).
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .auth import Authenticator
+from .auth import Authenticator, Refusal
 from .claims import ClaimTable
 from .config import TICKS_PER_INTERVAL, NodeConfig
+from .cookies import CookieIssuer, CookieJar, Validity
 from .handler import RequestHandler
 from .ids import key_id
 from .lookup import Lookup
@@ -43,14 +47,18 @@ from .messages import (
     Pong,
     Provider,
     Release,
+    Retry,
     decode,
     encode,
+    reply_room,
 )
 from .operations import (
     ArbiterOp,
     Arbitrated,
     LookupOp,
     Operation,
+    Origin,
+    PingAll,
     PingOp,
     SequenceOp,
     announce,
@@ -59,15 +67,18 @@ from .operations import (
     find_nodes,
 )
 from .providers import ProviderStore, ReprovideSchedule
-from .requests import Address, Match, Outcome, RequestBatch, RequestTable
+from .requests import Address, Match, Outcome, PendingRequest, RequestBatch, RequestTable
 from .routing import RoutingTable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_MAX_PINGING = 64  # questionable contacts being pinged at once
+_MAX_PINGING = 64  # questionable contacts being pinged at once (and introductions)
 _ANNOUNCE_WINDOW = 32
 _ARBITERS_KEPT = 4096  # keys whose last arbiter is remembered for `release`
+# Requests that change what a node stores: without a cluster key, served only for a
+# source address proven by a cookie (the record names that address).
+_STATEFUL = (AddProvider, AddInflight, ClaimRequest, Release)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +117,14 @@ class CoreCounters:
     dropped_oversized: int = 0
     dropped_malformed: int = 0
     dropped_unauthenticated: int = 0
+    dropped_replayed: int = 0  # sealed datagrams seen before
+    dropped_stale: int = 0  # sealed datagrams stamped outside the replay window
     # Replies with an unknown id, from the wrong address or of the wrong type:
     dropped_unsolicited: int = 0
+    # Requests from an address without a valid cookie left unserved (answered
+    # RETRY, or not at all when even that is larger than the request):
+    dropped_unverified: int = 0
+    retries: int = 0  # RETRY answers to our requests (sent again with the cookie)
     handler_errors: int = 0
     requests_sent: int = 0
 
@@ -126,13 +143,16 @@ class NodeCore:
         *,
         rng: random.Random,
         ids: random.Random | None = None,
+        clock_offset: float = 0.0,
     ) -> None:
         self.config = config
         self.node_id = node_id
         self.bound = bound
         self.rng = rng
         self.k = config.k
-        self.registry_port = config.registry_port
+        self.clock_offset = clock_offset  # wall clock - `now`; the shell keeps it current
+        self.auth = Authenticator(config.cluster_key)
+        self._budget = MAX_DATAGRAM - self.auth.overhead
         self.routing = RoutingTable(node_id, config.k)
         self.store = ProviderStore(config.record_ttl, rng=rng)
         self.schedule = ReprovideSchedule(config.reprovide_interval)
@@ -144,12 +164,16 @@ class NodeCore:
             k=config.k,
             claims=self.claims,
             inflight_ttl=config.inflight_ttl,
+            sealed=self.auth.enabled,
         )
         self._inflight: dict[bytes, tuple[int, int]] = {}  # own keys being fetched: progress
         self._arbiters: BoundedCache[bytes, list[Contact | None]] = BoundedCache(_ARBITERS_KEPT)
-        self.table = RequestTable(ids or rng, max_in_flight=config.max_in_flight)
-        self.auth = Authenticator(config.cluster_key)
-        self._budget = MAX_DATAGRAM - self.auth.overhead
+        self._secure = ids or rng
+        self.table = RequestTable(self._secure, max_in_flight=config.max_in_flight)
+        self.cookies = CookieIssuer(self._secure)
+        self.jar = CookieJar()
+        self._learning = False  # pinging peers to learn our own address
+        self._introducing: set[Address] = set()
         self.counters = CoreCounters()
         self.lookups = 0
         self.observed_host: str | None = None
@@ -170,8 +194,6 @@ class NodeCore:
         self._reprovide_tick = tick
         # Nodes started together do not tick together.
         self._reprovide_at = now + tick * rng.random() + tick
-        self._expire_period = min(60.0, config.record_ttl / 4)
-        self._expire_at = now + self._expire_period
         self._flush(now)
 
     # -- shell entry points ------------------------------------------------------
@@ -187,18 +209,27 @@ class NodeCore:
         if len(data) > MAX_DATAGRAM:
             counters.dropped_oversized += 1
             return
-        payload = self.auth.open(data)
-        if payload is None:
-            counters.dropped_unauthenticated += 1
+        payload = self.auth.open(data, now + self.clock_offset)
+        if isinstance(payload, Refusal):
+            if payload is Refusal.STALE:
+                counters.dropped_stale += 1
+            elif payload is Refusal.REPLAYED:
+                counters.dropped_replayed += 1
+            else:
+                counters.dropped_unauthenticated += 1
             return
         try:
             envelope = decode(payload)
         except DecodeError:
             counters.dropped_malformed += 1
             return
-        self.receive_envelope(envelope, host, port, now)
+        self.receive_envelope(envelope, host, port, now, len(payload))
 
-    def receive_envelope(self, envelope: Envelope, host: str, port: int, now: float) -> None:
+    def receive_envelope(
+        self, envelope: Envelope, host: str, port: int, now: float, size: int = 0
+    ) -> None:
+        """A decoded datagram whose payload had `size` bytes (the most a reply to an
+        unverified source may have)."""
         if envelope.sender_id == self.node_id:
             self.counters.dropped_unsolicited += 1
             return
@@ -206,7 +237,7 @@ class NodeCore:
             if envelope.message.IS_REPLY:
                 self._on_reply(envelope, host, port, now)
             else:
-                self._on_request(envelope, host, port, now)
+                self._on_request(envelope, host, port, now, size)
         except Exception:
             # A bug in our own handling, not a peer's fault: keep serving.
             self.counters.handler_errors += 1
@@ -215,9 +246,8 @@ class NodeCore:
 
     def tick(self, now: float) -> None:
         self.table.expire(now)
-        if now >= self._expire_at:
-            self._expire_at = now + self._expire_period
-            self.store.expire(now)
+        if now >= self.store.next_expiry():
+            self.store.expire(now)  # one bounded batch; the next wake-up is now if more are due
         if now >= self.claims.next_expiry():
             self.claims.expire(now)
         if now >= self._reprovide_at:
@@ -275,8 +305,8 @@ class NodeCore:
         self._inflight[kid] = (done, total)
         if not self.ready():
             return None
-        message = AddInflight(kid, self.config.registry_port, done, total)
-        return self._start(announce_inflight(self, self._new_id, message), now)
+        self._learn_address(now)
+        return self._start(announce_inflight(self, self._new_id, kid, done, total), now)
 
     def withdraw_inflight(self, keys: Iterable[str]) -> None:
         for key in keys:
@@ -293,7 +323,7 @@ class NodeCore:
         if not self.ready():
             self._unannounced.update(new)
             return None
-        return self._start(self._announce(new), now)
+        return self._start(self._announce(new, now), now)
 
     def withdraw(self, keys: Iterable[str]) -> None:
         self._unannounced.difference_update(self.schedule.remove(keys))
@@ -323,7 +353,10 @@ class NodeCore:
         if not 0 < lease <= MAX_LEASE:
             raise ValueError(f"lease must be in (0, {MAX_LEASE}]")
         kid = key_id(key)
-        message = ClaimRequest(kid, lease, self.config.registry_port)
+        self._learn_address(now)
+
+        def message() -> ClaimRequest:
+            return ClaimRequest(kid, lease, *self.origin())
 
         def local(at: float) -> Arbitrated:
             return self.claims.claim(kid, self._own_provider(), at, lease)
@@ -338,10 +371,13 @@ class NodeCore:
         kid = key_id(key)
         known = self._arbiters.pop(kid, None)
 
+        def message() -> Release:
+            return Release(kid, *self.origin())
+
         def local(at: float) -> Arbitrated:
             return self.claims.release(kid, self._own_provider(), at)
 
-        op = ArbiterOp(self, next(self._ids), kid, Release(kid), local, known)
+        op = ArbiterOp(self, next(self._ids), kid, message, local, known)
         self._start(op, now)
         return op
 
@@ -399,7 +435,7 @@ class NodeCore:
         self.table.close(batch)
 
     def failed(self, contact: Contact, now: float) -> None:
-        self.routing.on_failure(contact.node_id)
+        self.routing.on_failure(contact.node_id, (contact.host, contact.port))
         self._check_ready(now)
 
     def new_lookup(self, target: bytes) -> Lookup:
@@ -427,6 +463,10 @@ class NodeCore:
     def network_size(self) -> int:
         return self.routing.estimate_network_size()
 
+    def origin(self) -> Origin:
+        host, port = self.address
+        return host, port, self.config.registry_port
+
     # -- internals -------------------------------------------------------------------
 
     def _new_id(self) -> int:
@@ -437,27 +477,88 @@ class NodeCore:
         self._flush(now)
         return op
 
-    def _announce(self, keys: Iterable[str]) -> SequenceOp:
+    def _announce(self, keys: Iterable[str], now: float) -> SequenceOp:
+        self._learn_address(now)
         window = min(_ANNOUNCE_WINDOW, self.config.max_in_flight)
         return announce(self, self._new_id, [key_id(key) for key in keys], window)
+
+    def _learn_address(self, now: float) -> None:
+        """Bound to a wildcard, with no PONG yet, the node does not know the address
+        its peers reach it at, which the messages that announce it carry: ask a
+        few peers (their PONGs tell it) before those messages go out."""
+        if self._learning or not is_wildcard(self.address[0]):
+            return
+        peers = self.routing.closest(self.node_id, 3)
+        if not peers:
+            return
+        self._learning = True
+        op = PingAll(self, self._new_id(), [(c.host, c.port) for c in peers])
+        op.listeners.append(self._learned)
+        self._start(op, now)
+
+    def _learned(self, op: Operation, now: float) -> None:
+        self._learning = False
 
     def _on_reply(self, envelope: Envelope, host: str, port: int, now: float) -> None:
         matched = self.table.match(envelope, (host, port))
         if matched is Match.UNSOLICITED:
             self.counters.dropped_unsolicited += 1
             return
-        self._observe(Contact(envelope.sender_id, host, port), now)
         message = envelope.message
+        if envelope.cookie is not None:
+            if isinstance(message, Retry):  # the request goes again with it: no introduction
+                self.jar.put((host, port), envelope.cookie, now)
+            else:
+                self._cookie_from((host, port), envelope.cookie, now)
+        self._observe(Contact(envelope.sender_id, host, port), now)
         if isinstance(message, Pong):
             self.observed_host = message.observed_host
-        if not isinstance(matched, Match):
-            self.table.deliver(matched, envelope, now)
+        if isinstance(matched, PendingRequest):
+            if isinstance(message, Retry):
+                self.counters.retries += 1
+                self.table.retry(matched, now)
+            else:
+                self.table.deliver(matched, envelope, now)
 
-    def _on_request(self, envelope: Envelope, host: str, port: int, now: float) -> None:
-        self._observe(Contact(envelope.sender_id, host, port), now)
-        reply = self.handler.handle(envelope, host, port, now)
-        if reply is not None:
-            self._outbox.append(Send((host, port), self._seal(envelope.request_id, reply), None))
+    def _cookie_from(self, address: Address, cookie: bytes, now: float) -> None:
+        """A peer that had given us no cookie yet could not tell our request from a
+        spoofed one, and did not put us in its routing table: introduce ourselves
+        with a PING that carries the cookie (it answers, and knows us)."""
+        first = self.jar.get(address, now) is None
+        self.jar.put(address, cookie, now)
+        if first and len(self._introducing) < _MAX_PINGING and address not in self._introducing:
+            self._introducing.add(address)
+            op = PingOp(self, next(self._ids), address)
+            op.listeners.append(lambda done, at: self._introducing.discard(address))
+            self._start(op, now)
+
+    def _on_request(self, envelope: Envelope, host: str, port: int, now: float, size: int) -> None:
+        """Serve a request. A source without a valid cookie may be spoofed: it does
+        not enter the routing table, gets no answer larger than its request, and
+        (without a cluster key, where its address is its only credential) changes
+        nothing here. Every answer to it carries a cookie."""
+        validity = self.cookies.check(envelope.cookie, host, port, now)
+        verified = validity is not Validity.INVALID
+        if verified:
+            self._observe(Contact(envelope.sender_id, host, port), now)
+        reply: Message | None
+        if not verified and not self.auth.enabled and isinstance(envelope.message, _STATEFUL):
+            reply = Retry()
+        else:
+            reply = self.handler.handle(envelope, host, port, now)
+        if reply is None:
+            return
+        cookie = None if validity is Validity.CURRENT else self.cookies.issue(host, port, now)
+        data = encode(Envelope(envelope.request_id, self.node_id, reply, cookie), self._budget)
+        if not verified and len(data) > size:
+            reply = Retry()
+            data = encode(Envelope(envelope.request_id, self.node_id, reply, cookie), self._budget)
+            if len(data) > size:
+                self.counters.dropped_unverified += 1
+                return
+        if isinstance(reply, Retry):
+            self.counters.dropped_unverified += 1
+        self._outbox.append(Send((host, port), self._wire(data, now), None))
 
     def _observe(self, contact: Contact, now: float) -> None:
         questionable = self.routing.observe(contact, now)
@@ -480,13 +581,25 @@ class NodeCore:
             self._backoff = self.config.bootstrap_backoff
             self._bootstrap_at = now
 
-    def _seal(self, request_id: int, message: Message) -> bytes:
-        return self.auth.seal(encode(Envelope(request_id, self.node_id, message), self._budget))
+    def _wire(self, payload: bytes, now: float) -> bytes:
+        if not self.auth.enabled:
+            return payload
+        return self.auth.seal(payload, now + self.clock_offset, self._secure.getrandbits(64))
+
+    def _request_bytes(
+        self, request_id: int, address: Address, message: Message, now: float
+    ) -> bytes:
+        """A request with the destination's cookie; without one, padded to the size
+        of the answer it asks for (which the destination sends no larger)."""
+        cookie = self.jar.get(address, now)
+        pad = 0 if cookie is not None else reply_room(message, self._budget)
+        envelope = Envelope(request_id, self.node_id, message, cookie)
+        return self._wire(encode(envelope, self._budget, pad), now)
 
     def _flush(self, now: float) -> None:
         for out in self.table.dispatch(now):
             self.counters.requests_sent += 1
-            data = self._seal(out.request_id, out.message)
+            data = self._request_bytes(out.request_id, out.address, out.message, now)
             self._outbox.append(Send(out.address, data, out.request_id))
         wake = self._next_wakeup()
         if wake != self._wake:
@@ -494,7 +607,7 @@ class NodeCore:
             self._outbox.append(WakeAt(wake))
 
     def _next_wakeup(self) -> float:
-        times = [self.table.next_deadline(), self._expire_at, self._reprovide_at]
+        times = [self.table.next_deadline(), self.store.next_expiry(), self._reprovide_at]
         times.append(self.claims.next_expiry())
         times.append(self._refresh_check_at)
         if self._bootstrap_at is not None:
@@ -506,7 +619,7 @@ class NodeCore:
         if not due:
             return
         if self.ready():
-            self._start(self._announce(due), now)
+            self._start(self._announce(due, now), now)
         else:
             self._unannounced.update(due)
 
@@ -547,4 +660,4 @@ class NodeCore:
         if self._unannounced:
             keys = [key for key in self._unannounced if key in self.schedule]
             self._unannounced.clear()
-            self._start(self._announce(keys), now)
+            self._start(self._announce(keys, now), now)

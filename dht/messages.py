@@ -1,12 +1,17 @@
 """DHT messages as frozen dataclasses, and their msgpack wire codec.
 
-A datagram is one msgpack array:
+A datagram's payload is one msgpack array, possibly followed by zero bytes:
 
-    [version, type, request_id, sender_id, *fields]
+    [version, type, request_id, sender_id, cookie, *fields] 00 00 ...
 
 Node ids and key ids are 16-byte bins, IP addresses packed 4- or 16-byte bins.
-Lists of contacts or providers are cut so that the encoded payload fits the
-budget (1,200 bytes less the optional authentication tag).
+`cookie` is nil or an 8-byte bin: in a request, the cookie the destination
+gave us (see `cookies.py`); in a reply, a fresh cookie for the requester's
+address. A request sent without a cookie is padded with zeros so that the
+answer it asks for is no larger than the request. Messages that announce
+where this node is (ADD_PROVIDER, ADD_INFLIGHT, CLAIM, RELEASE) carry its
+address: IP, UDP port and registry port. Lists of contacts or providers are
+cut so that the encoded payload fits the budget (1,200 bytes less the seal).
 """
 
 from __future__ import annotations
@@ -21,15 +26,16 @@ from typing import ClassVar, TypeVar
 
 import msgpack
 
-from .auth import TAG_SIZE
+from .auth import SEAL_SIZE
 from .ids import ID_BYTES
 
-VERSION = 1
+VERSION = 2
 MAX_DATAGRAM = 1200
-MAX_PAYLOAD = MAX_DATAGRAM - TAG_SIZE  # room is kept for the tag whether or not a key is set
+MAX_PAYLOAD = MAX_DATAGRAM - SEAL_SIZE  # room is kept for the seal whether or not a key is set
+COOKIE_SIZE = 8
 
 PING, PONG, FIND_NODE, NODES, ADD_PROVIDER, ADD_PROVIDER_ACK, GET_PROVIDERS, PROVIDERS = range(1, 9)
-CLAIM, CLAIM_ANSWER, RELEASE, RELEASED, ADD_INFLIGHT = range(9, 14)
+CLAIM, CLAIM_ANSWER, RELEASE, RELEASED, ADD_INFLIGHT, RETRY = range(9, 15)
 MAX_BYTES = (1 << 64) - 1  # progress counters are uint64
 
 MAX_LEASE = 30.0  # seconds; a CLAIM asking for more, or an answer naming more, is malformed
@@ -37,9 +43,14 @@ MAX_LEASE = 30.0  # seconds; a CLAIM asking for more, or an answer naming more, 
 CLAIM_WON, CLAIM_LOST, CLAIM_REFUSED = range(3)
 
 # Worst-case sizes, used to decide how many items fit before encoding them.
-_HEAD_MAX = 1 + 1 + 1 + 9 + (2 + ID_BYTES)  # array header, version, type, uint64 id, sender bin
+# Array header, version, type, uint64 id, sender bin, cookie bin:
+_HEAD_MAX = 1 + 1 + 1 + 9 + (2 + ID_BYTES) + (2 + COOKIE_SIZE)
 _KEY_ITEM = 2 + ID_BYTES
-MAX_KEYS_PER_ADD = (MAX_PAYLOAD - _HEAD_MAX - 3 - 3) // _KEY_ITEM  # port, array16 header
+_ORIGIN_MAX = (2 + 16) + 3 + 3  # IPv6 address, UDP port, registry port
+MAX_KEYS_PER_ADD = (MAX_PAYLOAD - _HEAD_MAX - _ORIGIN_MAX - 3) // _KEY_ITEM  # array16 header
+# Room for any reply but NODES and PROVIDERS (the largest: a CLAIM_ANSWER naming
+# an IPv6 holder, 93 bytes): what a request sent without a cookie is padded to.
+SMALL_REPLY = 128
 
 
 class DecodeError(ValueError):
@@ -103,10 +114,12 @@ class Nodes:
 
 @dataclass(frozen=True, slots=True)
 class AddProvider:
-    """Store the sender as a provider of `keys`; its host and UDP port are the datagram's source."""
+    """Store the sender as a provider of `keys`, reached at `host`: UDP and registry ports."""
 
     TYPE: ClassVar[int] = ADD_PROVIDER
     IS_REPLY: ClassVar[bool] = False
+    host: str
+    udp_port: int
     registry_port: int
     keys: tuple[bytes, ...]
 
@@ -142,6 +155,8 @@ class AddInflight:
     TYPE: ClassVar[int] = ADD_INFLIGHT
     IS_REPLY: ClassVar[bool] = False
     key: bytes
+    host: str
+    udp_port: int
     registry_port: int
     done: int
     total: int
@@ -149,12 +164,14 @@ class AddInflight:
 
 @dataclass(frozen=True, slots=True)
 class ClaimRequest:
-    """Claim `key` for `lease` seconds; the claimant's host and UDP port are the source's."""
+    """Claim `key` for `lease` seconds for the sender, reached at `host` (UDP, registry ports)."""
 
     TYPE: ClassVar[int] = CLAIM
     IS_REPLY: ClassVar[bool] = False
     key: bytes
     lease: float
+    host: str
+    udp_port: int
     registry_port: int
 
 
@@ -171,9 +188,14 @@ class ClaimReply:
 
 @dataclass(frozen=True, slots=True)
 class Release:
+    """Give up the sender's claim of `key`, made from `host` (UDP and registry ports)."""
+
     TYPE: ClassVar[int] = RELEASE
     IS_REPLY: ClassVar[bool] = False
     key: bytes
+    host: str
+    udp_port: int
+    registry_port: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +203,16 @@ class Released:
     TYPE: ClassVar[int] = RELEASED
     IS_REPLY: ClassVar[bool] = True
     released: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Not answered: the request's source is not verified and the answer would be
+    larger than the request, or would change state. Ask again with the cookie of
+    this reply's envelope."""
+
+    TYPE: ClassVar[int] = RETRY
+    IS_REPLY: ClassVar[bool] = True
 
 
 Message = (
@@ -197,6 +229,7 @@ Message = (
     | Release
     | Released
     | AddInflight
+    | Retry
 )
 
 
@@ -205,6 +238,14 @@ class Envelope:
     request_id: int
     sender_id: bytes
     message: Message
+    cookie: bytes | None = None
+
+
+def reply_room(message: Message, budget: int = MAX_PAYLOAD) -> int:
+    """The largest payload a reply to `message` can have (lists fill `budget`):
+    what a request sent without a cookie is padded to, so that its answer is
+    no larger than the request."""
+    return budget if isinstance(message, FindNode | GetProviders) else SMALL_REPLY
 
 
 K = TypeVar("K")
@@ -297,51 +338,71 @@ def _fit(items: list[bytes], room: int) -> tuple[bytes, int]:
     return _array_header(count) + b"".join(items[:count]), used - 3 + len(_array_header(count))
 
 
-def encode(envelope: Envelope, budget: int = MAX_PAYLOAD) -> bytes:
-    """Encode a message; contact and provider lists are cut to fit `budget` bytes."""
+def encode(envelope: Envelope, budget: int = MAX_PAYLOAD, pad_to: int = 0) -> bytes:
+    """Encode a message; contact and provider lists are cut to fit `budget` bytes.
+
+    A payload shorter than `pad_to` is padded with zero bytes up to it."""
     m = envelope.message
-    head = _pack(VERSION) + _pack(m.TYPE) + _pack(envelope.request_id) + _pack(envelope.sender_id)
+    head = (
+        _pack(VERSION)
+        + _pack(m.TYPE)
+        + _pack(envelope.request_id)
+        + _pack(envelope.sender_id)
+        + _pack(envelope.cookie)
+    )
     room = budget - len(head) - 1
-    if isinstance(m, Ping):
-        fields: list[bytes] = []
-    elif isinstance(m, Pong):
-        fields = [_pack(pack_ip(m.observed_host)), _pack(m.observed_port)]
-    elif isinstance(m, FindNode):
-        fields = [_pack(m.target)]
-    elif isinstance(m, Nodes):
+    if isinstance(m, Nodes):
         fields = [_fit([_contact_bytes(c) for c in m.contacts], room)[0]]
     elif isinstance(m, AddProvider):
-        port = _pack(m.registry_port)
-        keys, _ = _fit([_pack(k) for k in m.keys], room - len(port))
-        fields = [port, keys]
-    elif isinstance(m, AddProviderAck):
-        fields = [_pack(m.stored)]
-    elif isinstance(m, GetProviders):
-        fields = [_pack(m.key), _pack(m.limit)]
+        origin = _origin(m.host, m.udp_port, m.registry_port)
+        keys, _ = _fit([_pack(k) for k in m.keys], room - sum(map(len, origin)))
+        fields = [*origin, keys]
     elif isinstance(m, Providers):
         providers, used = _fit([_provider_bytes(p) for p in m.providers], room - 3)
         contacts, _ = _fit([_contact_bytes(c) for c in m.contacts], room - used)
         fields = [providers, contacts]
     else:
-        fields = _claim_fields(m)
-    data = _array_header(4 + len(fields)) + head + b"".join(fields)
+        fields = _fixed_fields(m)
+    data = _array_header(5 + len(fields)) + head + b"".join(fields)
     if len(data) > budget:  # a fixed-size message over budget: a bug, never a network input
         raise ValueError(f"{type(m).__name__} encodes to {len(data)} bytes > {budget}")
+    if len(data) < pad_to:
+        data += bytes(min(pad_to, budget) - len(data))
     return data
+
+
+def _origin(host: str, udp_port: int, registry_port: int) -> list[bytes]:
+    return [_pack(pack_ip(host)), _pack(udp_port), _pack(registry_port)]
+
+
+def _fixed_fields(m: Message) -> list[bytes]:
+    if isinstance(m, Ping | Retry):
+        return []
+    if isinstance(m, Pong):
+        return [_pack(pack_ip(m.observed_host)), _pack(m.observed_port)]
+    if isinstance(m, FindNode):
+        return [_pack(m.target)]
+    if isinstance(m, AddProviderAck):
+        return [_pack(m.stored)]
+    if isinstance(m, GetProviders):
+        return [_pack(m.key), _pack(m.limit)]
+    return _claim_fields(m)
 
 
 def _claim_fields(m: Message) -> list[bytes]:
     if isinstance(m, ClaimRequest):
-        return [_pack(m.key), _pack(float(m.lease)), _pack(m.registry_port)]
+        origin = _origin(m.host, m.udp_port, m.registry_port)
+        return [_pack(m.key), _pack(float(m.lease)), *origin]
     if isinstance(m, ClaimReply):
         holder = _pack(None) if m.holder is None else _provider_bytes(m.holder)
         return [_pack(m.status), holder, _pack(float(m.remaining))]
     if isinstance(m, Release):
-        return [_pack(m.key)]
+        return [_pack(m.key), *_origin(m.host, m.udp_port, m.registry_port)]
     if isinstance(m, Released):
         return [_pack(m.released)]
     if isinstance(m, AddInflight):
-        return [_pack(m.key), _pack(m.registry_port), _pack(m.done), _pack(m.total)]
+        origin = _origin(m.host, m.udp_port, m.registry_port)
+        return [_pack(m.key), *origin, _pack(m.done), _pack(m.total)]
     raise TypeError(f"not a DHT message: {m!r}")  # pragma: no cover - the union is closed
 
 
@@ -423,9 +484,22 @@ def _progress(done: object, total: object) -> tuple[int, int]:
     return progress
 
 
+def _add_provider(f: tuple[object, ...]) -> AddProvider:
+    keys = tuple(_node_id(k) for k in _list(f[3]))
+    return AddProvider(_ip(f[0]), _port(f[1]), _port(f[2]), keys)
+
+
 def _add_inflight(f: tuple[object, ...]) -> AddInflight:
-    done, total = _progress(f[2], f[3])
-    return AddInflight(_node_id(f[0]), _port(f[1]), done, total)
+    done, total = _progress(f[4], f[5])
+    return AddInflight(_node_id(f[0]), _ip(f[1]), _port(f[2]), _port(f[3]), done, total)
+
+
+def _claim_request(f: tuple[object, ...]) -> ClaimRequest:
+    return ClaimRequest(_node_id(f[0]), _lease(f[1]), _ip(f[2]), _port(f[3]), _port(f[4]))
+
+
+def _release(f: tuple[object, ...]) -> Release:
+    return Release(_node_id(f[0]), _ip(f[1]), _port(f[2]), _port(f[3]))
 
 
 def _count(value: object) -> int:
@@ -472,15 +546,16 @@ _DECODERS: dict[int, tuple[int, Callable[[tuple[object, ...]], Message]]] = {
     PONG: (2, lambda f: Pong(_ip(f[0]), _port(f[1]))),
     FIND_NODE: (1, lambda f: FindNode(_node_id(f[0]))),
     NODES: (1, lambda f: Nodes(tuple(_contact(c) for c in _list(f[0])))),
-    ADD_PROVIDER: (2, lambda f: AddProvider(_port(f[0]), tuple(_node_id(k) for k in _list(f[1])))),
+    ADD_PROVIDER: (4, _add_provider),
     ADD_PROVIDER_ACK: (1, lambda f: AddProviderAck(_count(f[0]))),
     GET_PROVIDERS: (2, lambda f: GetProviders(_node_id(f[0]), _count(f[1]))),
     PROVIDERS: (2, _providers_reply),
-    CLAIM: (3, lambda f: ClaimRequest(_node_id(f[0]), _lease(f[1]), _port(f[2]))),
+    CLAIM: (5, _claim_request),
     CLAIM_ANSWER: (3, _claim_reply),
-    RELEASE: (1, lambda f: Release(_node_id(f[0]))),
+    RELEASE: (4, _release),
     RELEASED: (1, lambda f: Released(_bool(f[0]))),
-    ADD_INFLIGHT: (4, _add_inflight),
+    ADD_INFLIGHT: (6, _add_inflight),
+    RETRY: (0, lambda f: Retry()),
 }
 
 
@@ -489,11 +564,23 @@ def _unpack(data: bytes) -> tuple[object, ...]:
         raise DecodeError("oversized")
     try:
         obj = msgpack.unpackb(data, use_list=False, raw=False, strict_map_key=True)
+    except msgpack.ExtraData as extra:  # padding: zero bytes only
+        if extra.extra.strip(b"\0"):  # type: ignore[attr-defined]  # not in msgpack-types
+            raise DecodeError("trailing bytes") from None
+        obj = extra.unpacked  # type: ignore[attr-defined]
     except Exception as exc:  # msgpack raises a zoo of types for malformed input
         raise DecodeError(str(exc)) from exc
-    if type(obj) is not tuple or len(obj) < 4:
+    if type(obj) is not tuple or len(obj) < 5:
         raise DecodeError("not an envelope")
     return obj
+
+
+def _cookie(value: object) -> bytes | None:
+    if value is None:
+        return None
+    if type(value) is not bytes or len(value) != COOKIE_SIZE:
+        raise DecodeError("bad cookie")
+    return value
 
 
 def decode(data: bytes) -> Envelope:
@@ -503,9 +590,12 @@ def decode(data: bytes) -> Envelope:
     if version != VERSION or type(version) is not int:
         raise DecodeError("unknown version")
     decoder = _DECODERS.get(kind) if type(kind) is int else None
-    if decoder is None or len(obj) != 4 + decoder[0]:
+    if decoder is None or len(obj) != 5 + decoder[0]:
         raise DecodeError("unknown type or wrong arity")
     if type(request_id) is not int or not 0 <= request_id < 1 << 64:
         raise DecodeError("bad request id")
-    message = decoder[1](obj[4:])
-    return Envelope(request_id, _node_id(sender), message)
+    cookie = _cookie(obj[4])
+    message = decoder[1](obj[5:])
+    if cookie is None and kind == RETRY:
+        raise DecodeError("a retry carries a cookie")
+    return Envelope(request_id, _node_id(sender), message, cookie)

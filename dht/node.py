@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
@@ -67,7 +68,9 @@ class DhtNode:
                 udp.local_address,
                 trio.current_time(),
                 rng=random.Random(random_node_id()),
-                ids=random.SystemRandom(),  # request ids must not be guessable
+                # Request ids, nonces and cookie secrets must not be guessable.
+                ids=random.SystemRandom(),
+                clock_offset=_clock_offset(),
             )
             node = cls(config, core, udp, bootstrapper)
             async with trio.open_nursery() as nursery:
@@ -109,7 +112,10 @@ class DhtNode:
             dropped_malformed=c.dropped_malformed,
             dropped_oversized=c.dropped_oversized,
             dropped_unauthenticated=c.dropped_unauthenticated,
+            dropped_replayed=c.dropped_replayed,
+            dropped_stale=c.dropped_stale,
             dropped_unsolicited=c.dropped_unsolicited,
+            dropped_unverified=c.dropped_unverified,
             requests_sent=c.requests_sent,
             timeouts=core.table.counters.timeouts,
             records_stored=len(core.store),
@@ -289,6 +295,9 @@ class DhtNode:
                 self._timer = scope
                 await trio.sleep_forever()
             self._timer = None
+            # The wall clock seals are stamped with: follow its steps (the core
+            # ticks every few seconds at least).
+            self.core.clock_offset = _clock_offset()
             self.core.tick(trio.current_time())
             self._execute()
 
@@ -302,6 +311,10 @@ class DhtNode:
                     addresses = await self.bootstrapper.peers(self.address)
             self.core.bootstrap(addresses, trio.current_time())
             self._execute()
+
+
+def _clock_offset() -> float:
+    return time.time() - trio.current_time()
 
 
 def _copy_stats(op: LookupOp, stats: LookupStats | None) -> None:

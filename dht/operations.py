@@ -35,10 +35,16 @@ from .requests import Address, Outcome, Reply, RequestBatch, Stalled, TimedOut
 
 T = TypeVar("T")
 
+# Providers one lookup yields per host: a few instances may share a host, a crowd of
+# ids there is one machine pretending to be many (it must not fill the limit).
+MAX_PROVIDERS_PER_HOST = 4
+
+# Where this node is reached: (host, UDP port, registry port), as messages carry it.
+Origin = tuple[str, int, int]
+
 
 class OperationHost(Protocol):
     k: int
-    registry_port: int
     rng: random.Random
 
     def batch(
@@ -79,6 +85,8 @@ class OperationHost(Protocol):
 
     def network_size(self) -> int: ...
 
+    def origin(self) -> Origin: ...
+
 
 class Operation:
     def __init__(self, host: OperationHost, op_id: int) -> None:
@@ -105,7 +113,11 @@ class LookupOp(Operation):
     """An iterative FIND_NODE or GET_PROVIDERS lookup.
 
     For GET_PROVIDERS, providers found are buffered for the caller; while
-    some wait to be taken, no new request goes out (the caller may stop)."""
+    some wait to be taken, no new request goes out (the caller may stop).
+    The limit counts distinct hosts, so that many node ids on one machine
+    cannot fill it: no host yields more than `MAX_PROVIDERS_PER_HOST`
+    providers, and a second node id at the address (host and registry port)
+    of one already yielded is passed over."""
 
     def __init__(
         self,
@@ -123,6 +135,8 @@ class LookupOp(Operation):
         self.limit = limit
         self.seen = set(seen)
         self._fetching: set[bytes] = set()  # node ids seen only as in-flight providers
+        self._places: dict[tuple[str, int], bytes] = {}  # (host, registry port) -> node id
+        self._per_host: dict[str, int] = {}
         self.found: list[Provider] = []
         self._held = False
         self._batch: RequestBatch[Contact] = host.batch(self._on_outcome, stall=True)
@@ -170,17 +184,33 @@ class LookupOp(Operation):
                     seen.add(node_id)
                     self.found.append(provider)
                 continue
-            if self.limit is not None and len(seen) + len(fetching) >= self.limit:
-                break
+            if not self._new_place(provider):
+                continue
             (fetching if provider.inflight else seen).add(node_id)
             self.found.append(provider)
         if self.found:
             self.host.progress(self)
 
+    def _full(self) -> bool:
+        return self.limit is not None and len(self._per_host) >= self.limit
+
+    def _new_place(self, provider: Provider) -> bool:
+        """Take the provider's place (address), unless another node id holds it or
+        its host has given its share."""
+        place = (provider.host, provider.registry_port)
+        if place in self._places:
+            return False
+        count = self._per_host.get(provider.host, 0)
+        if count >= MAX_PROVIDERS_PER_HOST or (count == 0 and self._full()):
+            return False
+        self._places[place] = provider.node_id
+        self._per_host[provider.host] = count + 1
+        return True
+
     def _advance(self, now: float) -> None:
         if self.done:
             return
-        if self.limit is not None and len(self.seen) + len(self._fetching) >= self.limit:
+        if self._full():
             self._end(now)
             return
         if self.found or self._held:
@@ -342,7 +372,7 @@ def announce(
     sequence = SequenceOp(host, new_id(), steps)
 
     def send_step() -> Operation | None:
-        messages = plan.messages(host.registry_port)
+        messages = plan.messages(host.origin())  # the address as known now, after the lookups
         return AddProvidersOp(host, new_id(), messages, window) if messages else None
 
     if groups:
@@ -351,13 +381,14 @@ def announce(
 
 
 def announce_inflight(
-    host: OperationHost, new_id: Callable[[], int], message: AddInflight
+    host: OperationHost, new_id: Callable[[], int], key: bytes, done: int, total: int
 ) -> SequenceOp:
     """Store an in-flight record on the k closest nodes to its key that answer a lookup."""
-    lookup = LookupOp(host, new_id(), message.key, FindNode(message.key))
+    lookup = LookupOp(host, new_id(), key, FindNode(key))
 
     def send_step() -> Operation | None:
         closest = lookup.result()[: host.k]
+        message = AddInflight(key, *host.origin(), done, total)
         messages = [(contact, message) for contact in closest]
         return AddProvidersOp(host, new_id(), messages, len(messages)) if messages else None
 
@@ -447,14 +478,15 @@ class ArbiterOp(Operation):
     that times out is passed over for the next. `answer` is the first answer
     (None if nobody answered), `arbiters` the candidates from the one that
     answered on (so a release goes to the same arbiter), `None` meaning this
-    node."""
+    node. `message()` makes the request when it is sent (it names this node's
+    address as known then)."""
 
     def __init__(
         self,
         host: OperationHost,
         op_id: int,
         key: bytes,
-        message: ClaimRequest | Release,
+        message: Callable[[], ClaimRequest | Release],
         local: Callable[[float], Arbitrated],
         candidates: list[Contact | None] | None = None,
     ) -> None:
@@ -506,7 +538,7 @@ class ArbiterOp(Operation):
             self.answer = self._local(now)
             self._end(now)
             return
-        self.host.send(self._batch, (arbiter.host, arbiter.port), self.message, arbiter)
+        self.host.send(self._batch, (arbiter.host, arbiter.port), self.message(), arbiter)
 
     def _on_outcome(self, outcome: Outcome[Contact], now: float) -> None:
         if self.done or isinstance(outcome, Stalled):

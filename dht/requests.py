@@ -8,8 +8,9 @@ its outcome comes back to the batch's callback as a `Reply`, `TimedOut` or
 `Stalled` (a soft deadline passed; the request stays outstanding and a reply
 may still come). The `RequestTable` holds every request in flight across
 batches and matches replies: same id, from the address the request went to,
-of the type that answers it. Requests beyond `max_in_flight` wait in a queue
-and are sent as slots free up.
+of the type that answers it (or a RETRY: the request is sent again once, with
+the cookie the RETRY carried). Requests beyond `max_in_flight` wait in a
+queue and are sent as slots free up.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from .messages import (
     PROVIDERS,
     RELEASE,
     RELEASED,
+    RETRY,
     Envelope,
     Message,
 )
@@ -86,6 +88,8 @@ class _Owner(Protocol):
 
     def _stall(self, request_id: int, now: float) -> None: ...
 
+    def _rename(self, old: int, new: int) -> None: ...
+
 
 @dataclass(slots=True)
 class _Outstanding(Generic[T]):
@@ -127,6 +131,11 @@ class RequestBatch(Generic[T]):
         else:
             self._on_outcome(Reply(entry.tag, envelope), now)
 
+    def _rename(self, old: int, new: int) -> None:
+        entry = self._outstanding.pop(old, None)
+        if entry is not None:
+            self._outstanding[new] = entry
+
     def _stall(self, request_id: int, now: float) -> None:
         entry = self._outstanding.get(request_id)
         if entry is None or entry.stalled or self.closed:
@@ -139,10 +148,15 @@ class RequestBatch(Generic[T]):
 class PendingRequest:
     request_id: int
     address: Address
-    reply_type: int
+    message: Message
     deadline: float
     stall_at: float  # inf when there is no soft deadline, or once it was reported
     batch: _Owner
+    retried: bool
+
+    @property
+    def reply_type(self) -> int:
+        return REPLY_TO[self.message.TYPE]
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +165,7 @@ class _Queued:
     address: Address
     message: Message
     batch: _Owner
+    retried: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +235,13 @@ class RequestTable:
             stall_at = now + stall if stall is not None and stall < batch.timeout else math.inf
             request_id = queued.request_id
             self._pending[request_id] = PendingRequest(
-                request_id, queued.address, REPLY_TO[queued.message.TYPE], deadline, stall_at, batch
+                request_id,
+                queued.address,
+                queued.message,
+                deadline,
+                stall_at,
+                batch,
+                queued.retried,
             )
             heapq.heappush(self._timers, (deadline, request_id))
             if stall_at < math.inf:
@@ -236,7 +257,8 @@ class RequestTable:
             expected: tuple[Address, int] | None = (pending.address, pending.reply_type)
         else:
             expected = self._recent.get(request_id)
-        if expected != (source, envelope.message.TYPE):
+        kind = envelope.message.TYPE
+        if expected is None or expected[0] != source or kind not in (expected[1], RETRY):
             return Match.UNSOLICITED
         if pending is None:
             del self._recent[request_id]
@@ -248,6 +270,18 @@ class RequestTable:
     @staticmethod
     def deliver(pending: PendingRequest, envelope: Envelope, now: float) -> None:
         pending.batch._settle(pending.request_id, envelope, now)
+
+    def retry(self, pending: PendingRequest, now: float) -> None:
+        """The destination answered RETRY: send the request again under a new id,
+        first in the queue; a second RETRY counts as no answer."""
+        batch = pending.batch
+        if pending.retried or batch.closed:
+            batch._settle(pending.request_id, None, now)
+            return
+        request_id = self._new_id()
+        batch._rename(pending.request_id, request_id)
+        queued = _Queued(request_id, pending.address, pending.message, batch, retried=True)
+        self._queue.appendleft(queued)
 
     def fail(self, request_id: int, now: float) -> None:
         """The request could not be sent: its batch hears of it as timed out."""

@@ -7,6 +7,11 @@ Stale contacts (Kademlia paper, section 4.1): a contact that fails to answer is
 replaced at once by the freshest contact of the replacement cache; with no
 replacement at hand it stays, flagged, until it has failed `max_failures` times
 in a row, so that a short outage does not flush the table.
+
+A node id heard from a new address does not move there at once: the old
+address is asked first (the caller pings it) and the move happens only if it
+fails to answer, so one datagram, replayed or forged, cannot take a live
+node's place.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import random
 from dataclasses import dataclass, field
 
 from .ids import ID_BITS, id_to_int, int_to_id
-from .messages import Contact
+from .messages import BoundedCache, Contact
+
+_MOVES_KEPT = 256  # node ids heard from a new address, waiting for the old one to fail
 
 
 @dataclass(slots=True)
@@ -53,6 +60,8 @@ class RoutingTable:
         self._nonempty_set: set[int] = set()
         self._where: dict[bytes, int] = {}  # node id -> bucket index, for contacts in buckets
         self._at: dict[tuple[str, int], bytes] = {}  # address -> node id, for contacts in buckets
+        # node id -> the new address it spoke from, while its old one is being asked
+        self._moves: BoundedCache[bytes, Contact] = BoundedCache(_MOVES_KEPT)
 
     def __len__(self) -> int:
         return len(self._where)
@@ -66,10 +75,11 @@ class RoutingTable:
     def observe(self, contact: Contact, now: float) -> Contact | None:
         """Record that `contact` answered or sent us a request.
 
-        Returns the least recently seen contact of a full bucket when the new
-        contact had to wait in the replacement cache and that one has not been
-        heard from for a while: the caller should ping it, and report a
-        failure if it does not answer.
+        Returns a contact the caller should ping, and report a failure for if
+        it does not answer: the least recently seen contact of a full bucket
+        when the new contact had to wait in the replacement cache and that one
+        has not been heard from for a while; or the known address of a node
+        that now speaks from another one (it moves if the old one fails).
         """
         node_id = contact.node_id
         if node_id == self.own_id:
@@ -86,16 +96,9 @@ class RoutingTable:
         if bucket is None:
             bucket = self._buckets[index] = _Bucket()
         bucket.last_touched = now
-        entry = bucket.entries.pop(node_id, None)
+        entry = bucket.entries.get(node_id)
         if entry is not None:
-            if entry.contact != contact:
-                self._at.pop((entry.contact.host, entry.contact.port), None)
-                self._at[address] = node_id
-            entry.contact = contact
-            entry.last_seen = now
-            entry.failures = 0
-            bucket.entries[node_id] = entry
-            return None
+            return self._seen_again(bucket, entry, contact, now)
         if len(bucket.entries) < self.k:
             self._insert(bucket, index, _Entry(contact, key, now))
             return None
@@ -112,14 +115,47 @@ class RoutingTable:
             return head.contact
         return None
 
-    def on_failure(self, node_id: bytes) -> None:
-        """Record that a contact did not answer a request."""
+    def _seen_again(
+        self, bucket: _Bucket, entry: _Entry, contact: Contact, now: float
+    ) -> Contact | None:
+        node_id = contact.node_id
+        if entry.contact != contact and entry.failures == 0:
+            self._moves.put(node_id, contact)  # moves if the old address fails to answer
+            return entry.contact
+        self._moves.pop(node_id, None)
+        if entry.contact != contact:  # the old address had failed already: move now
+            self._at.pop((entry.contact.host, entry.contact.port), None)
+            self._at[(contact.host, contact.port)] = node_id
+        entry.contact = contact
+        entry.last_seen = now
+        entry.failures = 0
+        del bucket.entries[node_id]
+        bucket.entries[node_id] = entry  # most recently seen last
+        return None
+
+    def on_failure(self, node_id: bytes, address: tuple[str, int] | None = None) -> None:
+        """Record that a contact (at `address`, if given) did not answer a request."""
         index = self._where.get(node_id)
         if index is None:
             return
         bucket = self._buckets[index]
         assert bucket is not None
         entry = bucket.entries[node_id]
+        moved = self._moves.get(node_id)
+        if address is not None and address != (entry.contact.host, entry.contact.port):
+            if moved is not None and address == (moved.host, moved.port):
+                del self._moves[node_id]
+            return  # not where the table has it: says nothing about that address
+        if moved is not None:  # its old address is silent: it lives at the new one
+            del self._moves[node_id]
+            self._at.pop((entry.contact.host, entry.contact.port), None)
+            stale = self._at.get((moved.host, moved.port))
+            if stale is not None and stale != node_id:
+                self.remove(stale)
+            self._at[(moved.host, moved.port)] = node_id
+            entry.contact = moved
+            entry.failures = 0
+            return
         entry.failures += 1
         if bucket.replacements or entry.failures >= self.max_failures:
             self._evict(bucket, node_id)
@@ -141,6 +177,7 @@ class RoutingTable:
     def _evict(self, bucket: _Bucket, node_id: bytes, *, promote: bool = True) -> None:
         entry = bucket.entries.pop(node_id)
         del self._where[node_id]
+        self._moves.pop(node_id, None)
         address = (entry.contact.host, entry.contact.port)
         if self._at.get(address) == node_id:
             del self._at[address]

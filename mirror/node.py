@@ -195,6 +195,13 @@ def dht_config(options: RegistryOptions, registry_port: int) -> NodeConfig:
             key = load_cluster_key(Path(options.router_key_file))
         except (OSError, ValueError) as exc:
             raise StartupError(f"--router-key-file={options.router_key_file}: {exc}") from None
+    else:
+        log.warning(
+            "the DHT is unauthenticated: anyone who reaches the router port can announce "
+            "content and read who holds what; give every node the same --router-key-file "
+            "(the Helm chart and the systemd unit do by default)",
+            extra={"router_addr": options.router_addr},
+        )
     return NodeConfig(
         bind_host=host or "0.0.0.0",
         bind_port=port,

@@ -8,6 +8,7 @@ Mirrors bootstrap the DHT statically from the list of every node's router.
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import subprocess
 import sys
@@ -83,10 +84,13 @@ class LocalCluster(StartStop):
         containerd_series: str = "1.6",
         cri: bool = False,
         basic_auth_dir: Path | None = None,
+        router_key: bool = True,
     ) -> None:
         """`containerd_series`: 1.6 (installed), 1.7 or 2.1 (see releases.py) on every
         node; `cri`: its CRI plugin on (the kubelet's pull path); `basic_auth_dir`: the
-        `username` and `password` files every mirror requires and every hosts.toml sends."""
+        `username` and `password` files every mirror requires and every hosts.toml sends;
+        `router_key`: one cluster key shared by every node's DHT, as the chart and the
+        unit deploy it."""
         if not 1 <= n <= 250:
             raise ValueError("a local cluster has 1 to 250 nodes")
         self._own_dir = base_dir is None
@@ -128,7 +132,10 @@ class LocalCluster(StartStop):
             self.nodes.append(ClusterNode(i, ip, containerd, mirror))
         # Every router is listed, as a DNS name of a headless Service resolves to every pod.
         routers = [f"{node.mirror.host}:{node.mirror.router_port}" for node in self.nodes]
+        self.router_key = self.base_dir / "router.key" if router_key else None
         for node in self.nodes:
+            if self.router_key is not None:
+                node.mirror.process.argv.append(f"--router-key-file={self.router_key}")
             node.mirror.process.argv += [
                 "--bootstrap-kind=static",
                 "--static-bootstrap-peers",
@@ -157,6 +164,10 @@ class LocalCluster(StartStop):
 
                 write_hosts_toml(node.containerd.config_path, self.upstream.host, self.upstream.url)
         if self.with_mirror:
+            if self.router_key is not None and not self.router_key.exists():
+                self.router_key.parent.mkdir(parents=True, exist_ok=True)
+                self.router_key.write_text(secrets.token_hex(32) + "\n")
+                self.router_key.chmod(0o600)
             for node in self.nodes:
                 node.mirror.start(timeout, wait_ready=False)
             deadline = time.monotonic() + timeout

@@ -14,7 +14,15 @@ from mirror.ingest.state import ColdStartState
 from mirror.oci.reference import parse_image_name, split_registry
 from mirror.web.view import NodeView, RegistryView
 
-_DROP_REASONS = ("malformed", "oversized", "unauthenticated", "unsolicited")
+_DROP_REASONS = (
+    "malformed",
+    "oversized",
+    "unauthenticated",
+    "replayed",
+    "stale",
+    "unsolicited",
+    "unverified",
+)
 _REFUSAL_REASONS = ("client", "capacity", "descriptors")
 
 

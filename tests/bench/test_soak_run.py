@@ -36,4 +36,6 @@ def test_a_short_soak_runs_every_phase_without_a_5xx(tmp_path: Path) -> None:
     assert phases == expected * 2  # node 1 (the holder) and node 2 (the relay)
     assert [report["server_errors"] for report in result["reports"]] == [0] * 8
     assert result["notes"]["record-flood: datagrams sent"] == 2000
+    # A member's flood is authentic: it reaches node 1's store (and its bounds).
+    assert result["notes"]["record-flood: records stored on node-1"] > 1000
     assert (tmp_path / "soak.png").stat().st_size > 0

@@ -7,7 +7,9 @@ hooks included, one `# Source:` comment per template as Helm prints them.
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +34,7 @@ def render_all(
     *,
     api_versions: Sequence[str] = (),
     kube_version: str | None = None,
+    chart_dir: Path = CHART_DIR,
 ) -> dict[str, str]:
     """Template path -> rendered text, every template (NOTES.txt too).
 
@@ -47,7 +50,7 @@ def render_all(
         opts["api_versions"] = list(api_versions)
     if kube_version:
         opts["kube_version"] = kube_version
-    with helm.Chart.load(CHART_DIR) as chart:
+    with helm.Chart.load(chart_dir) as chart:
         rendered = _native.call_string(
             "helm_render", chart._raw(), json.dumps(values or {}), json.dumps(opts)
         )
@@ -60,9 +63,12 @@ def render(
     *,
     api_versions: Sequence[str] = (),
     kube_version: str | None = None,
+    chart_dir: Path = CHART_DIR,
 ) -> dict[str, str]:
     """Template path -> rendered text, for templates that render to manifests."""
-    out = render_all(values, api_versions=api_versions, kube_version=kube_version)
+    out = render_all(
+        values, api_versions=api_versions, kube_version=kube_version, chart_dir=chart_dir
+    )
     return {path: text for path, text in out.items() if path.endswith(".yaml") and text.strip()}
 
 
@@ -100,8 +106,20 @@ def documents(rendered: dict[str, str]) -> list[dict[str, Any]]:
     ]
 
 
+# The cluster key the chart makes is random on every offline render (Helm's lookup,
+# which keeps it across upgrades, reads nothing back without a cluster): the checked
+# file shows this stand-in instead.
+GENERATED_KEY_STAND_IN = base64.b64encode(b"<64 random characters, made on install>").decode()
+_GENERATED_KEY = re.compile(r"^(  router\.key: )[A-Za-z0-9+/=]+$", re.MULTILINE)
+
+
 def as_stream(rendered: dict[str, str]) -> str:
-    parts = [f"---\n# Source: {path}\n{text.strip()}\n" for path, text in rendered.items()]
+    """The manifests as `helm template` prints them, the generated key stood in for."""
+    parts = []
+    for path, text in rendered.items():
+        if path.endswith("/router-key.yaml"):
+            text = _GENERATED_KEY.sub(lambda m: m.group(1) + GENERATED_KEY_STAND_IN, text)
+        parts.append(f"---\n# Source: {path}\n{text.strip()}\n")
     return "".join(parts)
 
 

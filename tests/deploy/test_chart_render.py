@@ -129,7 +129,8 @@ def test_containers_are_locked_down(default_docs: list[dict[str, Any]]) -> None:
     assert mounts["containerd-content"]["readOnly"] is True
     assert mounts["containerd-conf"]["readOnly"] is True
     assert mounts["spegel-data"]["mountPath"] == "/var/lib/spegel"
-    volumes = {v["name"]: v["hostPath"] for v in spec["volumes"]}
+    assert mounts["router-key"]["readOnly"] is True
+    volumes = {v["name"]: v["hostPath"] for v in spec["volumes"] if "hostPath" in v}
     assert volumes["containerd-sock"] == {
         "path": "/run/containerd/containerd.sock",
         "type": "Socket",
@@ -279,8 +280,12 @@ SPEGEL_NAMES = {
 }
 
 
+# Ours alone: the DHT's cluster key (see test_chart_router_key.py).
+OUR_NAMES = {("Secret", "spegel-router-key")}
+
+
 def test_default_names_and_labels_are_spegels(default_docs: list[dict[str, Any]]) -> None:
-    assert {(d["kind"], d["metadata"]["name"]) for d in default_docs} == SPEGEL_NAMES
+    assert {(d["kind"], d["metadata"]["name"]) for d in default_docs} == SPEGEL_NAMES | OUR_NAMES
     daemonset = find(default_docs, "DaemonSet", "spegel")
     assert daemonset["spec"]["selector"]["matchLabels"] == SPEGEL_POD_LABELS
     assert daemonset["spec"]["template"]["metadata"]["labels"] == SPEGEL_POD_LABELS

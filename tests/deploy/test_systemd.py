@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench.kit.procs import free_port
+from dht import load_cluster_key
 from mirror.cli import parse_args
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,6 +21,7 @@ SYSTEMD = ROOT / "container" / "systemd"
 UNITS = ("mirror.service", "mirror-cleanup.service")
 BINARY = "/usr/local/bin/mirror"
 CLEANUP_SCRIPT = "/usr/local/lib/trio-mirror/mirror-cleanup"
+KEY_SCRIPT = "/usr/local/lib/trio-mirror/mirror-router-key"
 ENV_FILE = "/etc/default/mirror"
 
 
@@ -54,7 +56,8 @@ def test_commands_parse_with_the_environment_file() -> None:
     unit = directives("mirror.service")
     assert unit["EnvironmentFile"] == [ENV_FILE]
     env = environment_file()
-    (pre,) = unit["ExecStartPre"]
+    key, pre = unit["ExecStartPre"]  # the cluster key first, then containerd's configuration
+    assert key == KEY_SCRIPT
     (start,) = unit["ExecStart"]
     configuration = parse_args(command(pre), environ=env)
     assert configuration.command == "configuration"
@@ -71,6 +74,8 @@ def test_commands_parse_with_the_environment_file() -> None:
     assert registry.static_bootstrap_peers == ("10.0.0.11:5001", "10.0.0.12:5001", "10.0.0.13:5001")
     assert registry.data_dir == "/var/lib/trio-mirror"
     assert unit["StateDirectory"] == ["trio-mirror"]
+    # Authenticated by default: the key lives in the state directory, writable there.
+    assert registry.router_key_file == "/var/lib/trio-mirror/router.key"
     # The registry's own port is what containerd is pointed at.
     assert configuration.mirror_targets[0].endswith(registry.registry_addr)
 
@@ -93,6 +98,7 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     for unit in UNITS:
         text = (SYSTEMD / unit).read_text()
         text = text.replace(CLEANUP_SCRIPT, str(SYSTEMD / "mirror-cleanup"))
+        text = text.replace(KEY_SCRIPT, str(SYSTEMD / "mirror-router-key"))
         text = text.replace(BINARY, str(stub)).replace(ENV_FILE, str(SYSTEMD / "mirror.env"))
         (tmp_path / unit).write_text(text)
         paths.append(str(tmp_path / unit))
@@ -135,3 +141,43 @@ def test_cleanup_script_restores_containerd_configuration(tmp_path: Path) -> Non
     assert result.returncode == 0, result.stderr
     assert (config / "docker.io" / "hosts.toml").read_text() == original
     assert sorted(p.name for p in config.iterdir()) == ["docker.io"]
+
+
+def _make_key(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(SYSTEMD / "mirror-router-key")],
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_the_unit_makes_a_cluster_key_once(tmp_path: Path) -> None:
+    key_file = tmp_path / "state" / "router.key"
+    made = _make_key({"ROUTER_KEY_FILE": str(key_file)})
+    assert made.returncode == 0, made.stderr
+    assert "every node of the cluster" in made.stderr
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    key = load_cluster_key(key_file)
+    assert len(key) == 64 and int(key, 16) >= 0
+    assert sorted(p.name for p in key_file.parent.iterdir()) == ["router.key"]  # no leftovers
+    # Started again (or the key copied in from another host): kept as it is.
+    again = _make_key({"ROUTER_KEY_FILE": str(key_file)})
+    assert again.returncode == 0 and again.stderr == ""
+    assert load_cluster_key(key_file) == key
+    other = tmp_path / "other.key"
+    assert _make_key({"ROUTER_KEY_FILE": str(other)}).returncode == 0
+    assert load_cluster_key(other) != key  # random, not a constant
+
+
+def test_the_unit_leaves_an_empty_key_alone(tmp_path: Path) -> None:
+    key_file = tmp_path / "router.key"
+    key_file.write_text("")  # a broken copy: the unit fails rather than replace it
+    assert _make_key({"ROUTER_KEY_FILE": str(key_file)}).returncode != 0
+    assert key_file.read_text() == ""
+    # Opted out (ROUTER_KEY_FILE empty): nothing made, the DHT is open.
+    assert _make_key({"ROUTER_KEY_FILE": ""}).returncode == 0
+    assert _make_key({}).returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["router.key"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import random
 
+from dht_peer import Peer
 from test_dht_node_core import SimNet, answer, far_contacts, lone_core, sends
 
 from dht.claims import ClaimAnswer, Lost, Refused, Won
@@ -16,14 +17,12 @@ from dht.messages import (
     ClaimReply,
     ClaimRequest,
     Contact,
-    Envelope,
     FindNode,
     Nodes,
     Provider,
     Release,
     Released,
     decode,
-    encode,
 )
 from dht.operations import ArbiterOp
 
@@ -225,7 +224,7 @@ def test_the_arbiter_op_retries_the_next_candidate_on_timeout() -> None:
     ranked = sorted(contacts, key=lambda c: id_to_int(c.node_id) ^ id_to_int(kid))
     [first] = sends(core)
     assert first.address == (ranked[0].host, ranked[0].port)
-    assert decode(first.data).message == ClaimRequest(kid, 5.0, core.config.registry_port)
+    assert decode(first.data).message == ClaimRequest(kid, 5.0, *core.bound, 5000)
     core.tick(0.51)  # the closest never answers
     [retry] = sends(core)
     assert retry.address == (ranked[1].host, ranked[1].port)
@@ -238,25 +237,21 @@ def test_the_arbiter_op_retries_the_next_candidate_on_timeout() -> None:
     rel = core.release(KEY, 0.7)
     [request] = sends(core)
     assert request.address == retry.address
-    assert decode(request.data).message == Release(kid)
+    assert decode(request.data).message == Release(kid, *core.bound, 5000)
     answer(core, request, ranked[1].node_id, Released(False), 0.71)
     assert rel.done and rel.answer is False
 
 
 def test_the_claimant_is_the_datagrams_source() -> None:
-    core = lone_core()
+    core = lone_core()  # no cluster key: the source, proven by a cookie, is the claimant
     kid = key_id(KEY)
     sender = bytes([0x80]) * 16
-    core.receive(encode(Envelope(5, sender, ClaimRequest(kid, 5.0, 5007))), "127.0.0.9", 6001, 0.0)
-    [reply] = sends(core)
-    assert reply.address == ("127.0.0.9", 6001)
-    message = decode(reply.data).message
+    peer = Peer(sender, "127.0.0.9", 6001)
+    message = peer.ask(core, ClaimRequest(kid, 5.0, "10.9.9.9", 9, 5007), 0.0).message
     assert isinstance(message, ClaimReply)
     assert message.holder == Provider(sender, "127.0.0.9", 6001, 5007)
     # The same id from elsewhere cannot release it.
-    core.receive(encode(Envelope(6, sender, Release(kid))), "127.0.0.10", 6001, 1.0)
-    [reply] = sends(core)
-    assert decode(reply.data).message == Released(False)
-    core.receive(encode(Envelope(7, sender, Release(kid))), "127.0.0.9", 6001, 1.0)
-    [reply] = sends(core)
-    assert decode(reply.data).message == Released(True)
+    elsewhere = Peer(sender, "127.0.0.10", 6001)
+    release = Release(kid, "127.0.0.9", 6001, 5007)
+    assert elsewhere.ask(core, release, 1.0).message == Released(False)
+    assert peer.ask(core, release, 1.0).message == Released(True)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dht.auth import TAG_SIZE, Authenticator
+from dht.auth import REPLAY_WINDOW, SEAL_SIZE, Authenticator, Refusal, ReplayGuard
 from dht.messages import (
     CLAIM,
     CLAIM_ANSWER,
@@ -22,6 +22,7 @@ from dht.messages import (
     MAX_PAYLOAD,
     RELEASE,
     RELEASED,
+    SMALL_REPLY,
     VERSION,
     AddInflight,
     AddProvider,
@@ -40,8 +41,10 @@ from dht.messages import (
     Providers,
     Release,
     Released,
+    Retry,
     decode,
     encode,
+    reply_room,
 )
 
 ID = bytes(range(16))
@@ -71,20 +74,22 @@ MESSAGES = [
     FindNode(OTHER),
     Nodes((contact(1), contact(2, v6=True))),
     Nodes(()),
-    AddProvider(5000, (ID, OTHER)),
+    AddProvider("127.0.0.3", 5001, 5000, (ID, OTHER)),
+    AddProvider("2001:db8::1", 65535, 65535, ()),
     AddProviderAck(2),
     GetProviders(OTHER, 20),
     Providers((provider(1), provider(2, v6=True)), (contact(3),)),
-    ClaimRequest(OTHER, 5.0, 5000),
-    ClaimRequest(OTHER, MAX_LEASE, 65535),
+    ClaimRequest(OTHER, 5.0, "127.0.0.3", 5001, 5000),
+    ClaimRequest(OTHER, MAX_LEASE, "::1", 65535, 65535),
     ClaimReply(CLAIM_WON, provider(4), 5.0),
     ClaimReply(CLAIM_LOST, provider(5, v6=True), 0.0),
     ClaimReply(CLAIM_REFUSED, None, 0.0),
-    Release(OTHER),
+    Release(OTHER, "127.0.0.3", 5001, 5000),
     Released(True),
     Released(False),
-    AddInflight(OTHER, 5000, 0, 0),
-    AddInflight(OTHER, 65535, 10, 2**64 - 1),
+    AddInflight(OTHER, "127.0.0.3", 1, 5000, 0, 0),
+    AddInflight(OTHER, "2001:db8::2", 65535, 65535, 10, 2**64 - 1),
+    Retry(),
     Providers((inflight(1, (5, 10)), provider(2), inflight(3, (2**64 - 1,) * 2, True)), ()),
     ClaimReply(CLAIM_LOST, inflight(6, (1, 2)), 1.5),
 ]
@@ -92,10 +97,38 @@ MESSAGES = [
 
 @pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
 def test_round_trip(message: object) -> None:
-    envelope = Envelope(2**64 - 1, ID, message)  # type: ignore[arg-type]
-    data = encode(envelope)
-    assert len(data) <= MAX_PAYLOAD
-    assert decode(data) == envelope
+    for cookie in (COOKIE, None) if not isinstance(message, Retry) else (COOKIE,):
+        envelope = Envelope(2**64 - 1, ID, message, cookie)  # type: ignore[arg-type]
+        data = encode(envelope)
+        assert len(data) <= MAX_PAYLOAD
+        assert decode(data) == envelope
+
+
+@pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
+def test_zero_padding_is_accepted_and_nothing_else(message: object) -> None:
+    cookie = COOKIE if isinstance(message, Retry) else None
+    envelope = Envelope(7, ID, message, cookie)  # type: ignore[arg-type]
+    padded = encode(envelope, pad_to=MAX_PAYLOAD)
+    assert len(padded) == MAX_PAYLOAD
+    assert decode(padded) == envelope
+    with pytest.raises(DecodeError):
+        decode(padded[:-1] + b"\x01")
+    assert len(encode(envelope, budget=600, pad_to=MAX_PAYLOAD)) <= 600
+
+
+def test_small_replies_fit_the_padding_of_a_request_without_cookie() -> None:
+    v6 = Provider(b"\xff" * 16, "2001:db8::ffff:ffff:ffff:ffff", 65535, 65535)
+    for message in (
+        Pong("2001:db8::ffff:ffff:ffff:ffff", 65535),
+        ClaimReply(CLAIM_LOST, v6, MAX_LEASE),
+        AddProviderAck(2**32 - 1),
+        Released(True),
+        Retry(),
+    ):
+        data = encode(Envelope(2**64 - 1, ID, message, COOKIE))
+        assert len(data) <= SMALL_REPLY
+        assert reply_room(Ping()) == SMALL_REPLY
+    assert reply_room(FindNode(ID)) == reply_room(GetProviders(ID, 20)) == MAX_PAYLOAD
 
 
 @pytest.mark.parametrize("v6", [False, True])
@@ -125,66 +158,91 @@ def test_providers_leave_room_for_contacts_when_few() -> None:
     assert decoded.contacts == contacts
 
 
-def test_a_full_add_provider_fits_with_a_tag() -> None:
+def test_a_full_add_provider_fits_with_a_seal() -> None:
     keys = tuple(i.to_bytes(16, "big") for i in range(MAX_KEYS_PER_ADD))
-    data = encode(Envelope(2**64 - 1, ID, AddProvider(65535, keys)))
-    assert len(Authenticator(b"k").seal(data)) <= MAX_DATAGRAM
-    assert decode(data).message == AddProvider(65535, keys)
+    message = AddProvider("2001:db8::ffff:ffff:ffff:ffff", 65535, 65535, keys)
+    data = encode(Envelope(2**64 - 1, ID, message, COOKIE))
+    assert len(Authenticator(b"k").seal(data, 1e9, 2**64 - 1)) <= MAX_DATAGRAM
+    assert decode(data).message == message
     assert MAX_KEYS_PER_ADD >= 60
-    assert MAX_PAYLOAD + TAG_SIZE == MAX_DATAGRAM
+    assert MAX_PAYLOAD + SEAL_SIZE == MAX_DATAGRAM
+
+
+IP4 = b"\x7f\x00\x00\x01"
+COOKIE = b"c" * 8
+H = [VERSION, 1, 7, ID, None]  # a PING's head, cookie nil: the fields follow
+
+
+def head(kind: int, cookie: object = None) -> list[object]:
+    return [VERSION, kind, 7, ID, cookie]
 
 
 @pytest.mark.parametrize(
     "obj",
     [
-        [VERSION + 1, 1, 7, ID],  # unknown version
-        [VERSION, 99, 7, ID],  # unknown type
-        [VERSION, 1, 7, ID, "extra"],  # wrong arity
-        [VERSION, 1, -1, ID],  # negative request id
-        [VERSION, 1, 7, ID[:15]],  # short sender id
-        [VERSION, 1, 7, "x" * 16],  # str, not bin
-        [True, 1, 7, ID],  # bool is not an int here
-        [VERSION, 3, 7, ID, ID + b"x"],  # long target
-        [VERSION, 4, 7, ID, [[ID, b"\x7f\x00\x00", 5001]]],  # 3-byte IP
-        [VERSION, 4, 7, ID, [[ID, b"\x7f\x00\x00\x01", 0]]],  # port 0
-        [VERSION, 4, 7, ID, [[ID, b"\x7f\x00\x00\x01", 70000]]],  # port too big
-        [VERSION, 4, 7, ID, {"a": 1}],  # map, not list
-        [VERSION, 5, 7, ID, 5000, [ID, 3]],  # key not bin
-        [VERSION, 7, 7, ID, ID, True],  # bool limit
-        [VERSION, CLAIM, 7, ID, ID, 5.0],  # wrong arity
-        [VERSION, CLAIM, 7, ID, ID[:15], 5.0, 5000],  # short key
-        [VERSION, CLAIM, 7, ID, ID, 0.0, 5000],  # no lease
-        [VERSION, CLAIM, 7, ID, ID, -1.0, 5000],  # negative lease
-        [VERSION, CLAIM, 7, ID, ID, MAX_LEASE + 0.5, 5000],  # lease over the bound
-        [VERSION, CLAIM, 7, ID, ID, float("nan"), 5000],  # nan lease
-        [VERSION, CLAIM, 7, ID, ID, float("inf"), 5000],  # infinite lease
-        [VERSION, CLAIM, 7, ID, ID, 5, 5000],  # int, not float
-        [VERSION, CLAIM, 7, ID, ID, True, 5000],  # bool lease
-        [VERSION, CLAIM, 7, ID, ID, 5.0, 0],  # port 0
-        [VERSION, CLAIM, 7, ID, ID, 5.0, 65536],  # port too big
-        [VERSION, CLAIM_ANSWER, 7, ID, 3, None, 0.0],  # unknown status
-        [VERSION, CLAIM_ANSWER, 7, ID, True, None, 0.0],  # bool status
-        [VERSION, CLAIM_ANSWER, 7, ID, CLAIM_WON, None, 5.0],  # won without a holder
-        [VERSION, CLAIM_ANSWER, 7, ID, CLAIM_LOST, [ID, b"\x7f\x00\x00\x01", 5001], 5.0],
-        [VERSION, CLAIM_ANSWER, 7, ID, CLAIM_LOST, [ID, b"\x7f\x00\x00\x01", 5001, 0], 5.0],
-        [VERSION, CLAIM_ANSWER, 7, ID, CLAIM_WON, [ID, b"\x7f\x00\x00\x01", 1, 2], -1.0],
-        [VERSION, CLAIM_ANSWER, 7, ID, CLAIM_WON, [ID, b"\x7f\x00\x00\x01", 1, 2], 31.0],
-        [VERSION, CLAIM_ANSWER, 7, ID, CLAIM_REFUSED, [ID, b"\x7f\x00\x00\x01", 1, 2], 0.0],
-        [VERSION, CLAIM_ANSWER, 7, ID, CLAIM_REFUSED, None, 1.0],  # a refusal has no lease
-        [VERSION, 8, 7, ID, [[ID, b"\x7f\x00\x00\x01", 5001, 5000, 1]], []],  # 5 fields
-        [VERSION, 8, 7, ID, [[ID, b"\x7f\x00\x00\x01", 5001, 5000, 3, 2]], []],  # done > total
-        [VERSION, 8, 7, ID, [[ID, b"\x7f\x00\x00\x01", 5001, 5000, -1, 2]], []],
-        [VERSION, 8, 7, ID, [[ID, b"\x7f\x00\x00\x01", 5001, 5000, True, 2]], []],
-        [VERSION, 8, 7, ID, [[ID, b"\x7f\x00\x00\x01", 5001, 5000, 1, 2, 3]], []],
-        [VERSION, 13, 7, ID, ID, 5000, 1],  # wrong arity
-        [VERSION, 13, 7, ID, ID, 5000, 2, 1],  # done > total
-        [VERSION, 13, 7, ID, ID, 0, 1, 2],  # port 0
-        [VERSION, 13, 7, ID, ID, 5000, 1.0, 2],  # float count
-        [VERSION, 13, 7, ID, ID[:8], 5000, 1, 2],  # short key
-        [VERSION, RELEASE, 7, ID, ID + b"x"],  # long key
-        [VERSION, RELEASE, 7, ID],  # no key
-        [VERSION, RELEASED, 7, ID, 1],  # int, not bool
-        [VERSION, RELEASED, 7, ID, None],
+        [VERSION + 1, 1, 7, ID, None],  # unknown version
+        [VERSION - 1, 1, 7, ID],  # the previous version's PING
+        [VERSION, 99, 7, ID, None],  # unknown type
+        [*H, "extra"],  # wrong arity
+        [VERSION, 1, 7, ID],  # no cookie field
+        [VERSION, 1, -1, ID, None],  # negative request id
+        [VERSION, 1, 7, ID[:15], None],  # short sender id
+        [VERSION, 1, 7, "x" * 16, None],  # str, not bin
+        [True, 1, 7, ID, None],  # bool is not an int here
+        [VERSION, 1, 7, ID, b"short"],  # cookie of the wrong size
+        [VERSION, 1, 7, ID, "c" * 8],  # str cookie
+        [VERSION, 1, 7, ID, 5],  # int cookie
+        head(14),  # a RETRY without a cookie
+        [*head(14, COOKIE), 1],  # a RETRY with a field
+        [*head(3), ID + b"x"],  # long target
+        [*head(4), [[ID, b"\x7f\x00\x00", 5001]]],  # 3-byte IP
+        [*head(4), [[ID, IP4, 0]]],  # port 0
+        [*head(4), [[ID, IP4, 70000]]],  # port too big
+        [*head(4), {"a": 1}],  # map, not list
+        [*head(5), IP4, 5001, 5000, [ID, 3]],  # key not bin
+        [*head(5), 5000, [ID]],  # the old form: no address
+        [*head(5), b"\x7f\x00", 5001, 5000, [ID]],  # bad IP
+        [*head(5), IP4, 0, 5000, [ID]],  # UDP port 0
+        [*head(5), IP4, 5001, 65536, [ID]],  # registry port too big
+        [*head(7), ID, True],  # bool limit
+        [*head(CLAIM), ID, 5.0],  # wrong arity
+        [*head(CLAIM), ID, 5.0, 5000],  # the old form: no address
+        [*head(CLAIM), ID[:15], 5.0, IP4, 5001, 5000],  # short key
+        [*head(CLAIM), ID, 0.0, IP4, 5001, 5000],  # no lease
+        [*head(CLAIM), ID, -1.0, IP4, 5001, 5000],  # negative lease
+        [*head(CLAIM), ID, MAX_LEASE + 0.5, IP4, 5001, 5000],  # lease over the bound
+        [*head(CLAIM), ID, float("nan"), IP4, 5001, 5000],  # nan lease
+        [*head(CLAIM), ID, float("inf"), IP4, 5001, 5000],  # infinite lease
+        [*head(CLAIM), ID, 5, IP4, 5001, 5000],  # int, not float
+        [*head(CLAIM), ID, True, IP4, 5001, 5000],  # bool lease
+        [*head(CLAIM), ID, 5.0, IP4, 5001, 0],  # port 0
+        [*head(CLAIM), ID, 5.0, IP4, 65536, 5000],  # port too big
+        [*head(CLAIM), ID, 5.0, b"", 5001, 5000],  # empty IP
+        [*head(CLAIM_ANSWER), 3, None, 0.0],  # unknown status
+        [*head(CLAIM_ANSWER), True, None, 0.0],  # bool status
+        [*head(CLAIM_ANSWER), CLAIM_WON, None, 5.0],  # won without a holder
+        [*head(CLAIM_ANSWER), CLAIM_LOST, [ID, IP4, 5001], 5.0],
+        [*head(CLAIM_ANSWER), CLAIM_LOST, [ID, IP4, 5001, 0], 5.0],
+        [*head(CLAIM_ANSWER), CLAIM_WON, [ID, IP4, 1, 2], -1.0],
+        [*head(CLAIM_ANSWER), CLAIM_WON, [ID, IP4, 1, 2], 31.0],
+        [*head(CLAIM_ANSWER), CLAIM_REFUSED, [ID, IP4, 1, 2], 0.0],
+        [*head(CLAIM_ANSWER), CLAIM_REFUSED, None, 1.0],  # a refusal has no lease
+        [*head(8), [[ID, IP4, 5001, 5000, 1]], []],  # 5 fields
+        [*head(8), [[ID, IP4, 5001, 5000, 3, 2]], []],  # done > total
+        [*head(8), [[ID, IP4, 5001, 5000, -1, 2]], []],
+        [*head(8), [[ID, IP4, 5001, 5000, True, 2]], []],
+        [*head(8), [[ID, IP4, 5001, 5000, 1, 2, 3]], []],
+        [*head(13), ID, IP4, 5001, 5000, 1],  # wrong arity
+        [*head(13), ID, 5000, 1, 2],  # the old form: no address
+        [*head(13), ID, IP4, 5001, 5000, 2, 1],  # done > total
+        [*head(13), ID, IP4, 5001, 0, 1, 2],  # port 0
+        [*head(13), ID, IP4, 5001, 5000, 1.0, 2],  # float count
+        [*head(13), ID[:8], IP4, 5001, 5000, 1, 2],  # short key
+        [*head(RELEASE), ID + b"x", IP4, 5001, 5000],  # long key
+        [*head(RELEASE), ID],  # the old form: no address
+        [*head(RELEASE)],  # no key
+        [*head(RELEASED), 1],  # int, not bool
+        [*head(RELEASED), None],
         {"v": 1},
         "hello",
     ],
@@ -194,15 +252,15 @@ def test_rejects_invalid_envelopes(obj: object) -> None:
         decode(msgpack.packb(obj))
 
 
-def test_claim_messages_fit_with_a_tag() -> None:
+def test_claim_messages_fit_with_a_seal() -> None:
     v6 = Provider(b"\xff" * 16, "2001:db8::ffff:ffff:ffff:ffff", 65535, 65535)
     for message in (
-        ClaimRequest(b"\xff" * 16, MAX_LEASE, 65535),
+        ClaimRequest(b"\xff" * 16, MAX_LEASE, v6.host, 65535, 65535),
         ClaimReply(CLAIM_LOST, v6, MAX_LEASE),
-        Release(b"\xff" * 16),
+        Release(b"\xff" * 16, v6.host, 65535, 65535),
     ):
-        data = encode(Envelope(2**64 - 1, ID, message))
-        assert len(Authenticator(b"k").seal(data)) <= MAX_DATAGRAM
+        data = encode(Envelope(2**64 - 1, ID, message, COOKIE))
+        assert len(Authenticator(b"k").seal(data, 1e9, 1)) <= MAX_DATAGRAM
         assert decode(data).message == message
 
 
@@ -215,10 +273,11 @@ def test_claim_messages_fit_with_a_tag() -> None:
     st.booleans(),
 )
 def test_claim_round_trips(key: bytes, lease: float, port: int, status: int, v6: bool) -> None:
+    host = "2001:db8::1" if v6 else "10.1.2.3"
     for message in (
-        ClaimRequest(key, lease, port),
+        ClaimRequest(key, lease, host, port, port),
         ClaimReply(status, provider(port % 500, v6), lease),
-        Release(key),
+        Release(key, host, port, port),
     ):
         assert decode(encode(Envelope(1, key, message))).message == message
 
@@ -226,9 +285,9 @@ def test_claim_round_trips(key: bytes, lease: float, port: int, status: int, v6:
 def test_complete_provider_records_keep_their_four_field_form() -> None:
     data = encode(Envelope(1, ID, Providers((provider(1),), ())))
     fields = msgpack.unpackb(data)
-    assert len(fields[4][0]) == 4
+    assert len(fields[5][0]) == 4
     data = encode(Envelope(1, ID, Providers((inflight(1, (3, 4)),), ())))
-    assert msgpack.unpackb(data)[4][0][4:] == [3, 4]
+    assert msgpack.unpackb(data)[5][0][4:] == [3, 4]
 
 
 def test_rejects_oversized_and_garbage() -> None:
@@ -250,7 +309,7 @@ def test_decoder_never_raises_anything_but_decode_error(data: bytes) -> None:
     assert len(envelope.sender_id) == 16
 
 
-VALID = [encode(Envelope(12345, ID, m)) for m in MESSAGES]
+VALID = [encode(Envelope(12345, ID, m, COOKIE), pad_to=200) for m in MESSAGES]
 
 
 @st.composite
@@ -282,15 +341,49 @@ def test_mutated_messages_decode_or_fail_cleanly(data: bytes) -> None:
 
 def test_authenticator() -> None:
     a, b, none = Authenticator(b"secret"), Authenticator(b"other"), Authenticator(None)
-    sealed = a.seal(b"payload")
-    assert len(sealed) == len(b"payload") + TAG_SIZE
-    assert a.open(sealed) == b"payload"
-    assert b.open(sealed) is None
-    assert a.open(b"payload") is None
-    assert a.open(sealed[:-1] + bytes([sealed[-1] ^ 1])) is None
-    assert a.open(b"") is None
-    assert none.open(b"payload") == b"payload"
+    sealed = a.seal(b"payload", 1000.0, 1)
+    assert len(sealed) == len(b"payload") + SEAL_SIZE
+    assert a.open(sealed, 1000.0) == b"payload"
+    assert a.open(sealed, 1000.0) is Refusal.REPLAYED  # once only
+    assert b.open(a.seal(b"payload", 1000.0, 2), 1000.0) is Refusal.UNAUTHENTICATED
+    assert a.open(b"payload", 1000.0) is Refusal.UNAUTHENTICATED
+    fresh = a.seal(b"payload", 1000.0, 3)
+    assert a.open(fresh[:-1] + bytes([fresh[-1] ^ 1]), 1000.0) is Refusal.UNAUTHENTICATED
+    assert a.open(b"", 1000.0) is Refusal.UNAUTHENTICATED
+    # The stamp is under the tag: moving it breaks the tag.
+    moved = fresh[:-SEAL_SIZE] + (2000000).to_bytes(8, "big") + fresh[-SEAL_SIZE + 8 :]
+    assert a.open(moved, 2000.0) is Refusal.UNAUTHENTICATED
+    assert none.open(b"payload", 1000.0) == b"payload"
+    assert none.seal(b"payload", 1000.0, 4) == b"payload"
     long_key = Authenticator(b"k" * 200)
-    assert long_key.open(long_key.seal(b"x")) == b"x"
+    assert long_key.open(long_key.seal(b"x", 5.0, 1), 5.0) == b"x"
     with pytest.raises(ValueError):
         Authenticator(b"")
+
+
+def test_a_sealed_datagram_is_accepted_within_the_window_only() -> None:
+    a = Authenticator(b"secret")
+    window = REPLAY_WINDOW
+    assert a.open(a.seal(b"p", 1000.0, 1), 1000.0 + window) == b"p"  # late, in time
+    assert a.open(a.seal(b"p", 1000.0, 2), 1000.0 - window) == b"p"  # a clock ahead of ours
+    assert a.open(a.seal(b"p", 1000.0, 3), 1000.0 + window + 0.01) is Refusal.STALE
+    assert a.open(a.seal(b"p", 1000.0, 4), 1000.0 - window - 0.01) is Refusal.STALE
+
+
+def test_the_replay_guard_is_bounded_and_never_reopens() -> None:
+    guard = ReplayGuard(window=30.0, capacity=100)
+    now = 1_000_000
+    for nonce in range(1000):  # a flood of authentic datagrams, 1 ms apart
+        assert guard.check(now + nonce, nonce, now + nonce) is None
+        assert len(guard) <= 100
+    end = now + 999
+    # Every one of them is refused again: the remembered by nonce, the forgotten
+    # by the floor that rose as they were forgotten.
+    for nonce in range(1000):
+        assert guard.check(now + nonce, nonce, end) is not None
+    assert guard.check(end + 1, 5000, end + 1) is None  # newer ones still pass
+    # The window moves on: old nonces are forgotten, old stamps refused.
+    later = end + 31_000
+    assert guard.check(end, 6000, later) is Refusal.STALE
+    assert guard.check(later, 6001, later) is None
+    assert len(guard) <= 100

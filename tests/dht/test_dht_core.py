@@ -39,6 +39,7 @@ def make_contact(rng: random.Random, i: int = 0) -> Contact:
 CORE = [
     "ids",
     "auth",
+    "cookies",
     "messages",
     "routing",
     "lookup",
@@ -403,9 +404,9 @@ def test_handler_answers_requests() -> None:
     assert isinstance(nodes, Nodes) and nodes.contacts == tuple(table.closest(target, 20))
 
     key = key_id("sha256:x")
-    ack = handler.handle(
-        Envelope(3, requester, AddProvider(5005, (key, own_key))), "127.0.0.7", 4000, 0.0
-    )
+    # Without a cluster key the record names the datagram's source, whatever it says.
+    add = AddProvider("10.9.9.9", 9, 5005, (key, own_key))
+    ack = handler.handle(Envelope(3, requester, add), "127.0.0.7", 4000, 0.0)
     assert ack == AddProviderAck(2)
     stored = Provider(requester, "127.0.0.7", 4000, 5005)  # host and UDP port from the source
     assert store.get(key, 1.0) == [stored]
@@ -428,7 +429,10 @@ def test_one_address_holds_one_contact() -> None:
     assert first.node_id not in table
     assert table.contacts() == [restarted]
     moved = Contact(restarted.node_id, "127.0.0.6", 5001)
-    table.observe(moved, 2.0)
+    # A known id at a new address: its old address is to be asked first.
+    assert table.observe(moved, 2.0) == restarted
+    assert table.contacts() == [restarted]
+    table.on_failure(restarted.node_id, ("127.0.0.5", 5001))  # silent there: it moved
     assert table.contacts() == [moved]
     table.observe(Contact(rng.randbytes(16), "127.0.0.5", 5001), 3.0)  # old address reused
     assert len(table) == 2

@@ -3,10 +3,11 @@ holders keep such records briefly, complete records win over them."""
 
 from __future__ import annotations
 
+from dht_peer import Peer
 from test_dht_node_core import SimNet, lone_core
 
 from dht.ids import key_id
-from dht.messages import AddInflight, Envelope, Provider, decode, encode
+from dht.messages import AddInflight, AddProviderAck, Envelope, Provider, decode, encode
 from dht.providers import ProviderStore
 
 KEY = "sha256:" + "ef" * 32
@@ -36,8 +37,8 @@ def test_the_holder_stores_an_inflight_record_with_a_short_ttl() -> None:
     core = lone_core(inflight_ttl=10.0)
     kid = key_id(KEY)
     sender = bytes([0x80]) * 16
-    data = encode(Envelope(5, sender, AddInflight(kid, 5007, 10, 100)))
-    core.receive(data, "127.0.0.9", 6001, 0.0)
+    ack = Peer(sender, "127.0.0.9", 6001).ask(core, AddInflight(kid, "::", 1, 5007, 10, 100), 0.0)
+    assert ack.message == AddProviderAck(1)
     assert core.store.get(kid, 9.9) == [Provider(sender, "127.0.0.9", 6001, 5007, (10, 100))]
     assert core.store.get(kid, 10.0) == []
 
@@ -103,4 +104,5 @@ def test_an_inflight_announce_is_one_datagram_per_holder() -> None:
     assert fetcher.counters.requests_sent - before >= holders
     [record] = {p for c in net.cores.values() for p in c.store.get(key_id(KEY), net.now)}
     assert record.progress == (0, 10)
-    assert decode(encode(Envelope(1, fetcher.node_id, AddInflight(key_id(KEY), 1, 0, 0))))
+    message = AddInflight(key_id(KEY), "127.0.0.1", 1, 1, 0, 0)
+    assert decode(encode(Envelope(1, fetcher.node_id, message))).message == message

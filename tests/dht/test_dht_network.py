@@ -78,6 +78,7 @@ async def test_get_providers_streams_and_honours_limit() -> None:
         asker = next(m.node for m in members[:8] if not m.node.core.store.get(kid, now))
         assert len(await providers_of(asker, "sha256:popular", limit=3)) == 3
         assert len(await providers_of(asker, "sha256:popular")) == 8
+        await settle(members)  # introductions to the nodes first met are answered
         before = asker.core.table.in_flight
         stats = LookupStats()
         async with aclosing(asker.get_providers("sha256:popular", limit=50, stats=stats)) as it:

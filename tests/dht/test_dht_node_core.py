@@ -154,6 +154,7 @@ class SimNet:
         self._queue: list[tuple[float, int, Address, Address, bytes]] = []
         self._seq = 0
         self.seed_address: Address = ("127.0.2.1", 5001)
+        self.sent: list[tuple[Address, Send]] | None = None  # every datagram, when a list
         for i in range(n):
             address = (f"127.0.2.{i + 1}", 5001)
             node_config = NodeConfig(
@@ -176,6 +177,8 @@ class SimNet:
         while commands := core.take_commands():
             for command in commands:
                 if isinstance(command, Send):
+                    if self.sent is not None:
+                        self.sent.append((address, command))
                     self._seq += 1
                     item = (
                         self.now + self.latency + self.slow.get(command.address, 0.0),
@@ -305,7 +308,9 @@ def test_announce_planner_groups_keys_by_region() -> None:
         assert holders == {c.node_id for c in closest}
     many = Plan()
     many.entries[known[0].node_id] = (known[0], ids[: MAX_KEYS_PER_ADD * 2 + 1])
-    assert [len(m.keys) for _, m in many.messages(5000)] == [MAX_KEYS_PER_ADD] * 2 + [1]
+    assert [len(m.keys) for _, m in many.messages(("127.0.0.1", 5001, 5000))] == [
+        MAX_KEYS_PER_ADD
+    ] * 2 + [1]
     assert group_keys([ids[0]], network_size=5, k=20)[0].target == ids[0]
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import socket
+import time
 from collections.abc import Callable
 
 import pytest
@@ -29,6 +31,7 @@ from dht.messages import (
     Pong,
     decode,
     encode,
+    reply_room,
 )
 from dht.transport import canonical_host, sockaddr_for
 
@@ -50,8 +53,15 @@ async def wait_until(predicate: Callable[[], object]) -> None:
     raise AssertionError("condition not reached in 2 s")
 
 
+_nonces = itertools.count(1)
+
+
 def envelope_bytes(request_id: int, message: Message, key: bytes | None = None) -> bytes:
-    return Authenticator(key).seal(encode(Envelope(request_id, PEER_ID, message)))
+    """A datagram as a peer without a cookie sends it: padded to the answer's size."""
+    auth = Authenticator(key)
+    room = reply_room(message, MAX_DATAGRAM - auth.overhead)
+    payload = encode(Envelope(request_id, PEER_ID, message), pad_to=0 if message.IS_REPLY else room)
+    return auth.seal(payload, time.time(), next(_nonces))
 
 
 async def test_replies_must_match_address_id_and_type() -> None:
@@ -159,8 +169,9 @@ def recording() -> _RecordingCore:
 
 
 VALID = [
-    encode(Envelope(9, PEER_ID, m))
-    for m in (Ping(), FindNode(bytes(16)), AddProvider(5000, (bytes(16),)), Pong("::1", 1))
+    encode(Envelope(9, PEER_ID, m, cookie), pad_to=128)
+    for m in (Ping(), FindNode(bytes(16)), AddProvider("::1", 1, 2, (bytes(16),)), Pong("::1", 1))
+    for cookie in (None, b"c" * 8)
 ]
 
 
@@ -175,16 +186,22 @@ VALID = [
 )
 def test_receive_path_never_raises(recording: _RecordingCore, data: bytes) -> None:
     c = recording.core.counters
-    before = (c.datagrams_in, c.dropped_malformed + c.dropped_oversized + c.dropped_unsolicited)
+
+    def dropped() -> int:
+        return c.dropped_malformed + c.dropped_oversized + c.dropped_unsolicited
+
+    before = (c.datagrams_in, dropped(), c.dropped_unverified)
     requests = recording.requests
     recording.receive(data)  # the receive loop's entry
-    dropped = c.dropped_malformed + c.dropped_oversized + c.dropped_unsolicited
     assert c.datagrams_in == before[0] + 1
-    # Each datagram is either dropped and counted, or handled as a request.
-    assert (dropped - before[1]) + (recording.requests - requests) == 1
+    # Each datagram is dropped and counted, or answered (maybe with a RETRY: the
+    # source is unverified), or left unanswered and counted (even a RETRY is larger).
+    answered = recording.requests - requests
+    unverified = c.dropped_unverified - before[2]
+    assert (dropped() - before[1]) + answered + (unverified if not answered else 0) == 1
     assert c.handler_errors == 0
     if len(data) > MAX_DATAGRAM:
-        assert dropped == before[1] + 1
+        assert dropped() == before[1] + 1
 
 
 async def test_cluster_key_drops_unsigned_and_wrongly_signed_datagrams() -> None:
@@ -225,8 +242,8 @@ async def test_cluster_key_drops_unsigned_and_wrongly_signed_datagrams() -> None
         await raw.sendto(envelope_bytes(3, Ping(), key), ("127.0.0.2", port))  # signed
         with trio.fail_after(2):
             data, _ = await raw.recvfrom(2048)
-        payload = Authenticator(key).open(data)
-        assert payload is not None
+        payload = Authenticator(key).open(data, time.time())
+        assert isinstance(payload, bytes)
         assert decode(payload).request_id == 3
         raw.close()
         nursery.cancel_scope.cancel()

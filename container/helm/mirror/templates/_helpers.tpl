@@ -89,3 +89,8 @@ hostPort 0, hostPort equal to nodePort (Spegel main's values), or PreferSameNode
 {{- end }}
 {{- toJson $persistence }}
 {{- end }}
+
+{{/* The Secret holding the DHT's cluster key: the one named, or the chart's own. */}}
+{{- define "mirror.routerKeySecret" -}}
+{{- .Values.routerKey.existingSecret | default (printf "%s-router-key" (include "mirror.fullname" .)) }}
+{{- end }}
