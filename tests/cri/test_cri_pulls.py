@@ -251,6 +251,8 @@ def test_the_mirror_warns_about_the_node_that_discards_layers(cluster: Cluster) 
     for i, node in enumerate(cluster.nodes, start=1):
         lines = node.mirror.process.log_path.read_text().splitlines()
         warnings = [json.loads(line)["msg"] for line in lines if '"level": "WARN' in line]
+        # These mirrors share no cluster key: that warning is not this test's.
+        warnings = [w for w in warnings if not w.startswith("the DHT is unauthenticated")]
         expected = ["discard_unpacked_layers = true"] if i == 3 else []
         assert [w.split(":")[0] for w in warnings] == expected, warnings
 

@@ -25,6 +25,7 @@ from bench.kit.dhtprobe import providers_of
 from bench.kit.images import Blob, GeneratedImage, PlatformImage, generate_image, push_image
 from bench.kit.layers import is_whiteout_device, tree_view
 from bench.kit.procs import KitError
+from dht import load_cluster_key
 from tests.httpclient import fetch
 from tests.metrics import metric_sum
 
@@ -75,6 +76,11 @@ def _ns(cluster: LocalCluster) -> str:
     return f"?ns={cluster.upstream.host}"
 
 
+def _key(cluster: LocalCluster) -> bytes | None:
+    """The cluster's DHT key: the probe asks as a member would."""
+    return None if cluster.router_key is None else load_cluster_key(cluster.router_key)
+
+
 def _wait_served_by_peer(cluster: LocalCluster, node: int, path: str, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -105,7 +111,7 @@ def _wait_provided_by(
     wanted = {cluster[i].mirror.address for i in holders}
     deadline = time.monotonic() + timeout
     while True:
-        found = providers_of(routers, keys)
+        found = providers_of(routers, keys, cluster_key=_key(cluster))
         if all(wanted <= found[key] for key in keys):
             return
         assert time.monotonic() < deadline, f"not provided by {wanted}: {found}"
@@ -170,7 +176,8 @@ def test_only_the_pulled_platform_is_advertised(
     # every platform's manifest and config, and those it serves and advertises).
     assert not any(holder.containerd.has_blob(layer.digest) for layer in arm64.layers)
     routers = [f"{node.mirror.host}:{node.mirror.router_port}" for node in cluster.nodes]
-    found = providers_of(routers, [layer.digest for layer in (*amd64.layers, *arm64.layers)])
+    layers = [layer.digest for layer in (*amd64.layers, *arm64.layers)]
+    found = providers_of(routers, layers, cluster_key=_key(cluster))
     for layer in amd64.layers:
         assert holder.mirror.address in found[layer.digest]
     assert all(not found[layer.digest] for layer in arm64.layers), found
