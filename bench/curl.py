@@ -38,6 +38,40 @@ def fetch_bytes(url: str, timeout: float = 120.0) -> int:
     return int(float(result.stdout))
 
 
+CURL_LOOP = """
+end=$(( $(date +%s%N) + $1 * 1000000000 ))
+total=0; count=0; start=$(date +%s%N)
+while [ "$(date +%s%N)" -lt "$end" ]; do
+  n=$(curl -sS --fail -o /dev/null -w '%{size_download}' "$2") || exit 1
+  total=$((total + ${n%.*})); count=$((count + 1))
+done
+echo "curl-loop bytes=$total requests=$count ns=$(( $(date +%s%N) - start ))"
+"""
+
+
+def curl_loop_argv(url: str, clients: int, duration: int) -> list[str]:
+    """`clients` curl loops side by side for `duration` seconds, one process tree (its
+    CPU is the client's): one result line per loop."""
+    loops = " & ".join(f'sh -c "$0" {duration} "$1"' for _ in range(clients))
+    return ["sh", "-c", f"{loops}; wait", CURL_LOOP, url]
+
+
+def parse_curl_loops(output: str) -> tuple[int, int, float]:
+    """(bytes, requests, seconds) over every loop: bytes and requests summed, the time
+    the longest loop took."""
+    total = requests = 0
+    seconds = 0.0
+    lines = [line for line in output.splitlines() if line.startswith("curl-loop ")]
+    if not lines:
+        raise CurlError(f"no curl loop finished: {output[-500:]}")
+    for line in lines:
+        fields = dict(part.split("=", 1) for part in line.split()[1:])
+        total += int(fields["bytes"])
+        requests += int(fields["requests"])
+        seconds = max(seconds, int(fields["ns"]) / 1e9)
+    return total, requests, seconds
+
+
 def curl_rate(url: str, clients: int, duration: float) -> float:
     """MiB/s over `clients` loops of whole downloads for `duration` seconds (each loop
     finishes the download it started)."""

@@ -33,7 +33,15 @@ from bench.procstat import pids_named, status_kib
 from bench.result_file import write_json
 from bench.runner import RetryPolicy, RunHooks, Trial, run_trials, trial_matrix
 from bench.sampling import PidSource, UsageMeter
-from bench.serve_plan import Sample, Scenario, Target, scenarios, servers_of, wrk_argv
+from bench.serve_plan import (
+    Sample,
+    Scenario,
+    Target,
+    client_argv,
+    curl_result,
+    scenarios,
+    servers_of,
+)
 from bench.serve_report import (
     RunFacts,
     checks,
@@ -91,13 +99,15 @@ class Measurer:
     def __call__(self, trial: ServeTrial) -> Sample:
         scenario, target = trial.scenario, self.targets[trial.subject]
         url = target.url + target.path(scenario.kind, self.setup.image)
-        argv = wrk_argv(scenario, url, self.duration, self.script)
+        argv = client_argv(scenario, url, self.duration, self.script)
         groups: dict[str, PidSource] = {key: t.pids for key, t in self.targets.items()}
         with UsageMeter(groups, softirq_pids=self.softirq_pids) as meter:
             client = run_client(argv)
         usage = meter.usage
         ours = client.cpu_s + sum(usage.group_cpu_s.values()) + usage.softirq_cpu_s
-        result = parse_wrk(client.output)
+        result = (
+            curl_result(client.output) if scenario.client == "curl" else parse_wrk(client.output)
+        )
         wall = client.wall_s
         return Sample(
             scenario=scenario.key,
@@ -146,7 +156,7 @@ def warm_up(
     for trial in trial_matrix(plan, servers_of, 1):
         target = targets[trial.subject]
         url = target.url + target.path(trial.scenario.kind, setup.image)
-        run_client(wrk_argv(trial.scenario, url, seconds, script))
+        run_client(client_argv(trial.scenario, url, seconds, script))
 
 
 def measure_all(

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.curl import curl_loop_argv, parse_curl_loops
 from bench.kit.distribution import MANIFEST_ACCEPT
 from bench.kit.images import GeneratedImage
 from bench.sampling import PidSource
@@ -28,6 +29,7 @@ class Scenario:
     threads: int
     connections: int
     servers: tuple[str, ...] = SERVERS
+    client: str = "wrk"  # or "curl": a fresh connection per download, as containerd
 
     @property
     def unit(self) -> str:
@@ -41,6 +43,8 @@ def scenarios(blob_mib: int) -> tuple[Scenario, ...]:
     return (
         Scenario("blob-1", f"blob {blob_mib} MiB, 1 client", "blob", 1, 1),
         Scenario("blob-8", f"blob {blob_mib} MiB, 8 clients", "blob", 2, 8),
+        Scenario("blob-1-curl", f"blob {blob_mib} MiB, 1 curl", "blob", 1, 1, client="curl"),
+        Scenario("blob-8-curl", f"blob {blob_mib} MiB, 8 curl", "blob", 8, 8, client="curl"),
         Scenario("manifest-32", "manifest by digest, 32 conns", "manifest", 2, 32),
         Scenario("tag-32", "manifest by tag, 32 conns", "tag", 2, 32, (MIRROR,)),
     )
@@ -66,6 +70,21 @@ class Target:
         if kind == "manifest":
             return f"/v2/{name}/manifests/{image.digest}{self.query}"
         return f"/v2/{name}/manifests/{image.tag}{self.query}"
+
+
+def client_argv(scenario: Scenario, url: str, duration: int, script: Path) -> list[str]:
+    if scenario.client == "curl":
+        return curl_loop_argv(url, scenario.connections, duration)
+    return wrk_argv(scenario, url, duration, script)
+
+
+def curl_result(output: str) -> WrkResult:
+    """curl loops' totals in wrk's result shape (no latency percentiles)."""
+    total, requests, seconds = parse_curl_loops(output)
+    exact = {"bytes": float(total), "duration_us": seconds * 1e6, "requests": float(requests)}
+    return WrkResult(
+        requests, seconds, float(total), requests / seconds, total / seconds, {}, {}, 0, exact
+    )
 
 
 def wrk_argv(scenario: Scenario, url: str, duration: int, script: Path) -> list[str]:

@@ -7,7 +7,16 @@ from pathlib import Path
 import pytest
 
 from bench.measure import MIB, Check, paired_ratios, summarize
-from bench.serve_plan import DISTRIBUTION, MIRROR, NGINX, Sample, scenarios, wrk_argv
+from bench.serve_plan import (
+    DISTRIBUTION,
+    MIRROR,
+    NGINX,
+    Sample,
+    client_argv,
+    curl_result,
+    scenarios,
+    wrk_argv,
+)
 from bench.serve_report import checks, ratios, results_table, summaries
 from bench.wrk import ParseError, parse_duration, parse_size, parse_wrk
 
@@ -193,9 +202,8 @@ def test_targets_from_one_run() -> None:
     stats = summaries(SAMPLES, scenarios(256))
     result = {c.name: c.passed for c in checks(ratios(SAMPLES, stats), {MIRROR: 41.0})}
     assert result == {
-        "blob throughput, 1 client, mirror / nginx": True,  # 1.05x run by run
-        "blob throughput, 8 clients, mirror / nginx": False,  # 2400 / 2500
-        "manifest requests/s, mirror / nginx": False,  # 0.2x
+        "blob throughput, 1 client (wrk), mirror / nginx": True,  # 1.05x run by run
+        "blob throughput, 8 clients (wrk), mirror / nginx": False,  # 2400 / 2500
         "manifest requests/s, mirror / Distribution": True,  # 10.7x
         "mirror VmRSS max": True,
     }
@@ -206,7 +214,8 @@ def test_table_has_a_row_per_scenario_and_marks_missing_servers() -> None:
     plan = scenarios(256)
     stats = summaries(SAMPLES, plan)
     lines = results_table(plan, stats, ratios(SAMPLES, stats))
-    assert len(lines) == 2 + len(plan)
+    # A row per scenario measured (these samples have no curl runs).
+    assert len(lines) == 2 + len([sc for sc in plan if sc.client == "wrk"])
     assert lines[4].startswith("| manifest by digest, 32 conns (req/s) | 80,000 (75,000-85,000) |")
     assert "| 0.20x (0.20-0.20) | 10.67x (10.62-10.71) |" in lines[4]
     assert lines[5] == (
@@ -215,7 +224,7 @@ def test_table_has_a_row_per_scenario_and_marks_missing_servers() -> None:
 
 
 def test_wrk_command_lines() -> None:
-    blob, blob8, manifest, _ = scenarios(256)
+    blob, blob8, curl1, curl8, manifest, _ = scenarios(256)
     script = Path("done.lua")
     argv = wrk_argv(blob, "http://127.0.0.1:1/b", 3, script)
     assert argv[:4] == ["wrk", "-t1", "-c1", "-d3s"]
@@ -225,3 +234,16 @@ def test_wrk_command_lines() -> None:
     assert argv[1:4] == ["-t2", "-c32", "-d5s"]
     accept = argv[argv.index("-H") + 1]
     assert accept.startswith("Accept: ") and "application/vnd.oci.image.manifest.v1+json" in accept
+    loops = client_argv(curl8, "http://127.0.0.1:1/b", 3, script)
+    assert loops[:2] == ["sh", "-c"] and loops[2].count('sh -c "$0" 3 "$1"') == 8
+    assert loops[-1] == "http://127.0.0.1:1/b"
+    assert client_argv(curl1, "u", 3, script)[2].count("sh -c") == 1
+
+
+def test_curl_loops_are_summed_over_the_longest_loop() -> None:
+    output = (
+        "curl-loop bytes=2000 requests=2 ns=3000000000\n"
+        "curl-loop bytes=1000 requests=1 ns=2000000000\n"
+    )
+    result = curl_result(output)
+    assert result.requests == 3 and result.mib_per_s == pytest.approx(3000 / 2**20 / 3.0)
