@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import trio
 
@@ -30,6 +31,9 @@ from mirror.mirroring.race import (
     RaceEvent,
     Start,
 )
+
+D = TypeVar("D")  # how a core ended
+A = TypeVar("A")  # an attempt's answer
 
 log = logging.getLogger("mirror.mirroring")
 
@@ -68,16 +72,13 @@ class RaceShell:
 
     async def run(self) -> tuple[Done[Provider], PeerResponse | None]:
         """Race to the end; the winner's response (if any) is the caller's to close."""
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._pump)
-                done = await self._drive(nursery)
-                nursery.cancel_scope.cancel()
-            won = self._heads.pop(done.winner) if done.winner is not None else None
-        finally:
-            for peer in self._heads.values():
-                peer.close()
-        return done, won
+        return await run_attempts(
+            lambda: pump_providers(self._providers, self._send),
+            self._drive,
+            lambda done: done.winner,
+            self._heads,
+            lambda peer: peer.close(),
+        )
 
     async def _drive(self, nursery: trio.Nursery) -> Done[Provider]:
         while True:
@@ -112,11 +113,6 @@ class RaceShell:
                 return
             self._race.receive(event, trio.current_time())
 
-    async def _pump(self) -> None:
-        async for provider in self._providers:
-            self._send.send_nowait(ProviderFound(provider))
-        self._send.send_nowait(Exhausted())
-
     async def _attempt(self, provider: Provider, scope: trio.CancelScope) -> None:
         request = self._request
         with scope:
@@ -146,6 +142,39 @@ class RaceShell:
             self._on_failure(provider, head_failure(exc))
         unreachable = isinstance(exc, PeerUnreachable)
         self._send.send_nowait(AttemptFailed(provider, str(exc), unreachable))
+
+
+async def pump_providers(
+    providers: AsyncIterator[Provider],
+    send: trio.MemorySendChannel[ProviderFound[Provider] | Exhausted],
+) -> None:
+    """Every provider found, then the end of the lookup, as a core's events."""
+    async for provider in providers:
+        send.send_nowait(ProviderFound(provider))
+    send.send_nowait(Exhausted())
+
+
+async def run_attempts(
+    pump: Callable[[], Awaitable[None]],
+    drive: Callable[[trio.Nursery], Awaitable[D]],
+    winner_of: Callable[[D], Provider | None],
+    answers: dict[Provider, A],
+    close: Callable[[A], None],
+) -> tuple[D, A | None]:
+    """A shell's life: the lookup pumped in, its core driven to the end (attempts start
+    in the nursery), then every answer but the winner's closed. The winner's is the
+    caller's to close."""
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump)
+            end = await drive(nursery)
+            nursery.cancel_scope.cancel()
+        winner = winner_of(end)
+        won = answers.pop(winner) if winner is not None else None
+    finally:
+        for answer in answers.values():
+            close(answer)
+    return end, won
 
 
 def _log_failure(provider: Provider, error: str) -> None:

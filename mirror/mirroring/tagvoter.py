@@ -23,8 +23,8 @@ from mirror.mirroring.peer import (
     read_whole_body,
     request_head,
 )
-from mirror.mirroring.race import AttemptFailed, Exhausted, ProviderFound, Start
-from mirror.mirroring.racer import BUSY, FailureSink, HeadRequest
+from mirror.mirroring.race import AttemptFailed, Start
+from mirror.mirroring.racer import BUSY, FailureSink, HeadRequest, pump_providers, run_attempts
 from mirror.mirroring.tagvote import Answered, Decided, TagVote, VoteEvent
 from mirror.oci.digest import digest_matches, is_digest
 from mirror.server.io import PeerStalled
@@ -58,16 +58,13 @@ class TagVoter:
 
     async def run(self) -> tuple[Decided[Provider], Ballot | None]:
         """Vote to the end; the winner's answer (if any) is the caller's to close."""
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._pump)
-                decided = await self._drive(nursery)
-                nursery.cancel_scope.cancel()
-            won = self._ballots.pop(decided.winner) if decided.winner is not None else None
-        finally:
-            for ballot in self._ballots.values():
-                ballot.peer.close()
-        return decided, won
+        return await run_attempts(
+            lambda: pump_providers(self._providers, self._send),
+            self._drive,
+            lambda decided: decided.winner,
+            self._ballots,
+            lambda ballot: ballot.peer.close(),
+        )
 
     async def _drive(self, nursery: trio.Nursery) -> Decided[Provider]:
         while True:
@@ -80,11 +77,6 @@ class TagVoter:
             with trio.move_on_at(command.deadline):
                 event = await self._receive.receive()
                 self._vote.receive(event, trio.current_time())
-
-    async def _pump(self) -> None:
-        async for provider in self._providers:
-            self._send.send_nowait(ProviderFound(provider))
-        self._send.send_nowait(Exhausted())
 
     async def _attempt(self, provider: Provider) -> None:
         request = self._request
