@@ -316,6 +316,27 @@ class ContainerdNode(StartStop):
             output=(result.stdout + result.stderr)[-8000:],
         )
 
+    def start_pull(self, ref: str, log: Path | None = None) -> subprocess.Popen[bytes]:
+        """`ctr images pull` of `ref` through this node's `hosts.toml`, left running (for
+        faults injected while it goes); its output to `log`, or discarded."""
+        argv = [
+            self.ctr_binary,
+            "--address",
+            str(self.address),
+            "--namespace",
+            self.namespace,
+            "images",
+            "pull",
+            "--hosts-dir",
+            str(self.config_path),
+            "--plain-http",
+            ref,
+        ]
+        if log is None:
+            return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        with log.open("wb") as sink:
+            return subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT)
+
     def images(self) -> list[tuple[str, str]]:
         """(name, target digest) of every image in the namespace."""
         out = self.ctr("images", "ls").stdout.splitlines()

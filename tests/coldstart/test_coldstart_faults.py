@@ -75,26 +75,8 @@ def _claimant_midway(cluster: BenchCluster, layer: int, timeout: float = 30.0) -
 
 
 def _ctr_pull(cluster: BenchCluster, node: int, ref: str) -> subprocess.Popen[bytes]:
-    containerd = cluster[node].containerd
     name = ref.rsplit("/", 1)[-1].replace(":", "-")
-    with (cluster.base_dir / f"ctr-{name}-{node + 1}.log").open("wb") as log:
-        return subprocess.Popen(
-            [
-                containerd.ctr_binary,
-                "--address",
-                str(containerd.address),
-                "--namespace",
-                containerd.namespace,
-                "images",
-                "pull",
-                "--hosts-dir",
-                str(containerd.config_path),
-                "--plain-http",
-                ref,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    return cluster[node].containerd.start_pull(ref, cluster.base_dir / f"ctr-{name}-{node + 1}.log")
 
 
 def _assert_holds(cluster: BenchCluster, nodes: list[int], image: GeneratedImage) -> None:

@@ -4,7 +4,6 @@ when containerd comes back at its offset."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Iterator
 
@@ -61,24 +60,7 @@ def test_a_holder_killed_mid_body_is_replaced(cluster: LocalCluster) -> None:
     ns = f"?ns={cluster.upstream.host}"
     _wait_served_by_peer(cluster, 1, f"/v2/{image.name}/blobs/{image.layers[0].digest}{ns}")
     cluster.upstream.stop()
-    containerd = cluster[1].containerd
-    pull = subprocess.Popen(
-        [
-            containerd.ctr_binary,
-            "--address",
-            str(containerd.address),
-            "--namespace",
-            containerd.namespace,
-            "images",
-            "pull",
-            "--hosts-dir",
-            str(containerd.config_path),
-            "--plain-http",
-            ref,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    pull = cluster[1].containerd.start_pull(ref)
     victim = None
     try:
         deadline = time.monotonic() + 30
