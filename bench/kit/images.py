@@ -15,13 +15,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.kit import layers
 from bench.kit.distribution import get_manifest, split_ref
 from bench.kit.layers import COMPRESSIONS, HashingWriter, tar_info, write_layer
 from bench.kit.layers import LAYER_MEDIA_TYPE as LAYER_MEDIA_TYPE
@@ -154,25 +153,9 @@ def write_json_blob(layout_dir: Path, obj: Any, media_type: str) -> Blob:
     return write_blob(layout_dir, data, media_type)
 
 
-@contextlib.contextmanager
-def streamed_blob(layout_dir: Path) -> Iterator[HashingWriter]:
-    """A blob written through a HashingWriter, stored under its digest on success.
-
-    The writer is hashed as it goes, so a blob of any size never sits in memory;
-    it is renamed to `blobs/sha256/<digest>` when the block ends without an error,
-    removed otherwise.
-    """
-    directory = blob_dir(layout_dir)
-    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-blob-", dir=directory)
-    os.fchmod(fd, 0o644)  # as write_blob's, not mkstemp's 0600
-    try:
-        with os.fdopen(fd, "wb") as f:
-            writer = HashingWriter(f)
-            yield writer
-        os.replace(tmp_name, directory / writer.sha.hexdigest())
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+def streamed_blob(layout_dir: Path) -> contextlib.AbstractContextManager[HashingWriter]:
+    """A blob streamed into the layout, stored under its digest (layers.streamed_blob)."""
+    return layers.streamed_blob(blob_dir(layout_dir))
 
 
 def _write_layer(

@@ -81,6 +81,25 @@ class HashingWriter:
         return "sha256:" + self.sha.hexdigest()
 
 
+@contextmanager
+def streamed_blob(blob_dir: Path) -> Iterator[HashingWriter]:
+    """A blob written through a HashingWriter, stored as `blob_dir/<hex>` on success.
+
+    The writer is hashed as it goes, so a blob of any size never sits in memory; it is
+    renamed to its digest when the block ends without an error, removed otherwise.
+    """
+    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-blob-", dir=blob_dir)
+    os.fchmod(fd, 0o644)  # as any blob of the layout, not mkstemp's 0600
+    try:
+        with os.fdopen(fd, "wb") as f:
+            writer = HashingWriter(f)
+            yield writer
+        os.replace(tmp_name, blob_dir / writer.sha.hexdigest())
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
 def zstandard_module() -> Any:
     """The `zstandard` package, or an error saying which extra brings it."""
     try:
@@ -212,24 +231,16 @@ def write_layer(
     if content not in CONTENTS:
         raise ValueError(f"unknown layer content {content!r}: use one of {', '.join(CONTENTS)}")
     rng = random.Random(seed)
-    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-layer-", dir=blob_dir)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            stored = HashingWriter(f)
-            with _compressor(stored, compression) as packed:
-                tarred = HashingWriter(packed)
-                with tarfile.TarFile(
-                    fileobj=cast(IO[bytes], tarred),
-                    mode="w",
-                    format=tarfile.PAX_FORMAT,
-                    copybufsize=CHUNK,
-                ) as tar:
-                    fill = _tree_content if content == "tree" else _random_content
-                    fill(tar, rng, index, size, files)
-        os.replace(tmp_name, blob_dir / stored.digest.removeprefix("sha256:"))
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with streamed_blob(blob_dir) as stored, _compressor(stored, compression) as packed:
+        tarred = HashingWriter(packed)
+        with tarfile.TarFile(
+            fileobj=cast(IO[bytes], tarred),
+            mode="w",
+            format=tarfile.PAX_FORMAT,
+            copybufsize=CHUNK,
+        ) as tar:
+            fill = _tree_content if content == "tree" else _random_content
+            fill(tar, rng, index, size, files)
     return WrittenLayer(stored.digest, stored.size, tarred.digest, COMPRESSIONS[compression])
 
 
