@@ -46,6 +46,14 @@ from mirror.mirroring.providers import ProviderCache
 from mirror.mirroring.race import Race, RaceLimits
 from mirror.mirroring.racer import HeadRequest, RaceShell
 from mirror.mirroring.relay import RelayBody, RelayStats
+from mirror.mirroring.stripe import StripeLimits
+from mirror.mirroring.striper import (
+    ANY_SOURCE,
+    StripedBody,
+    StripeReport,
+    StripeSettings,
+    second_holder,
+)
 from mirror.mirroring.tagvote import TagVote, VoteLimits
 from mirror.mirroring.tagvoter import TagVoter
 from mirror.oci.digest import digest_matches
@@ -99,6 +107,8 @@ class MirrorSettings:
     wrong_source_retries: int = 2
     # Providers asked at once which digest a tag names (tagvote.py).
     tag_voters: int = 3
+    # A huge blob from several complete holders at once (striper.py).
+    stripe: StripeSettings = field(default_factory=StripeSettings)
 
 
 @dataclass(frozen=True)
@@ -123,6 +133,8 @@ class MirrorEvent:
     inflight_source: bool = False
     # A tag: answers of other providers that named another digest (tagvote.py).
     tag_disagreements: int = 0
+    # A blob fetched in ranges from several holders at once: how many sent bytes.
+    striped: int = 0
 
 
 class ClaimSource(Protocol):
@@ -298,6 +310,8 @@ class PeerMirror:
         self.book = book if book is not None else ClaimBook(self.settings.claim_lease)
         self.latencies = HeadLatencies()
         self.distrust = SourceDistrust()
+        # Blobs whose striped bytes were wrong: relayed from one holder for now (striper.py).
+        self.unstriped = SourceDistrust()
         # Drops the local download a wrong relay poisoned, before its reset (poisoned.py).
         self.abort_ingest = abort_ingest
         self._on_event = on_event
@@ -327,6 +341,7 @@ class PeerMirror:
         resumes: int = 0,
         digest_mismatch: bool = False,
         tag_disagreements: int = 0,
+        striped: int = 0,
     ) -> None:
         self._emit(
             MirrorEvent(
@@ -345,6 +360,7 @@ class PeerMirror:
                 digest_mismatch,
                 served.inflight,
                 tag_disagreements,
+                striped,
             )
         )
 
@@ -374,7 +390,7 @@ class PeerMirror:
                     return await self._small(miss, served, budget)
                 except WrongBytes:
                     continue  # that source is distrusted now: the next one
-            return self._blob(miss, served)
+            return await self._blob(miss, served)
         return None
 
     async def _find(self, miss: _Miss, head: HeadRequest, budget: float) -> _Served | None:
@@ -610,8 +626,11 @@ class PeerMirror:
         ]
         return Response(307, headers, b"", handler=miss.kind, source="peer")
 
-    def _blob(self, miss: _Miss, served: _Served) -> Response:
+    async def _blob(self, miss: _Miss, served: _Served) -> Response:
         peer = served.peer
+        striped = await self._striped(miss, served)
+        if striped is not None:
+            return striped
         if self._redirects and miss.method == "GET" and not served.inflight:
             return self._redirect(miss, served)
         start = _range_start(peer.header("content-range")) if peer.status == 206 else 0
@@ -657,6 +676,73 @@ class PeerMirror:
         )
         return Response(
             peer.status, served.response_headers(miss.key), body, handler=miss.kind, source="peer"
+        )
+
+    async def _striped(self, miss: _Miss, served: _Served) -> Response | None:
+        """A whole blob of `stripe.threshold` bytes or more, from a complete holder, with
+        a second one known: fetched in ranges from several at once (striper.py). In
+        redirect mode too: a 307 ties the whole layer to one holder's uplink."""
+        peer, stripe = served.peer, self.settings.stripe
+        if not (
+            miss.method == "GET"
+            and miss.digest is not None
+            and peer.status == 200
+            and not served.inflight
+            and stripe.applies(peer.content_length)
+            and not self.unstriped.distrusted(miss.digest, ANY_SOURCE, trio.current_time())
+        ):
+            return None
+        first = (served.provider.host, served.provider.registry_port)
+        pick = _Pick(complete_only=True)
+        if not await second_holder(self._sources(miss.key, pick), first, stripe.holder_wait):
+            return None
+        peer.close()  # its body is asked for again, in ranges
+
+        def done(report: StripeReport) -> None:
+            resumes, holders = report.stats.replaced, len(report.stats.contributors)
+            if report.digest_mismatch:
+                self._striped_wrong(miss, served, report)
+            else:
+                outcome: Literal["peer", "failed"] = "peer" if report.sent == length else "failed"
+                self._finished(miss, served, outcome, report.sent, resumes, striped=holders)
+
+        length = peer.content_length
+        settings = self.settings
+        body = StripedBody(
+            target=miss.target,
+            headers=self.peer_headers,
+            length=length,
+            digest=miss.digest,
+            first_holder=first,
+            sources=self._sources(miss.key, pick),
+            limits=StripeLimits(
+                width=stripe.width,
+                piece=stripe.piece,
+                depth=stripe.depth,
+                stall_timeout=settings.stall_timeout,
+                min_rate=settings.min_rate,
+                rate_window=settings.rate_window,
+            ),
+            on_done=done,
+            before_reset=self._aborter(miss.digest),
+        )
+        return Response(
+            200, served.response_headers(miss.key), body, handler=miss.kind, source="peer"
+        )
+
+    def _striped_wrong(self, miss: _Miss, served: _Served, report: StripeReport) -> None:
+        """A striped blob that did not hash to its digest. Which holder lied cannot be
+        told from the whole: none is distrusted, but the blob is not striped again for
+        the hour, so that the next attempt, from one holder, blames the right one."""
+        assert miss.digest is not None
+        self.unstriped.distrust(miss.digest, ANY_SOURCE, trio.current_time())
+        suspects = report.stats.contributors
+        log.warning(
+            "striped bytes were wrong: the blob is relayed from one holder from now on",
+            extra={"key": miss.key, "peers": [f"{h}:{p}" for h, p in suspects]},
+        )
+        self._finished(
+            miss, served, "failed", report.sent, digest_mismatch=True, striped=len(suspects)
         )
 
     def _aborter(self, digest: str | None) -> Callable[[], Awaitable[None]] | None:
