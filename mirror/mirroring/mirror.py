@@ -326,6 +326,8 @@ class PeerMirror:
             "duration_ms": round(event.duration * 1000, 2),
             "resumes": event.resumes,
         }
+        if event.striped:
+            fields["striped"] = event.striped
         log.log(
             logging.DEBUG if event.outcome == "miss" else logging.INFO, "mirrored", extra=fields
         )

@@ -28,9 +28,7 @@ from mirror.mirroring.stripe import (
 )
 
 # A window of 2 holders x 2 requests x 10 bytes = 40 bytes.
-LIMITS = StripeLimits(
-    width=2, piece=10, depth=2, stall_timeout=8.0, min_rate=0.0, rate_window=4.0
-)
+LIMITS = StripeLimits(width=2, piece=10, depth=2, stall_timeout=8.0, min_rate=0.0, rate_window=4.0)
 TOTAL = 100
 
 
@@ -333,89 +331,105 @@ class _SimHolder:
         self.dropped = False
 
 
-def _simulate(seed: int) -> tuple[Stripe[str], bytes, bytes]:
-    import random
+class _Simulation:
+    """Random holders and a client that reads what it can, on fake time; checks that
+    no byte is asked of two holders at once nor past the window, and that every byte
+    lands only where its holder was asked to put it, past what the client has read."""
 
-    rng = random.Random(seed)
-    total = rng.randrange(1, 3000)
-    blob = rng.randbytes(total)
-    limits = StripeLimits(
-        width=rng.randrange(1, 4),
-        piece=rng.randrange(1, 90),
-        depth=rng.randrange(1, 4),
-        stall_timeout=2.0,
-        min_rate=0.0,
-        rate_window=1.0,
-        max_failures=rng.randrange(2, 9),
-    )
-    holders = {
-        f"h{i}": _SimHolder(
-            rng.randrange(1, 120),
-            busy=rng.random() < 0.15,
-            breaks_after=rng.randrange(0, total) if rng.random() < 0.3 else None,
+    def __init__(self, seed: int) -> None:
+        import random
+
+        self.rng = rng = random.Random(seed)
+        self.total = total = rng.randrange(1, 3000)
+        self.blob = rng.randbytes(total)
+        self.limits = StripeLimits(
+            width=rng.randrange(1, 4),
+            piece=rng.randrange(1, 90),
+            depth=rng.randrange(1, 4),
+            stall_timeout=2.0,
+            min_rate=0.0,
+            rate_window=1.0,
+            max_failures=rng.randrange(2, 9),
         )
-        for i in range(rng.randrange(1, 6))
-    }
-    stripe = Stripe(limits, 0, total, total, 0.0)
-    ring = bytearray(limits.window)
-    out = bytearray()
-    now = 0.0
-    for name in holders:
-        stripe.receive(HolderFound(name), now)
-    stripe.receive(NoMoreHolders(), now)
-    outstanding: dict[int, str] = {}  # every byte asked for and not yet received -> holder
-    for _ in range(100_000):
-        for command in _step(stripe, now):
-            if isinstance(command, Fetch):
-                # Never past the window, never a byte asked of two holders at once.
-                assert stripe.sent <= command.start < command.end <= stripe.sent + limits.window
-                for offset in range(command.start, command.end):
-                    assert offset not in outstanding
-                    outstanding[offset] = command.holder
-                holders[command.holder].queue.append([command.start, command.end, 0, 0])
-            elif isinstance(command, Drop):
-                holders[command.holder].dropped = True
-                for offset in [o for o, h in outstanding.items() if h == command.holder]:
-                    del outstanding[offset]
-        if stripe.over is not None:
-            break
-        now += 0.0625
-        for name, holder in holders.items():
-            if holder.dropped or not holder.queue:
-                continue
-            request = holder.queue[0]
-            if not request[3]:
-                request[3] = 1
-                status = 503 if holder.busy else 206
-                content_range = f"bytes {request[0]}-{request[1] - 1}/{total}"
-                stripe.receive(Answered(name, status, content_range, request[1] - request[0]), now)
-                continue
-            if holder.breaks_after is not None and holder.sent >= holder.breaks_after:
-                stripe.receive(HolderFailed(name, "broke"), now)
-                continue
-            count = min(holder.speed, request[1] - request[0] - request[2])
-            start = request[0] + request[2]
-            for offset in range(start, start + count):
-                # A byte goes only where the holder was asked to put it, past the client.
-                assert outstanding.pop(offset) == name and offset >= stripe.ready
-                ring[offset % limits.window] = blob[offset]
-            request[2] += count
-            holder.sent += count
-            stripe.receive(Received(name, count), now)
-            if request[2] == request[1] - request[0]:
-                holder.queue.pop(0)
-        take = rng.randrange(0, 200)  # the client reads what it can
-        take = min(take, stripe.ready - stripe.sent)
+        self.holders = {
+            f"h{i}": _SimHolder(
+                rng.randrange(1, 120),
+                busy=rng.random() < 0.15,
+                breaks_after=rng.randrange(0, total) if rng.random() < 0.3 else None,
+            )
+            for i in range(rng.randrange(1, 6))
+        }
+        self.stripe = Stripe(self.limits, 0, total, total, 0.0)
+        self.ring = bytearray(self.limits.window)
+        self.out = bytearray()
+        self.outstanding: dict[int, str] = {}  # every byte asked for, not yet received
+        self.now = 0.0
+
+    def run(self) -> None:
+        for name in self.holders:
+            self.stripe.receive(HolderFound(name), self.now)
+        self.stripe.receive(NoMoreHolders(), self.now)
+        for _ in range(100_000):
+            for command in _step(self.stripe, self.now):
+                self._carry_out(command)
+            if self.stripe.over is not None:
+                return
+            self.now += 0.0625
+            for name, holder in self.holders.items():
+                if not holder.dropped and holder.queue:
+                    self._send(name, holder)
+            self._read()
+
+    def _carry_out(self, command: StripeCommand[str]) -> None:
+        stripe = self.stripe
+        if isinstance(command, Fetch):
+            assert stripe.sent <= command.start < command.end <= stripe.sent + self.limits.window
+            for offset in range(command.start, command.end):
+                assert offset not in self.outstanding
+                self.outstanding[offset] = command.holder
+            self.holders[command.holder].queue.append([command.start, command.end, 0, 0])
+        elif isinstance(command, Drop):
+            self.holders[command.holder].dropped = True
+            for offset in [o for o, h in self.outstanding.items() if h == command.holder]:
+                del self.outstanding[offset]
+
+    def _send(self, name: str, holder: _SimHolder) -> None:
+        request = holder.queue[0]
+        if not request[3]:
+            request[3] = 1
+            status = 503 if holder.busy else 206
+            content_range = f"bytes {request[0]}-{request[1] - 1}/{self.total}"
+            answer = Answered(name, status, content_range, request[1] - request[0])
+            self.stripe.receive(answer, self.now)
+            return
+        if holder.breaks_after is not None and holder.sent >= holder.breaks_after:
+            self.stripe.receive(HolderFailed(name, "broke"), self.now)
+            return
+        count = min(holder.speed, request[1] - request[0] - request[2])
+        start = request[0] + request[2]
+        for offset in range(start, start + count):
+            assert self.outstanding.pop(offset) == name and offset >= self.stripe.ready
+            self.ring[offset % self.limits.window] = self.blob[offset]
+        request[2] += count
+        holder.sent += count
+        self.stripe.receive(Received(name, count), self.now)
+        if request[2] == request[1] - request[0]:
+            holder.queue.pop(0)
+
+    def _read(self) -> None:
+        stripe = self.stripe
+        take = min(self.rng.randrange(0, 200), stripe.ready - stripe.sent)
         if take:
-            out += bytes(ring[(stripe.sent + i) % limits.window] for i in range(take))
-            stripe.receive(Delivered(take), now)
-    return stripe, blob, bytes(out)
+            window = self.limits.window
+            self.out += bytes(self.ring[(stripe.sent + i) % window] for i in range(take))
+            stripe.receive(Delivered(take), self.now)
 
 
 @pytest.mark.parametrize("seed", range(200))
 def test_whatever_holders_do_the_client_gets_the_blob_or_a_give_up(seed: int) -> None:
-    stripe, blob, out = _simulate(seed)
-    assert stripe.over is not None
-    assert blob.startswith(out)
-    if isinstance(stripe.over, Finished):
-        assert out == blob
+    simulation = _Simulation(seed)
+    simulation.run()
+    assert simulation.stripe.over is not None
+    assert simulation.blob.startswith(simulation.out)
+    if isinstance(simulation.stripe.over, Finished):
+        assert simulation.out == simulation.blob

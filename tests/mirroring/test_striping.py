@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 import trio
 
-from dht import Provider
 from mirror.mirroring.mirror import MirrorEvent, MirrorSettings, PeerMirror
 from mirror.mirroring.providers import ProviderCache
 from mirror.mirroring.relay import DigestMismatch, RelayBody
