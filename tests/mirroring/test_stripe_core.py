@@ -33,7 +33,9 @@ TOTAL = 100
 
 
 def _stripe(*holders: str, now: float = 0.0, **changes: Any) -> Stripe[str]:
-    stripe = Stripe(replace(LIMITS, **changes), 0, TOTAL, TOTAL, now, digest="sha256:d")
+    stripe: Stripe[str] = Stripe(
+        replace(LIMITS, **changes), 0, TOTAL, TOTAL, now, digest="sha256:d"
+    )
     for holder in holders:
         stripe.receive(HolderFound(holder), now)
     return stripe
@@ -359,7 +361,7 @@ class _Simulation:
             )
             for i in range(rng.randrange(1, 6))
         }
-        self.stripe = Stripe(self.limits, 0, total, total, 0.0)
+        self.stripe: Stripe[str] = Stripe(self.limits, 0, total, total, 0.0)
         self.ring = bytearray(self.limits.window)
         self.out = bytearray()
         self.outstanding: dict[int, str] = {}  # every byte asked for, not yet received

@@ -48,12 +48,14 @@ _RESET = struct.pack("ii", 1, 0)
 class RangePeer:
     """A holder of BLOB that answers `Range` on a kept-alive connection, until its
     fault: after `die_after` body bytes it resets the connection; `wrong` flips a byte
-    of every range; `shift` answers another range than asked; `busy` says 503."""
+    of every range; `shift` answers another range than asked; `busy` says 503;
+    `trickle` sends slowly."""
 
     die_after: int | None = None
     wrong: bool = False
     shift: int = 0
     busy: bool = False
+    trickle: bool = False  # 1 KiB every 10 ms: 100 KB/s, far behind the others
     asked: list[tuple[int, int]] = field(default_factory=list)
     sent: int = 0
     port: int = 0
@@ -113,7 +115,9 @@ class RangePeer:
             if self.die_after is not None and self.sent >= self.die_after:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
                 return False
-            count = await sock.send(view[: min(16384, len(view))])
+            if self.trickle:
+                await trio.sleep(0.01)
+            count = await sock.send(view[: min(1024 if self.trickle else 16384, len(view))])
             self.sent += count
             view = view[count:]
         return True
@@ -218,7 +222,37 @@ async def test_a_holder_answering_another_range_is_dropped(tmp_path: Path) -> No
     assert events[0].outcome == "peer" and events[0].striped == 2
 
 
-async def test_a_busy_holder_is_not_used(tmp_path: Path) -> None:
+def _drops(caplog: pytest.LogCaptureFixture, port: int) -> list[str]:
+    """Why the holder on `port` was dropped from a striped fetch."""
+    return [
+        record.reason  # type: ignore[attr-defined]
+        for record in caplog.records
+        if record.getMessage() == "striped fetch dropped a holder"
+        and record.peer == f"127.0.0.1:{port}"  # type: ignore[attr-defined]
+    ]
+
+
+async def test_a_trickling_holder_is_let_go(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="mirror.mirroring")
+    events: list[MirrorEvent] = []
+    async with trio.open_nursery() as nursery:
+        good = await _good_peers(nursery, tmp_path, 2)
+        slow = RangePeer(trickle=True)
+        ports = [good[0], await slow.start(nursery), good[1]]
+        mirror = await _mirror(nursery, ports, events)
+        response = await _fetch(mirror)
+        assert response is not None
+        assert await _body_through(response) == BLOB
+        nursery.cancel_scope.cancel()
+    # It held the window back while the others stood idle: its ranges went to them.
+    assert _drops(caplog, slow.port) == ["slower than an idle holder"]
+    assert events[0].outcome == "peer" and events[0].resumes >= 1
+
+
+async def test_a_busy_holder_is_not_used(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="mirror.mirroring")
     events: list[MirrorEvent] = []
     async with trio.open_nursery() as nursery:
         good = await _good_peers(nursery, tmp_path, 2)
@@ -230,6 +264,7 @@ async def test_a_busy_holder_is_not_used(tmp_path: Path) -> None:
         assert await _body_through(response) == BLOB
         nursery.cancel_scope.cancel()
     assert 1 <= len(busy.asked) <= 2
+    assert _drops(caplog, busy.port) == ["busy"]
     assert events[0].outcome == "peer" and events[0].striped == 2
 
 
@@ -371,3 +406,26 @@ async def _get_through(port: int) -> tuple[int, bytes, bool]:
         assert length == len(BLOB)
     assert hashlib.sha256(BLOB).hexdigest() in DIGEST
     return status, body, reset
+
+
+async def test_in_redirect_mode_a_huge_blob_with_two_holders_is_striped(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        ports = await _good_peers(nursery, tmp_path, 2)
+        mirror = await _mirror(nursery, ports, redirect=True)
+        response = await _fetch(mirror)
+        assert response is not None and response.status == 200
+        assert isinstance(response.body, StripedBody)
+        assert await _body_through(response) == BLOB
+        nursery.cancel_scope.cancel()
+
+
+async def test_in_redirect_mode_a_huge_blob_with_one_holder_is_redirected(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        port = await _good_peer(nursery, tmp_path)
+        mirror = await _mirror(nursery, [port], redirect=True)
+        response = await _fetch(mirror)
+        assert response is not None and response.status == 307
+        location = dict(response.headers)["Location"]
+        assert location.startswith(f"http://127.0.0.1:{port}/v2/team/app/blobs/{DIGEST}")
+        response.release()
+        nursery.cancel_scope.cancel()
