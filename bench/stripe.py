@@ -19,7 +19,10 @@ either way; the whole pull is reported too). The run-by-run ratio of arrival
 times, one holder / striped, must be >= 3 (the ideal is 4). A second scenario
 reads the layer from node 5's mirror with curl into /dev/null: the mirror's own
 delivery, without containerd's ingest competing for the same two cores. Node 5's
-mirror's RSS and CPU seconds are sampled during each run.
+mirror's RSS, the CPU seconds of its mirror, of its containerd and of the holders,
+and the share of the machine's cores busy are sampled during each run: on a small
+machine a striped pull by containerd is bound by CPU (hashing and copying in the
+mirror, hashing and writing in containerd), not by the holders' uplinks.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from bench.kit.procs import KitError
 from bench.measure import MIB, Check, paired_ratios, summarize
 from bench.proxy import _wait_peer
 from bench.runner import RetryPolicy, RunHooks, Trial, run_trials, trial_matrix
-from bench.sampling import UsageMeter
+from bench.sampling import PidSource, UsageMeter
 
 MB = 1_000_000
 STRIPED, ONE = "striped", "one holder"
@@ -104,6 +107,9 @@ class PullRun:
     striped: bool  # the mirror's striped-bodies counter went up
     rss_mib: float
     cpu_s: float  # the puller's mirror's CPU seconds
+    containerd_cpu_s: float  # the puller's containerd's
+    machine_busy: float  # of the machine's cores, the share busy (every process)
+    holders_cpu_s: float  # every holder's mirror
 
 
 class ArrivalWatch:
@@ -146,13 +152,28 @@ class Puller:
     def __call__(self, trial: Trial[str, str]) -> PullRun:
         _set_width(self.cluster, self.node, 1 if trial.subject == ONE else 4, self.path)
         mirror = self.cluster[self.node].mirror
+        containerd = self.cluster[self.node].containerd
         before = _striped_bodies(mirror.metrics_url)
-        with UsageMeter({"mirror": lambda: [mirror.process.pid or 0]}) as meter:
+        groups: dict[str, PidSource] = {
+            "mirror": lambda: [mirror.process.pid or 0],
+            "containerd": lambda: [containerd.pid or 0],
+            "holders": lambda: [n.mirror.process.pid or 0 for n in self.cluster.nodes[:-1]],
+        }
+        started = time.perf_counter()
+        with UsageMeter(groups) as meter:
             arrival, pull = self._curl() if trial.scenario == CURL else self._pull()
+        wall = time.perf_counter() - started
         striped = _striped_bodies(mirror.metrics_url) > before
         usage = meter.usage
         return PullRun(
-            arrival, pull, striped, usage.rss_max_mib("mirror"), usage.group_cpu_s["mirror"]
+            arrival,
+            pull,
+            striped,
+            usage.rss_max_mib("mirror"),
+            usage.group_cpu_s["mirror"],
+            usage.group_cpu_s["containerd"],
+            usage.machine_busy_s / (wall * (os.cpu_count() or 1)),
+            usage.group_cpu_s["holders"],
         )
 
     def _pull(self) -> tuple[float, float]:
@@ -199,7 +220,9 @@ class _Print(RunHooks[str, str, PullRun]):
         print(
             f"      {trial.scenario:15} {trial.subject:10} layer in {result.arrival:6.2f} s"
             f" ({rate:4.0f} MB/s), whole {result.pull:6.2f} s, striped={result.striped},"
-            f" mirror RSS {result.rss_mib:.0f} MiB, CPU {result.cpu_s:.1f} s",
+            f" mirror RSS {result.rss_mib:.0f} MiB, CPU {result.cpu_s:.1f} s,"
+            f" containerd CPU {result.containerd_cpu_s:.1f} s,"
+            f" holders CPU {result.holders_cpu_s:.1f} s, machine {result.machine_busy:.0%} busy",
             flush=True,
         )
 
@@ -267,6 +290,9 @@ def measure(args: argparse.Namespace, base: Path) -> dict[str, Any]:
             "whole_s": {s: [r.pull for r in rs] for s, rs in runs.items()},
             "mirror_rss_mib": {s: [r.rss_mib for r in rs] for s, rs in runs.items()},
             "mirror_cpu_s": {s: [r.cpu_s for r in rs] for s, rs in runs.items()},
+            "containerd_cpu_s": {s: [r.containerd_cpu_s for r in rs] for s, rs in runs.items()},
+            "holders_cpu_s": {s: [r.holders_cpu_s for r in rs] for s, rs in runs.items()},
+            "machine_busy": {s: [r.machine_busy for r in rs] for s, rs in runs.items()},
             "speedup": paired_ratios(
                 [r.arrival for r in runs[ONE]], [r.arrival for r in runs[STRIPED]]
             ),
@@ -316,14 +342,15 @@ def _print_table(results: dict[str, Any], args: argparse.Namespace) -> None:
     print()
     print(
         f"{args.layer_mib} MiB layer, {args.holders} holders at {args.uplink_mb:g} MB/s each,"
-        f" containerd {args.containerd}: median (min-max) of {args.repeat} runs"
+        f" containerd {args.containerd}: median (min-max) of {args.repeat} runs; CPU seconds"
+        " of the puller's mirror / its containerd / the holders, and the machine's share busy"
     )
     print()
     print(
         "| client | from | layer arrived, s | MB/s | whole pull, s"
-        " | puller's mirror: RSS MiB, CPU s |"
+        " | puller's mirror RSS, MiB | CPU s | machine busy |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for scenario in (PULL, CURL):
         row = results[scenario]
         for subject in (STRIPED, ONE):
@@ -331,13 +358,17 @@ def _print_table(results: dict[str, Any], args: argparse.Namespace) -> None:
             rates = summarize([size / s / MB for s in row["arrival_s"][subject]])
             whole = summarize(row["whole_s"][subject]).format(2) if scenario == PULL else ""
             rss = max(row["mirror_rss_mib"][subject])
-            cpu = summarize(row["mirror_cpu_s"][subject]).median
+            cpu = " / ".join(
+                f"{summarize(row[key][subject]).median:.1f}"
+                for key in ("mirror_cpu_s", "containerd_cpu_s", "holders_cpu_s")
+            )
+            busy = summarize(row["machine_busy"][subject]).median
             label = f"striped (up to {args.holders})" if subject == STRIPED else "one holder"
             print(
                 f"| {scenario} | {label} | {arrival.format(2)} | {rates.format()} | {whole}"
-                f" | {rss:.0f}, {cpu:.1f} |"
+                f" | {rss:.0f} | {cpu} | {busy:.0%} |"
             )
         speedup = summarize(row["speedup"]).format(2)
         whole = summarize(row["whole_speedup"]).format(2) if scenario == PULL else ""
-        print(f"| {scenario} | speedup (one / striped) | {speedup} | | {whole} | |")
+        print(f"| {scenario} | speedup (one / striped) | {speedup} | | {whole} | | | |")
     print()
