@@ -46,7 +46,6 @@ from mirror.mirroring.providers import ProviderCache
 from mirror.mirroring.race import Race, RaceLimits
 from mirror.mirroring.racer import HeadRequest, RaceShell
 from mirror.mirroring.relay import RelayBody, RelayStats
-from mirror.mirroring.stripe import StripeLimits
 from mirror.mirroring.striper import (
     ANY_SOURCE,
     StripedBody,
@@ -133,7 +132,7 @@ class MirrorEvent:
     inflight_source: bool = False
     # A tag: answers of other providers that named another digest (tagvote.py).
     tag_disagreements: int = 0
-    # A blob fetched in ranges from several holders at once: how many sent bytes.
+    # A blob fetched in ranges from several holders at once: how many of them sent bytes.
     striped: int = 0
 
 
@@ -701,15 +700,16 @@ class PeerMirror:
         peer.close()  # its body is asked for again, in ranges
 
         def done(report: StripeReport) -> None:
-            resumes, holders = report.stats.replaced, len(report.stats.contributors)
             if report.digest_mismatch:
                 self._striped_wrong(miss, served, report)
-            else:
-                outcome: Literal["peer", "failed"] = "peer" if report.sent == length else "failed"
-                self._finished(miss, served, outcome, report.sent, resumes, striped=holders)
+                return
+            outcome: Literal["peer", "failed"] = "peer" if report.sent == length else "failed"
+            holders = len(report.stats.contributors)
+            self._finished(
+                miss, served, outcome, report.sent, report.stats.replaced, striped=holders
+            )
 
-        length = peer.content_length
-        settings = self.settings
+        length, settings = peer.content_length, self.settings
         body = StripedBody(
             target=miss.target,
             headers=self.peer_headers,
@@ -717,10 +717,7 @@ class PeerMirror:
             digest=miss.digest,
             first_holder=first,
             sources=self._sources(miss.key, pick),
-            limits=StripeLimits(
-                width=stripe.width,
-                piece=stripe.piece,
-                depth=stripe.depth,
+            limits=stripe.limits(
                 stall_timeout=settings.stall_timeout,
                 min_rate=settings.min_rate,
                 rate_window=settings.rate_window,

@@ -81,6 +81,17 @@ class StripeSettings:
     def applies(self, size: int) -> bool:
         return self.width > 1 and size >= self.threshold
 
+    def limits(self, *, stall_timeout: float, min_rate: float, rate_window: float) -> StripeLimits:
+        """The core's limits: these, and the relay's own for a holder that stalls or trickles."""
+        return StripeLimits(
+            width=self.width,
+            piece=self.piece,
+            depth=self.depth,
+            stall_timeout=stall_timeout,
+            min_rate=min_rate,
+            rate_window=rate_window,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class StripeReport:
@@ -198,10 +209,13 @@ class StripedBody:
 
     # Events in, commands out
 
-    def _feed(self, event: StripeEvent[Where]) -> None:
+    def _feed(self, event: StripeEvent[Where] | None) -> None:
+        """Tell the core what happened (None: only that time passed), then carry out
+        what it says; wake the sender when more bytes are ready or the body is over."""
         assert self._core is not None
         ready = self._core.ready
-        self._core.receive(event, trio.current_time())
+        if event is not None:
+            self._core.receive(event, trio.current_time())
         self._drive()
         if self._core.ready != ready:
             self._wake_sender()
@@ -257,14 +271,7 @@ class StripedBody:
                 self._timer = timer
                 await trio.sleep_forever()
             self._timer = None
-            self._feed_time()
-
-    def _feed_time(self) -> None:
-        assert self._core is not None
-        ready = self._core.ready
-        self._drive()
-        if self._core.ready != ready:
-            self._wake_sender()
+            self._feed(None)
 
     async def _pump(self) -> None:
         sources = self._sources
