@@ -57,6 +57,7 @@ class RangePeer:
     busy: bool = False
     trickle: bool = False  # 1 KiB every 10 ms: 100 KB/s, far behind the others
     asked: list[tuple[int, int]] = field(default_factory=list)
+    heads: list[str] = field(default_factory=list)
     sent: int = 0
     port: int = 0
 
@@ -89,6 +90,7 @@ class RangePeer:
                     return
 
     async def _answer(self, sock: trio.socket.SocketType, head: str) -> bool:
+        self.heads.append(head)
         ranges = [line for line in head.split("\r\n") if line.lower().startswith("range:")]
         if not ranges:
             start, end = 0, len(BLOB)
@@ -168,6 +170,28 @@ async def test_a_huge_blob_comes_from_several_holders_at_once(tmp_path: Path) ->
     assert len(set(asked)) == len(asked)
     assert all(end - start <= PIECE for start, end in asked)
     assert [(e.outcome, e.striped, e.bytes) for e in events] == [("peer", 3, len(BLOB))]
+    # Every range request carries the loop guard: a holder serves its own content only.
+    heads = [head.lower() for peer in others for head in peer.heads]
+    assert heads and all("\r\nx-spegel-mirrored: true\r\n" in head for head in heads)
+
+
+async def test_range_requests_carry_the_clusters_credentials(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        first = await _good_peer(nursery, tmp_path / "first")
+        other = RangePeer()
+        ports = [first, await other.start(nursery)]
+        providers = [_provider(port, f"p{port}".encode()) for port in ports]
+        cache = ProviderCache(FixedProviders(providers), is_self=lambda p: False)
+        await nursery.start(cache.run)
+        mirror = PeerMirror(
+            cache, MirrorSettings(stripe=STRIPE), authorization="Basic Zm9vOmJhcg=="
+        )
+        response = await _fetch(mirror)
+        assert response is not None and isinstance(response.body, StripedBody)
+        assert await _body_through(response) == BLOB
+        nursery.cancel_scope.cancel()
+    assert other.heads
+    assert all("\r\nAuthorization: Basic Zm9vOmJhcg==" in head for head in other.heads)
 
 
 async def test_with_one_holder_the_blob_is_relayed_whole(tmp_path: Path) -> None:
