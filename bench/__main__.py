@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "web_overhead": "blob throughput while /metrics is scraped and the debug page is open",
     "coldstart-sim": "a new image reaching 1,000-5,000 nodes at once: the real cores, simulated",
     "soak": "mixed hostile load phase after phase: RSS, fds, loop lag and 5xx over time",
+    "stripe": "a 1 GB layer from 4 holders capped at 100 MB/s at once vs from one",
 }
 # Commands not in bench/<name>.py (bench/measure.py holds the shared stats helpers).
 MODULES = {

@@ -190,6 +190,12 @@ COMMANDS: dict[str, tuple[str, list[Flag]]] = {
                 "relayed (over 10s of waiting for it); below it another peer takes over "
                 "through Range (0: no floor).",
             ),
+            Flag(
+                "mirror-stripe-width",
+                "int",
+                "Complete holders a blob of 64 MiB or more is fetched from at once, in "
+                "ranges sent on in order (1: from one holder).",
+            ),
             Flag("debug-web-enabled", "bool", "When true enables the debug web page."),
             Flag(
                 "resolve-latest-tag",
@@ -376,6 +382,9 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
         floor = values["mirror_min_rate"]
         if isinstance(floor, int) and floor < 0:
             raise UsageError("--mirror-min-rate: use 0 (no floor) or a rate in bytes per second")
+        width = values["mirror_stripe_width"]
+        if isinstance(width, int) and width < 1:
+            raise UsageError("--mirror-stripe-width: use 1 (no striping) or more")
         if not values["resolve_latest_tag"]:
             filters = values["registry_filters"]
             assert isinstance(filters, tuple)

@@ -360,6 +360,13 @@ class Telemetry:
             ["mode", "outcome"],
             registry=r,
         )
+        self.striped_bodies = Counter(
+            "mirror_striped_bodies_total",
+            "Blob bodies fetched in ranges from several complete holders at once, by outcome "
+            "(peer: whole and proven, failed).",
+            ["outcome"],
+            registry=r,
+        )
         self.relay_resumes = Counter(
             "mirror_relay_resumes_total",
             "Relayed bodies resumed from another peer with Range after a peer failed mid-body.",
@@ -590,6 +597,8 @@ class Telemetry:
         self.peer_time_to_head.observe(event.time_to_head)
         if event.kind == "blob" and event.method == "GET":
             self.relayed_bodies.labels(self.relay_mode, event.outcome).inc()
+        if event.striped:
+            self.striped_bodies.labels(event.outcome).inc()
         if event.resumes:
             self.relay_resumes.inc(event.resumes)
 

@@ -47,6 +47,7 @@ from mirror.mirroring.claimbook import ClaimBook
 from mirror.mirroring.mirror import MirrorSettings, PeerMirror
 from mirror.mirroring.poisoned import PoisonedIngests
 from mirror.mirroring.providers import ProviderCache
+from mirror.mirroring.striper import StripeSettings
 from mirror.oci.filters import ReferenceFilter
 from mirror.options import RegistryOptions
 from mirror.server.connection import ConnectionConfig
@@ -313,6 +314,7 @@ class Node:
             redirect=options.mirror_relay == "redirect",
             cold_start=options.cold_start,
             min_rate=options.mirror_min_rate,
+            stripe=StripeSettings(width=options.mirror_stripe_width),
         )
         book = ClaimBook(settings.claim_lease)
         advertiser = Advertiser(

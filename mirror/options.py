@@ -48,6 +48,7 @@ class RegistryOptions:
     peer_streams: int = 3
     peer_upload_rate: int = 0
     mirror_min_rate: int = 65536
+    mirror_stripe_width: int = 4
     debug_web_enabled: bool = True
     resolve_latest_tag: bool = True
     otel_enabled: bool = False

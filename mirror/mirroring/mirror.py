@@ -47,6 +47,13 @@ from mirror.mirroring.providers import ProviderCache
 from mirror.mirroring.race import Race, RaceLimits
 from mirror.mirroring.racer import HeadRequest, RaceShell
 from mirror.mirroring.relay import RelayBody, RelayStats
+from mirror.mirroring.striper import (
+    ANY_SOURCE,
+    StripedBody,
+    StripeReport,
+    StripeSettings,
+    second_holder,
+)
 from mirror.mirroring.tagvote import TagVote, VoteLimits
 from mirror.mirroring.tagvoter import TagVoter
 from mirror.oci.digest import digest_matches
@@ -100,6 +107,8 @@ class MirrorSettings:
     wrong_source_retries: int = 2
     # Providers asked at once which digest a tag names (tagvote.py).
     tag_voters: int = 3
+    # A huge blob from several complete holders at once (striper.py).
+    stripe: StripeSettings = field(default_factory=StripeSettings)
 
 
 @dataclass(frozen=True)
@@ -124,6 +133,8 @@ class MirrorEvent:
     inflight_source: bool = False
     # A tag: answers of other providers that named another digest (tagvote.py).
     tag_disagreements: int = 0
+    # A blob fetched in ranges from several holders at once: how many of them sent bytes.
+    striped: int = 0
 
 
 class ClaimSource(Protocol):
@@ -302,6 +313,8 @@ class PeerMirror:
         self.book = book if book is not None else ClaimBook(self.settings.claim_lease)
         self.latencies = HeadLatencies()
         self.distrust = SourceDistrust()
+        # Blobs whose striped bytes were wrong: relayed from one holder for now (striper.py).
+        self.unstriped = SourceDistrust()
         # Drops the local download a wrong relay poisoned, before its reset (poisoned.py).
         self.abort_ingest = abort_ingest
         self._on_event = on_event
@@ -316,6 +329,8 @@ class PeerMirror:
             "duration_ms": round(event.duration * 1000, 2),
             "resumes": event.resumes,
         }
+        if event.striped:
+            fields["striped"] = event.striped
         log.log(
             logging.DEBUG if event.outcome == "miss" else logging.INFO, "mirrored", extra=fields
         )
@@ -334,6 +349,7 @@ class PeerMirror:
         resumes: int = 0,
         digest_mismatch: bool = False,
         tag_disagreements: int = 0,
+        striped: int = 0,
     ) -> None:
         self._emit(
             MirrorEvent(
@@ -352,6 +368,7 @@ class PeerMirror:
                 digest_mismatch,
                 served.inflight,
                 tag_disagreements,
+                striped,
             )
         )
 
@@ -392,7 +409,10 @@ class PeerMirror:
             return self._unsatisfiable(miss, served)
         if redirecting:
             if not served.inflight and served.peer.content_length > SMALL_BLOB_SIZE:
-                return self._redirect(miss, served)
+                # A huge layer with a second holder is striped instead: a 307 would tie
+                # it to one holder's uplink.
+                striped = await self._striped(miss, served)
+                return striped if striped is not None else self._redirect(miss, served)
             got = await self._get_from(miss, served, head)
             if got is None:
                 return None
@@ -401,7 +421,7 @@ class PeerMirror:
             return self._head(miss, served)
         if miss.kind == "manifest" or _small_whole(miss, served):
             return await self._small(miss, served, budget)
-        return self._blob(miss, served)
+        return await self._blob(miss, served)
 
     async def _find(self, miss: _Miss, head: HeadRequest, budget: float) -> _Served | None:
         """The peer that serves `miss`: a race, then the cold-start path for a blob
@@ -662,8 +682,11 @@ class PeerMirror:
             return await self._find(miss, head, math.inf)
         return _Served(provider, peer, trio.current_time() - miss.started, served.claim)
 
-    def _blob(self, miss: _Miss, served: _Served) -> Response:
+    async def _blob(self, miss: _Miss, served: _Served) -> Response:
         peer = served.peer
+        striped = await self._striped(miss, served)
+        if striped is not None:
+            return striped
         # Several ranges in one multipart body: relayed as they come, never resumed (no
         # offset in the blob names where such a body broke).
         multipart = (peer.header("content-type") or "").startswith("multipart/byteranges")
@@ -717,6 +740,71 @@ class PeerMirror:
         )
         return Response(
             peer.status, served.response_headers(miss.key), body, handler=miss.kind, source="peer"
+        )
+
+    async def _striped(self, miss: _Miss, served: _Served) -> Response | None:
+        """A whole blob of `stripe.threshold` bytes or more, from a complete holder, with
+        a second one known: fetched in ranges from several at once (striper.py). In
+        redirect mode too: a 307 ties the whole layer to one holder's uplink."""
+        peer, stripe = served.peer, self.settings.stripe
+        if not (
+            miss.method == "GET"
+            and miss.digest is not None
+            and peer.status == 200
+            and not served.inflight
+            and stripe.applies(peer.content_length)
+            and not self.unstriped.distrusted(miss.digest, ANY_SOURCE, trio.current_time())
+        ):
+            return None
+        first = (served.provider.host, served.provider.registry_port)
+        pick = _Pick(complete_only=True)
+        if not await second_holder(self._sources(miss.key, pick), first, stripe.holder_wait):
+            return None
+        peer.close()  # its body is asked for again, in ranges
+
+        def done(report: StripeReport) -> None:
+            if report.digest_mismatch:
+                self._striped_wrong(miss, served, report)
+                return
+            outcome: Literal["peer", "failed"] = "peer" if report.sent == length else "failed"
+            holders = len(report.stats.contributors)
+            self._finished(
+                miss, served, outcome, report.sent, report.stats.replaced, striped=holders
+            )
+
+        length, settings = peer.content_length, self.settings
+        body = StripedBody(
+            target=miss.target,
+            headers=self.peer_headers,
+            length=length,
+            digest=miss.digest,
+            first_holder=first,
+            sources=self._sources(miss.key, pick),
+            limits=stripe.limits(
+                stall_timeout=settings.stall_timeout,
+                min_rate=settings.min_rate,
+                rate_window=settings.rate_window,
+            ),
+            on_done=done,
+            before_reset=self._aborter(miss.digest),
+        )
+        return Response(
+            200, served.response_headers(miss.key), body, handler=miss.kind, source="peer"
+        )
+
+    def _striped_wrong(self, miss: _Miss, served: _Served, report: StripeReport) -> None:
+        """A striped blob that did not hash to its digest. Which holder lied cannot be
+        told from the whole: none is distrusted, but the blob is not striped again for
+        the hour, so that the next attempt, from one holder, blames the right one."""
+        assert miss.digest is not None
+        self.unstriped.distrust(miss.digest, ANY_SOURCE, trio.current_time())
+        suspects = report.stats.contributors
+        log.warning(
+            "striped bytes were wrong: the blob is relayed from one holder from now on",
+            extra={"key": miss.key, "peers": [f"{h}:{p}" for h, p in suspects]},
+        )
+        self._finished(
+            miss, served, "failed", report.sent, digest_mismatch=True, striped=len(suspects)
         )
 
     def _aborter(self, digest: str | None) -> Callable[[], Awaitable[None]] | None:

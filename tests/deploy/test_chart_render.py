@@ -521,3 +521,14 @@ def test_the_client_connection_limit_becomes_a_flag_only_when_changed(
     assert "--registry-client-connections=4096" in _args(changed, "registry")
     with pytest.raises(helm.HelmValuesError, match="clientConnection"):
         render_set("registryLimits.clientConnection=2")
+
+
+def test_stripe_width_becomes_a_flag_only_when_changed(
+    default_docs: list[dict[str, Any]],
+) -> None:
+    default_args = _args(find(default_docs, "DaemonSet", "spegel"), "registry")
+    assert not [a for a in default_args if a.startswith("--mirror-stripe-width")]
+    one = find(documents(render_set("mirrorStripeWidth=1")), "DaemonSet", "spegel")
+    assert "--mirror-stripe-width=1" in _args(one, "registry")
+    with pytest.raises(helm.HelmError):
+        render_set("mirrorStripeWidth=0")

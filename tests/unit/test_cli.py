@@ -72,6 +72,7 @@ def test_environment_fills_unset_flags_only() -> None:
         (["registry", "--debug-web-enabled=maybe"], {}),
         (["registry", "--registry-filters", "(unclosed"], {}),
         (["registry"], {"MIRROR_RESOLVE_RETRIES": "three"}),
+        (["registry", "--mirror-stripe-width=0"], {}),
         (["configuration"], {}),
         (["cleanup"], {}),
     ],
@@ -79,6 +80,12 @@ def test_environment_fills_unset_flags_only() -> None:
 def test_bad_values_are_usage_errors(argv: list[str], environ: dict[str, str]) -> None:
     with pytest.raises(UsageError):
         parse_args(argv, environ=environ)
+
+
+def test_stripe_width_from_the_flag_or_the_environment() -> None:
+    assert parse_args(["registry"], environ={}).mirror_stripe_width == 4
+    options = parse_args(["registry"], environ={"MIRROR_STRIPE_WIDTH": "1"})
+    assert options.mirror_stripe_width == 1
 
 
 def test_resolve_latest_tag_false_adds_filter() -> None:

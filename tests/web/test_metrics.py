@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import pytest
 import trio
 import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
@@ -231,6 +232,18 @@ def test_mirror_events_count_outcomes_relays_and_resumes() -> None:
     assert _value(telemetry, "mirror_relay_bodies_total", mode="splice", outcome="peer") == 1
     assert _value(telemetry, "mirror_relay_resumes_total") == 2
     assert _value(telemetry, "mirror_peer_time_to_head_seconds_count") == 1
+    with pytest.raises(KeyError):  # a body from one peer is not a striped one
+        _value(telemetry, "mirror_striped_bodies_total", outcome="peer")
+
+
+def test_striped_bodies_are_counted_by_outcome() -> None:
+    telemetry = Telemetry()
+    for outcome in ("peer", "peer", "failed"):
+        telemetry.on_mirror_event(
+            MirrorEvent("blob", "GET", "sha256:x", "", outcome, "p:1", 200, 9, 0.5, striped=3)
+        )
+    assert _value(telemetry, "mirror_striped_bodies_total", outcome="peer") == 2
+    assert _value(telemetry, "mirror_striped_bodies_total", outcome="failed") == 1
 
 
 async def test_resolve_duration_is_the_time_to_the_first_other_provider() -> None:
