@@ -84,11 +84,40 @@ async def send_file(
 ) -> int:
     """Send `length` bytes of `file_fd` from `offset`; returns the bytes sent.
 
-    With a `pacer`, smaller chunks, each followed by the wait the budget asks."""
-    out_fd = sock.fileno()
-    remaining = length
+    With a `pacer`, smaller chunks, each followed by the wait the budget asks. The
+    socket is corked meanwhile, as nginx's `tcp_nopush` does with sendfile: only full
+    segments leave until the end, where uncorking sends the last one (one curl
+    stream of a 256 MiB blob on loopback: 2,186 MiB/s corked, 1,643 not, median of
+    11 side by side)."""
     if pacer is not None:
         chunk = min(chunk, PACED_CHUNK)
+    corked = _cork(sock, True)
+    try:
+        return await _send_file(sock, file_fd, offset, length, stall_timeout, chunk, pacer)
+    finally:
+        if corked:
+            _cork(sock, False)
+
+
+def _cork(sock: trio.socket.SocketType, on: bool) -> bool:
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, int(on))
+    except OSError:
+        return False  # not TCP (a socket pair in tests), or already closed
+    return True
+
+
+async def _send_file(
+    sock: trio.socket.SocketType,
+    file_fd: int,
+    offset: int,
+    length: int,
+    stall_timeout: float,
+    chunk: int,
+    pacer: Pacer | None,
+) -> int:
+    out_fd = sock.fileno()
+    remaining = length
     while remaining:
         try:
             sent = os.sendfile(out_fd, file_fd, offset, min(chunk, remaining))
