@@ -52,7 +52,7 @@ echo "curl-loop bytes=$total requests=$count ns=$(( $(date +%s%N) - start ))"
 def curl_loop_argv(url: str, clients: int, duration: int) -> list[str]:
     """`clients` curl loops side by side for `duration` seconds, one process tree (its
     CPU is the client's): one result line per loop."""
-    loops = " & ".join(f'sh -c "$0" {duration} "$1"' for _ in range(clients))
+    loops = " & ".join(f'sh -c "$0" curl-loop {duration} "$1"' for _ in range(clients))
     return ["sh", "-c", f"{loops}; wait", CURL_LOOP, url]
 
 

@@ -235,7 +235,7 @@ def test_wrk_command_lines() -> None:
     accept = argv[argv.index("-H") + 1]
     assert accept.startswith("Accept: ") and "application/vnd.oci.image.manifest.v1+json" in accept
     loops = client_argv(curl8, "http://127.0.0.1:1/b", 3, script)
-    assert loops[:2] == ["sh", "-c"] and loops[2].count('sh -c "$0" 3 "$1"') == 8
+    assert loops[:2] == ["sh", "-c"] and loops[2].count('sh -c "$0" curl-loop 3 "$1"') == 8
     assert loops[-1] == "http://127.0.0.1:1/b"
     assert client_argv(curl1, "u", 3, script)[2].count("sh -c") == 1
 
