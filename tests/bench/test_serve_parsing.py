@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
+import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -247,3 +251,21 @@ def test_curl_loops_are_summed_over_the_longest_loop() -> None:
     )
     result = curl_result(output)
     assert result.requests == 3 and result.mib_per_s == pytest.approx(3000 / 2**20 / 3.0)
+
+
+def test_curl_loops_run_against_a_real_server(tmp_path: Path) -> None:
+    (tmp_path / "blob").write_bytes(b"x" * 100_000)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/blob"
+        scenario = next(sc for sc in scenarios(256) if sc.key == "blob-8-curl")
+        argv = client_argv(scenario, url, 1, Path("unused.lua"))
+        output = subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
+    finally:
+        server.shutdown()
+    result = curl_result(output)
+    assert result.requests > 0 and result.bytes_read == 100_000 * result.requests
+    assert len([line for line in output.splitlines() if line.startswith("curl-loop ")]) == 8
