@@ -80,4 +80,15 @@ def test_a_flood_phase_is_held_to_the_loop_lag_target() -> None:
     samples = [baseline, _sample(10, 60, 20), stalled, _sample(30, 60, 20)]
     report = judge(window, samples, baseline, flood=True)
     assert report.lag_p99_s == math.inf
-    assert [name for name, ok in report.checks if not ok] == ["loop lag p99 under 50 ms"]
+    assert [name for name, ok in report.checks if not ok] == ["loop lag p99 at most 50 ms"]
+
+
+def test_a_flood_phase_is_held_to_the_record_stores_bound_not_the_baseline() -> None:
+    baseline = _sample(0, 70, 20)
+    window = PhaseWindow("record-flood", 10, 20, 30)
+    held = [baseline, _sample(10, 80, 20), _sample(20, 120, 20), _sample(30, 120, 20)]
+    assert judge(window, held, baseline, flood=True).passed  # records kept for their TTL
+    over = [baseline, _sample(10, 80, 20), _sample(20, 140, 20), _sample(30, 120, 20)]
+    assert [n for n, ok in judge(window, over, baseline, flood=True).checks if not ok] == [
+        "RSS under 128 MiB at its peak"
+    ]
