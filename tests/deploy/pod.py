@@ -95,6 +95,15 @@ def _security_flags(context: Mapping[str, Any]) -> list[str]:
     return flags
 
 
+def _check_secret_dir(secret: Mapping[str, Any], source: Path) -> None:
+    """`source` stands in for the kubelet's directory of a secret: one file per item."""
+    for item in secret.get("items", []):
+        if not (source / item["path"]).is_file():
+            raise KitError(
+                f"{source / item['path']} (secret {secret['secretName']}) does not exist"
+            )
+
+
 def ctr_run_spec(
     container: Mapping[str, Any],
     volumes: Sequence[Mapping[str, Any]],
@@ -107,7 +116,8 @@ def ctr_run_spec(
     """`container` of a pod as `ctr run` would run it on this machine.
 
     `downward`: fieldPath -> value (`status.hostIP`); `host_paths`: volume name ->
-    the directory or socket standing in for its hostPath; `replace_args`: expanded
+    the directory or socket standing in for its hostPath, or the directory holding a
+    secret's items as files (what the kubelet mounts); `replace_args`: expanded
     args that cannot be kept here (listen addresses bound to every interface, the
     node and host ports), each of which must occur.
     """
@@ -121,12 +131,18 @@ def ctr_run_spec(
     by_name = {volume["name"]: volume for volume in volumes}
     for mount in container.get("volumeMounts", []):
         volume = by_name[mount["name"]]
-        if set(volume) != {"name", "hostPath"}:
-            raise KitError(f"volume {mount['name']}: only hostPath volumes are translated")
         source = host_paths[mount["name"]]
-        if not source.exists():
-            raise KitError(f"{source} (for {volume['hostPath']['path']}) does not exist")
-        mode = "ro" if mount.get("readOnly") else "rw"
+        if set(volume) == {"name", "hostPath"}:
+            if not source.exists():
+                raise KitError(f"{source} (for {volume['hostPath']['path']}) does not exist")
+            mode = "ro" if mount.get("readOnly") else "rw"
+        elif set(volume) == {"name", "secret"}:
+            _check_secret_dir(volume["secret"], source)
+            mode = "ro"  # the kubelet mounts a secret read-only, whatever the mount says
+        else:
+            raise KitError(
+                f"volume {mount['name']}: only hostPath and secret volumes are translated"
+            )
         flags.append(
             f"--mount=type=bind,src={source},dst={mount['mountPath']},options=rbind:{mode}"
         )

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import socket
 import time
@@ -133,6 +134,10 @@ def nodes(onedir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
         node_1.pull(app.ref(upstream.host))  # a workload that was there before the mirror
         node_2 = stack.enter_context(ContainerdNode("node-2", base))
         router = _udp_port_free_on_both(NODE_1, NODE_2)
+        # The chart's Secret, as the kubelet mounts it; node 2's DHT shares the key.
+        router_key = base / "router-key"
+        router_key.mkdir()
+        (router_key / "router.key").write_text(secrets.token_hex(32) + "\n")
         mirror_2 = MirrorNode(
             host=NODE_2,
             containerd_sock=node_2.address,
@@ -143,6 +148,7 @@ def nodes(onedir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
                 "--bootstrap-kind=static",
                 "--static-bootstrap-peers",
                 f"{NODE_1}:{router}",
+                f"--router-key-file={router_key / 'router.key'}",
             ],
         )
         configure_containerd(node_2, [upstream.url], [mirror_2.url])
@@ -156,6 +162,7 @@ def nodes(onedir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
             "containerd-config": node_1.config_path,
             "containerd-conf": node_1.dir,  # config.toml and certs.d, as /etc/containerd
             "spegel-data": base / "spegel-data",
+            "router-key": router_key,
         }
 
         def spec(name: str, replace_args: dict[str, str]) -> CtrRunSpec:

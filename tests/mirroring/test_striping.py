@@ -41,6 +41,9 @@ from tests.mirroring.test_race import (
 PIECE = 64 * 1024
 # Everything over 1 MiB is striped, 3 holders at once, 64 KiB a range: BLOB takes 81.
 STRIPE = StripeSettings(width=3, threshold=1024 * 1024, piece=PIECE, depth=2)
+# The stand-in DHT answers at once, but a loaded machine can hold the loop past the
+# 20 ms default before the lookup task runs: the race would end as a miss (it did in CI).
+RESOLVE_TIMEOUT = 1.0
 _RESET = struct.pack("ii", 1, 0)
 
 
@@ -142,7 +145,7 @@ async def _mirror(
 
     return PeerMirror(
         cache,
-        MirrorSettings(stripe=STRIPE, **settings),  # type: ignore[arg-type]
+        MirrorSettings(stripe=STRIPE, resolve_timeout=RESOLVE_TIMEOUT, **settings),  # type: ignore[arg-type]
         on_event=None if events is None else events.append,
         abort_ingest=abort,
     )
@@ -184,7 +187,9 @@ async def test_range_requests_carry_the_clusters_credentials(tmp_path: Path) -> 
         cache = ProviderCache(FixedProviders(providers), is_self=lambda p: False)
         await nursery.start(cache.run)
         mirror = PeerMirror(
-            cache, MirrorSettings(stripe=STRIPE), authorization="Basic Zm9vOmJhcg=="
+            cache,
+            MirrorSettings(stripe=STRIPE, resolve_timeout=RESOLVE_TIMEOUT),
+            authorization="Basic Zm9vOmJhcg==",
         )
         response = await _fetch(mirror)
         assert response is not None and isinstance(response.body, StripedBody)
@@ -207,7 +212,9 @@ async def test_below_the_threshold_the_blob_is_relayed_whole(tmp_path: Path) -> 
     async with trio.open_nursery() as nursery:
         ports = await _good_peers(nursery, tmp_path, 2)
         mirror = await _mirror(nursery, ports)
-        mirror.settings = MirrorSettings(stripe=StripeSettings(threshold=len(BLOB) + 1))
+        mirror.settings = MirrorSettings(
+            stripe=StripeSettings(threshold=len(BLOB) + 1), resolve_timeout=RESOLVE_TIMEOUT
+        )
         response = await _fetch(mirror)
         assert response is not None and isinstance(response.body, RelayBody)
         assert await _body_through(response) == BLOB
