@@ -15,6 +15,7 @@ from matplotlib.ticker import FuncFormatter
 
 from bench.harness.cases import Case
 from bench.harness.results import Run, case_order
+from bench.harness.scaling import ScalingPoint
 
 COLORS = {"baseline": "#164577", "mirror": "#E8890C"}  # Spegel's chart palette
 LOG_SPAN = 8
@@ -155,6 +156,48 @@ def upstream_bytes(run: Run, path: Path) -> Path | None:
         handles=axes[0].get_legend_handles_labels()[0], loc="lower center", ncol=2, frameon=False
     )
     fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def pull_time_by_nodes(found: list[ScalingPoint], path: Path) -> Path:
+    """Lines: create-phase p50 against node count, without and with the mirror, per image."""
+    cases = sorted({p.case for p in found}, key=case_order)
+    fig, axes = plt.subplots(1, len(cases), figsize=(4.6 * len(cases), 3.8), squeeze=False)
+    for ax, case in zip(axes[0], cases, strict=True):
+        series = [p for p in found if p.case == case]
+        nodes = [p.nodes for p in series]
+        for mode, values in (
+            ("baseline", [p.baseline_p50 for p in series]),
+            ("mirror", [p.mirror_p50 for p in series]),
+        ):
+            ax.plot(nodes, values, marker="o", color=COLORS[mode], label=LABELS[mode])
+            for x, y in zip(nodes, values, strict=True):
+                ax.annotate(
+                    f"{y:.1f}s",
+                    (x, y),
+                    textcoords="offset points",
+                    xytext=(0, 6),
+                    ha="center",
+                    fontsize=8,
+                    color=COLORS[mode],
+                )
+        ax.set_xticks(nodes)
+        ax.set_xlabel("nodes pulling at once")
+        ax.set_ylim(bottom=0, top=max(p.baseline_p50 for p in series) * 1.15)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.0f}s"))
+        ax.set_title(f"Create, {_case_label(case).replace(chr(10), ', ')}", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("p50 pull time")
+    fig.legend(
+        handles=axes[0][0].get_legend_handles_labels()[0],
+        loc="lower center",
+        ncol=2,
+        frameon=False,
+    )
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path

@@ -59,6 +59,7 @@ _NOTSENT_LOWAT_UNLIMITED = struct.pack("I", 0xFFFFFFFF)
 LOBBY_TIMEOUT = 2.0
 PROBE_PATHS = frozenset({"/livez", "/readyz", "/healthz"})
 _ACCEPT_BACKOFF_MAX = 1.0
+_SPARE_RETRY = 0.05
 _WARN_EVERY = 10.0
 
 REFUSAL_MESSAGES = {
@@ -135,6 +136,7 @@ class RegistryServer:
         # The lobby's connections by ticket: what closes one, and why it is there.
         self._lobby_scopes: dict[int, tuple[trio.CancelScope, str]] = {}
         self._spare: int | None = None
+        self._spare_lost = trio.Event()
         self._warned_at = -_WARN_EVERY
         self.reclaimer = Reclaimer()
         self.addresses: list[tuple[str, int]] = []
@@ -162,6 +164,7 @@ class RegistryServer:
                         for listener in listeners:
                             accepts.start_soon(self._accept_loop, listener.socket, connections)
                         accepts.start_soon(self.reclaimer.run, lambda: self._admission.serving)
+                        accepts.start_soon(self._keep_spare)
                         task_status.started()
                 for listener in listeners:
                     await listener.aclose()
@@ -197,9 +200,26 @@ class RegistryServer:
             backoff = 0.0
             self._place(sock, address, nursery)
 
+    def _reopen_spare(self) -> None:
+        self._spare = _open_spare()
+        if self._spare is None:
+            self._spare_lost.set()
+
+    async def _keep_spare(self) -> None:
+        """A spare that could not be reopened (another thread of this process took the
+        descriptor just freed) is taken back as soon as one frees, not only at the next
+        accepted connection: that one may come while none is free, and would then wait
+        in the backlog with no spare to tell it 503."""
+        while True:
+            await self._spare_lost.wait()
+            self._spare_lost = trio.Event()
+            while self._spare is None:
+                await trio.sleep(_SPARE_RETRY)
+                self._spare = _open_spare()
+
     def _place(self, sock: trio.socket.SocketType, address: object, nursery: trio.Nursery) -> None:
         if self._spare is None:
-            self._spare = _open_spare()
+            self._reopen_spare()
         client = address[0] if isinstance(address, tuple) else ""
         verdict = self._admission.admit(client)
         if verdict.seat is Seat.SERVE:
@@ -238,11 +258,11 @@ class RegistryServer:
             # process can take the descriptor just closed in between.
             sock, _ = await listen_sock.accept()
         except OSError:
-            self._spare = _open_spare()
+            self._reopen_spare()
             return False
         self.refused["descriptors"] += 1
         _refuse(sock, "descriptors")
-        self._spare = _open_spare()
+        self._reopen_spare()
         return True
 
     def exhausted(self) -> None:

@@ -17,6 +17,7 @@ import resource
 import socket
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -175,6 +176,35 @@ def test_downloads_that_never_read_stay_within_the_descriptors(
         _log_is_clean(mirror)
 
 
+def _spare_numbers(pid: int) -> list[int]:
+    """The process's descriptors on /dev/null past stdin: the spare is one of them."""
+    numbers = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # closed since the listing
+            if int(fd.name) > 2 and os.readlink(fd) == os.devnull:
+                numbers.append(int(fd.name))
+    return numbers
+
+
+def _fill_holes_below_the_spare(
+    mirror: MirrorNode, pid: int, fillers: contextlib.ExitStack
+) -> None:
+    """A limit leaving no descriptor free must stay above the spare's number, as a real
+    limit does: holes below it (a connection's socket just closed) are taken by idle
+    connections held open for the try."""
+    for _ in range(10):
+        limit = _limit_leaving(pid, 0)
+        if max(_spare_numbers(pid)) < limit:
+            return
+        fillers.enter_context(_connect(mirror))
+        _until(
+            lambda limit=limit: _limit_leaving(pid, 0) != limit,
+            5,
+            "an idle connection was not accepted",
+        )
+    raise AssertionError("holes below the spare stayed")
+
+
 def _limit_leaving(pid: int, spare: int) -> int:
     """The RLIMIT_NOFILE under which the process can open exactly `spare` more
     descriptors: the limit bounds descriptor numbers, and new ones fill the holes."""
@@ -193,18 +223,29 @@ def test_out_of_descriptors_is_a_503_with_retry_after_then_recovers(
         pid = mirror.process.pid
         assert pid is not None
         assert status_of(_get(mirror, path)) == 200
+        spares = len(_spare_numbers(pid))  # the spare kept for accept's EMFILE
+        assert spares >= 1
         # One descriptor left: the connection's socket, none for the blob (open_blob
         # fails); none left: accept fails, and the one kept spare for that answers.
         for spare in (1, 0):
             answers = []
             for _ in range(5):  # the process opens and closes descriptors of its own
-                # The soft limit only: raising a hard limit back takes a privilege.
-                limit = _limit_leaving(pid, spare)
-                resource.prlimit(pid, resource.RLIMIT_NOFILE, (limit, 20_000))
-                try:
-                    answers.append(_get(mirror, path))
-                finally:
-                    resource.prlimit(pid, resource.RLIMIT_NOFILE, (20_000, 20_000))
+                # A thread of the process may have taken the descriptor freed as the
+                # spare was reopened: the server takes the spare back once one frees
+                # (without, a try could wait unanswered).
+                _until(
+                    lambda: len(_spare_numbers(pid)) >= spares, 5, "the spare was not taken back"
+                )
+                with contextlib.ExitStack() as fillers:
+                    if spare == 0:
+                        _fill_holes_below_the_spare(mirror, pid, fillers)
+                    # The soft limit only: raising a hard limit back takes a privilege.
+                    limit = _limit_leaving(pid, spare)
+                    resource.prlimit(pid, resource.RLIMIT_NOFILE, (limit, 20_000))
+                    try:
+                        answers.append(_get(mirror, path))
+                    finally:
+                        resource.prlimit(pid, resource.RLIMIT_NOFILE, (20_000, 20_000))
                 if status_of(answers[-1]) != 200:
                     break
             raw = answers[-1]
