@@ -8,7 +8,11 @@ network, stepped every `dt`: each node has an uplink and a downlink, shared
 equally by its transfers; the upstream is one shared link; a node can relay no
 byte it has not received yet. Lookups see a download in progress once its
 first byte is `announce_delay` old. Each node fetches `parallel` layers at a
-time, as containerd does.
+time, as containerd does. A layer of the striping threshold or more is fetched
+from up to `stripe_width` complete holders at once, as the mirror's striper
+does (`StripeSettings`): the first with room, the others only while they
+stream nothing else, let go as soon as another peer asks them (a stripe's range
+takes spare uplink only); each holder's share is one of its streams.
 
 Reported: time to distribute the image (p50, p99, max, from each node's start),
 upstream fetches per layer, the busiest node's share of the bytes nodes sent
@@ -39,6 +43,7 @@ from mirror.mirroring.coldmiss import (
     Pause,
     usable_source,
 )
+from mirror.mirroring.striper import StripeSettings
 from mirror.server.streamcap import StreamCap
 
 MB = 1_000_000
@@ -62,6 +67,8 @@ class SimConfig:
     dt: float = 0.02
     seed: int = 1
     time_limit: float = 600.0
+    stripe_width: int = StripeSettings().width  # 1: one source per layer
+    stripe_threshold: float = StripeSettings().threshold
 
     @property
     def image_size(self) -> float:
@@ -78,6 +85,12 @@ class _Fetch:
     wake: float = 0.0
     holder: Provider | None = None
     claimed: bool = False
+    # A striped fetch's other complete holders, each one stream of its uplink.
+    extra: list[int] = field(default_factory=list)
+
+    @property
+    def sources(self) -> list[int]:
+        return [] if self.source is None else [self.source, *self.extra]
 
 
 @dataclass
@@ -161,13 +174,11 @@ class ColdStartSim:
         "busy" (sources exist, none with room) or "none"."""
         layer, key = f.layer, str(f.layer)
         complete = self.complete[layer]
-        if complete:
-            first = self.rng.randrange(len(complete))
-            for i in range(len(complete)):
-                node = complete[(first + i) % len(complete)]
-                if self.caps[node].acquire(key):
-                    self._begin(f, node, now)
-                    return "started"
+        taken = self._complete_holders(layer)
+        if taken:
+            f.extra = taken[1:]
+            self._begin(f, taken[0], now)
+            return "started"
         any_found = bool(complete)
         total = int(self.c.layer_size)
         best, best_got = -1, -1.0
@@ -191,10 +202,28 @@ class ColdStartSim:
             return "started"
         return "busy" if any_found else "none"
 
+    def _complete_holders(self, layer: int) -> list[int]:
+        """Complete holders with room, from a random one on, each taking a stream: one,
+        or up to `stripe_width` for a layer the mirror stripes."""
+        complete, key = self.complete[layer], str(layer)
+        width = self.c.stripe_width if self.c.layer_size >= self.c.stripe_threshold else 1
+        taken: list[int] = []
+        first = self.rng.randrange(len(complete)) if complete else 0
+        for i in range(len(complete)):
+            node = complete[(first + i) % len(complete)]
+            if taken and len(self.caps[node]) > 0:
+                continue  # a stripe's other holders lend spare uplink only (registry.py)
+            if self.caps[node].acquire(key):
+                taken.append(node)
+                if len(taken) == width:
+                    break
+        return taken
+
     def _begin(self, f: _Fetch, source: int, now: float) -> None:
         f.source = source
         if source != UPSTREAM:
-            self.up_streams[source] += 1
+            for node in f.sources:
+                self.up_streams[node] += 1
         self.transfers.append(f)
         self.receiving[f.layer].setdefault(f.node, math.inf)
         self.progress[f.layer].setdefault(f.node, 0.0)
@@ -240,19 +269,38 @@ class ColdStartSim:
             self.active[node].append(f)
             self.waiting.append(f)
 
+    def _yield_stripes(self) -> None:
+        """A stripe's other holder that now streams to another peer too refuses the
+        stripe's next range (1 MiB, at once in this model): the stripe lets it go."""
+        for f in self.transfers:
+            if not f.extra:
+                continue
+            kept = []
+            for node in f.extra:
+                if len(self.caps[node]) > 1:
+                    self.up_streams[node] -= 1
+                    self.caps[node].release(str(f.layer))
+                else:
+                    kept.append(node)
+            f.extra = kept
+
     def _move_bytes(self, now: float) -> None:
         c, dt = self.c, self.c.dt
-        down_streams = Counter(f.node for f in self.transfers)
+        down_streams: Counter[int] = Counter()
+        for f in self.transfers:
+            down_streams[f.node] += len(f.sources)
         upstream_share = c.upstream / max(1, sum(1 for f in self.transfers if f.source == UPSTREAM))
         finished = []
         for f in self.transfers:
-            rate = c.downlink / down_streams[f.node]
+            per_stream = c.downlink / down_streams[f.node]
+            shares: list[float] = []
             if f.source == UPSTREAM:
-                rate = min(rate, upstream_share)
+                rate = min(per_stream, upstream_share)
                 limit = c.layer_size
             else:
                 assert f.source is not None
-                rate = min(rate, c.uplink / self.up_streams[f.source])
+                shares = [min(per_stream, c.uplink / self.up_streams[n]) for n in f.sources]
+                rate = sum(shares)
                 limit = (
                     c.layer_size
                     if f.source in self.complete_set[f.layer]
@@ -265,9 +313,8 @@ class ColdStartSim:
                 self.receiving[f.layer][f.node] = now
             f.got += moved
             self.progress[f.layer][f.node] = f.got
-            if f.source != UPSTREAM:
-                assert f.source is not None
-                self.uploaded[f.source] += moved
+            for node, share in zip(f.sources if shares else [], shares, strict=True):
+                self.uploaded[node] += moved * share / rate
             if f.got >= c.layer_size:
                 finished.append(f)
             elif f.claimed and f.source == UPSTREAM:
@@ -278,8 +325,9 @@ class ColdStartSim:
     def _finish(self, f: _Fetch, now: float) -> None:
         self.transfers.remove(f)
         if f.source is not None and f.source != UPSTREAM:
-            self.up_streams[f.source] -= 1
-            self.caps[f.source].release(str(f.layer))
+            for node in f.sources:
+                self.up_streams[node] -= 1
+                self.caps[node].release(str(f.layer))
         self.receiving[f.layer].pop(f.node, None)
         self.complete[f.layer].append(f.node)
         self.complete_set[f.layer].add(f.node)
@@ -307,6 +355,7 @@ class ColdStartSim:
                 if f.wake > now or not self._advance_waiting(f, now):
                     still.append(f)
             self.waiting = still
+            self._yield_stripes()
             self._move_bytes(now)
             if next_start == len(order) and all(d is not None for d in self.done_at):
                 break
@@ -338,6 +387,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--peer-streams", type=int, default=3, help="per-node stream cap")
     parser.add_argument("--stagger", type=float, default=0.0, help="starts spread over s")
     parser.add_argument("--dt", type=float, default=0.02)
+    parser.add_argument(
+        "--stripe-width",
+        type=int,
+        default=StripeSettings().width,
+        help="complete holders a huge layer is fetched from at once (1: one source)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/coldstart-sim.json"))
 
 
@@ -354,6 +409,7 @@ def run(args: argparse.Namespace) -> int:
             peer_streams=args.peer_streams,
             stagger=args.stagger,
             dt=args.dt,
+            stripe_width=args.stripe_width,
         )
         result = simulate(config)
         summary = result.summary()

@@ -57,6 +57,7 @@ from mirror.mirroring.stripe import (
 )
 from mirror.oci.ranges import parse_decimal
 from mirror.server.io import PeerStalled, send_all
+from mirror.server.registry import STRIPE_HEADER
 
 log = logging.getLogger("mirror.mirroring")
 
@@ -380,6 +381,8 @@ class StripedBody:
             start, end = link.unsent.popleft()
             lines += [f"GET {self._target} HTTP/1.1", f"Host: {host}:{port}"]
             lines += [f"{name}: {value}" for name, value in self._headers]
+            if link.holder != self._first:
+                lines.append(f"{STRIPE_HEADER}: spare")  # spare uplink only (registry.py)
             lines += [f"Range: bytes={start}-{end - 1}", ""]
         await send_all(link.sock, ("\r\n".join(lines) + "\r\n").encode("latin-1"))
 

@@ -176,6 +176,8 @@ async def test_a_huge_blob_comes_from_several_holders_at_once(tmp_path: Path) ->
     # Every range request carries the loop guard: a holder serves its own content only.
     heads = [head.lower() for peer in others for head in peer.heads]
     assert heads and all("\r\nx-spegel-mirrored: true\r\n" in head for head in heads)
+    # The holders after the first are asked for their spare uplink only (registry.py).
+    assert all("\r\nx-mirror-stripe: spare\r\n" in head for head in heads)
 
 
 async def test_range_requests_carry_the_clusters_credentials(tmp_path: Path) -> None:

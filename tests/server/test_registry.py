@@ -204,3 +204,26 @@ async def test_a_client_a_peer_redirected_here_is_never_told_busy(tmp_path: Path
     assert redirected.status == 200
     assert len(cap) == 2
     redirected.release()
+
+
+async def test_a_stripes_range_is_served_from_spare_uplink_only(tmp_path: Path) -> None:
+    """A striped fetch's range for a holder other than its first is busy as soon as this
+    node streams anything to a peer: a stripe must not take a stream another puller
+    needs. Without the mark the same request is served under the cap as usual."""
+    store, _, _ = _store(tmp_path)
+    blob = b"layer" * 1000
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    (tmp_path / "blobs" / "sha256" / digest.removeprefix("sha256:")).write_bytes(blob)
+    cap = StreamCap(3)
+    handler = RegistryHandler(store, stream_cap=cap)
+    path = f"/v2/team/app/blobs/{digest}?ns=docker.io"
+    peer = {"x-spegel-mirrored": "true", "range": "bytes=0-99"}
+    idle = await handler(_get(path, **peer, **{"x-mirror-stripe": "spare"}))
+    assert idle.status == 206 and len(cap) == 1  # nothing else streams: served
+    busy = await handler(_get(path, **peer, **{"x-mirror-stripe": "spare"}))
+    assert busy.status == 503 and len(cap) == 1
+    plain = await handler(_get(path, **peer))
+    assert plain.status == 206 and len(cap) == 2  # two of three: room for a plain peer
+    idle.release()
+    plain.release()
+    assert len(cap) == 0
