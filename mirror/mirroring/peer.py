@@ -47,7 +47,10 @@ class PeerResponse:
 
 
 @dataclass(slots=True)
-class _HeadCollector:
+class HeadCollector:
+    """httptools callbacks gathering a response's head (names lowercased) and any body
+    bytes fed after it."""
+
     headers: dict[str, str] = field(default_factory=dict)
     body: bytearray = field(default_factory=bytearray)
     complete: bool = False
@@ -72,22 +75,12 @@ async def request_head(
     recv_size: int = 64 * 1024,
 ) -> PeerResponse:
     """Connect, send the request, read the response head. Deadlines are the caller's."""
+    sock = await connect(host, port)
     try:
-        sock = trio.socket.socket(
-            trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET, trio.socket.SOCK_STREAM
-        )
-    except OSError as exc:
-        raise PeerError(f"socket: {exc}") from exc
-    try:
-        sock.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
-        try:
-            await sock.connect((host, port))
-        except OSError as exc:
-            raise PeerUnreachable(f"{host}:{port}: {exc}") from exc
         lines = [f"{method} {target} HTTP/1.1", f"Host: {host}:{port}"]
         lines += [f"{name}: {value}" for name, value in headers]
         await send_all(sock, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        collector = _HeadCollector()
+        collector = HeadCollector()
         parser = httptools.HttpResponseParser(collector)
         received = 0
         while not collector.complete:
@@ -119,6 +112,27 @@ async def request_head(
         with contextlib.suppress(OSError):
             sock.close()
         raise
+
+
+async def connect(host: str, port: int) -> trio.socket.SocketType:
+    """A TCP connection to a peer, Nagle off (PeerUnreachable: nobody answered there)."""
+    try:
+        sock = trio.socket.socket(
+            trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET, trio.socket.SOCK_STREAM
+        )
+    except OSError as exc:
+        raise PeerError(f"socket: {exc}") from exc
+    try:
+        sock.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
+        try:
+            await sock.connect((host, port))
+        except OSError as exc:
+            raise PeerUnreachable(f"{host}:{port}: {exc}") from exc
+    except BaseException:
+        with contextlib.suppress(OSError):
+            sock.close()
+        raise
+    return sock
 
 
 async def read_whole_body(peer: PeerResponse, stall_timeout: float) -> bytes:

@@ -36,7 +36,7 @@ import trio
 
 from dht import Provider
 from mirror.mirroring.distrust import Where
-from mirror.mirroring.peer import PeerError, PeerUnreachable
+from mirror.mirroring.peer import HeadCollector, PeerError, connect
 from mirror.mirroring.relay import ClientGone, DigestMismatch, _ThreadedHash
 from mirror.mirroring.stripe import (
     MIB,
@@ -344,7 +344,7 @@ class StripedBody:
                     link.sock.close()
 
     async def _converse(self, link: _Link) -> None:
-        link.sock = await _connect(*link.holder)
+        link.sock = await connect(*link.holder)
         while True:
             await self._send_requests(link)
             if not link.requests:
@@ -428,34 +428,6 @@ async def _to_client(sock: trio.socket.SocketType, data: memoryview, stall: floa
         raise ClientGone(str(exc)) from exc
 
 
-async def _connect(host: str, port: int) -> trio.socket.SocketType:
-    sock = trio.socket.socket(
-        trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET, trio.socket.SOCK_STREAM
-    )
-    try:
-        sock.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
-        try:
-            await sock.connect((host, port))
-        except OSError as exc:
-            raise PeerUnreachable(f"{host}:{port}: {exc}") from exc
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-class _HeadCollector:
-    def __init__(self) -> None:
-        self.headers: dict[str, str] = {}
-        self.complete = False
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
-
-    def on_headers_complete(self) -> None:
-        self.complete = True
-
-
 async def _read_head(link: _Link) -> _Head:
     """The next response head on the link. It is peeked at first and only its own
     bytes are taken: the body that follows goes straight into the ring."""
@@ -478,7 +450,7 @@ async def _read_head(link: _Link) -> _Head:
             break
         if len(head) > MAX_HEAD:
             raise PeerError("response head too large")
-    collector = _HeadCollector()
+    collector = HeadCollector()
     parser = httptools.HttpResponseParser(collector)
     try:
         parser.feed_data(bytes(head))
