@@ -313,7 +313,8 @@ class ColdStartSim:
                 self.receiving[f.layer][f.node] = now
             f.got += moved
             self.progress[f.layer][f.node] = f.got
-            for node, share in zip(f.sources if shares else [], shares, strict=True):
+            # Each holder sent its share (none are from the upstream: no shares).
+            for node, share in zip(f.sources, shares, strict=False):
                 self.uploaded[node] += moved * share / rate
             if f.got >= c.layer_size:
                 finished.append(f)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import os
 import platform
 import shutil
@@ -30,6 +29,7 @@ from bench.kit.cluster import LocalCluster
 from bench.kit.images import GeneratedImage, generate_image, push_image
 from bench.kit.mirror import MirrorNode
 from bench.measure import MIB, Check, paired_ratios, summarize
+from bench.result_file import write_json
 from bench.runner import RetryPolicy, Trial, run_trials, trial_matrix
 from bench.sampling import PidSource, UsageMeter
 from bench.wrk import WRK_DONE_SCRIPT, parse_wrk, run_client, wrk_command
@@ -320,8 +320,7 @@ def run(args: argparse.Namespace) -> int:
     _print_table(results)
     for check in checks:
         print(check.line())
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    write_json(args.out, results)
     print(f"results written to {args.out}")
     return 0
 

@@ -29,26 +29,24 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import json
 import os
 import platform
 import shutil
 import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from bench.curl import fetch_bytes
 from bench.kit.cluster import LocalCluster
 from bench.kit.images import GeneratedImage, generate_image, push_image
+from bench.kit.metrics import metric_sum
 from bench.kit.procs import KitError
 from bench.measure import MIB, Check, paired_ratios, summarize
 from bench.proxy import _wait_peer
+from bench.result_file import write_json
 from bench.runner import RetryPolicy, RunHooks, Trial, run_trials, trial_matrix
 from bench.sampling import PidSource, UsageMeter
 
@@ -77,14 +75,7 @@ def _step(text: str) -> None:
 
 
 def _striped_bodies(metrics_url: str) -> float:
-    with urllib.request.urlopen(metrics_url + "/metrics", timeout=5) as reply:
-        text = reply.read().decode()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "mirror_striped_bodies_total" and sample.labels.get("outcome") == "peer"
-    )
+    return metric_sum(metrics_url, "mirror_striped_bodies_total", outcome="peer")
 
 
 def _set_width(cluster: LocalCluster, node: int, width: int, path: str) -> None:
@@ -331,8 +322,7 @@ def run(args: argparse.Namespace) -> int:
     _print_table(results, args)
     for check in checks:
         print(check.line())
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    write_json(args.out, results)
     print(f"results written to {args.out}")
     return 0
 

@@ -131,8 +131,9 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}%"
 
 
-def _upstream(row: Row) -> str:
-    parts = [row.upstream.get(mode) for mode in ("baseline", "mirror")]
+def upstream_cell(upstream: dict[str, float]) -> str:
+    """Bytes the upstream served without / with the mirror, as multiples of the image."""
+    parts = [upstream.get(mode) for mode in ("baseline", "mirror")]
     return " / ".join("-" if v is None else f"{v:.1f}x" for v in parts)
 
 
@@ -164,7 +165,7 @@ def markdown(run: Run) -> str:
             lines.append(
                 f"| {_label(row.case)} | {_stats(row.baseline)} | {_stats(row.mirror)} "
                 f"| {_percent(row.improvement_mean)} | {_percent(row.improvement_p50)} "
-                f"| {spegel_text} | {_upstream(row)} |"
+                f"| {spegel_text} | {upstream_cell(row.upstream)} |"
             )
         lines.append("")
         bound = first_batch(run)
@@ -188,7 +189,7 @@ def markdown(run: Run) -> str:
         for row in create:
             lines.append(
                 f"| {_label(row.case)} | {_stats(row.baseline)} | {_stats(row.mirror)} "
-                f"| {_percent(row.improvement_mean)} | {_upstream(row)} |"
+                f"| {_percent(row.improvement_mean)} | {upstream_cell(row.upstream)} |"
             )
         lines.append("")
     found_checks = checks(found)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from bench.harness.report import rows
+from bench.harness.report import rows, upstream_cell
 from bench.harness.results import Run
 from bench.measure import Check
 
@@ -83,12 +83,8 @@ def markdown(found: list[ScalingPoint]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for p in found:
-        upstream = " / ".join(
-            f"{p.upstream[mode]:.1f}x" if mode in p.upstream else "n/a"
-            for mode in ("baseline", "mirror")
-        )
         lines.append(
             f"| {p.case} | {p.nodes} | {p.baseline_p50:.2f} | {p.mirror_p50:.2f} "
-            f"| {p.ratio:.2f}x | {upstream} |"
+            f"| {p.ratio:.2f}x | {upstream_cell(p.upstream)} |"
         )
     return "\n".join(lines)

@@ -19,8 +19,8 @@ import pytest
 
 from bench.harness.localcluster import BenchCluster
 from bench.kit.images import GeneratedImage, generate_image, push_image
+from bench.kit.metrics import metric_sum
 from bench.kit.wan import MB, LinkSpec
-from tests.metrics import metric_sum
 
 pytestmark = pytest.mark.integration
 MIB = 1024 * 1024

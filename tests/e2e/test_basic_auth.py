@@ -23,8 +23,8 @@ import pytest
 from bench.kit.cluster import LocalCluster
 from bench.kit.hosts import write_hosts_toml
 from bench.kit.images import GeneratedImage, generate_image, push_image
+from bench.kit.metrics import metric_sum
 from tests.httpclient import fetch
-from tests.metrics import metric_sum
 
 pytestmark = pytest.mark.integration
 MIB = 1024 * 1024

@@ -24,10 +24,10 @@ from bench.kit.cluster import LocalCluster
 from bench.kit.dhtprobe import providers_of
 from bench.kit.images import Blob, GeneratedImage, PlatformImage, generate_image, push_image
 from bench.kit.layers import is_whiteout_device, tree_view
+from bench.kit.metrics import metric_sum
 from bench.kit.procs import KitError
 from dht import load_cluster_key
 from tests.httpclient import fetch
-from tests.metrics import metric_sum
 
 pytestmark = pytest.mark.integration
 MIB = 1024 * 1024

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import pytest
 
 from bench.kit.cluster import LocalCluster
+from bench.kit.metrics import metric_sum
 from tests.e2e.test_p2p import MIB, _assert_blobs_match, _image, _wait_served_by_peer
 from tests.httpclient import fetch
-from tests.metrics import metric_sum
 
 pytestmark = pytest.mark.integration
 

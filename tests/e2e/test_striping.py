@@ -5,15 +5,15 @@ SIGKILLed mid-body."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from bench.kit.cluster import LocalCluster
+from bench.kit.metrics import metric_sum
 from tests.e2e.test_p2p import MIB, _assert_blobs_match, _image, _wait_served_by_peer
-from tests.metrics import metric_sum
+from tests.e2e.test_redirect import _streaming
 
 pytestmark = pytest.mark.integration
 
@@ -28,13 +28,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     args = ["--peer-upload-rate=20000000"]
     with LocalCluster(4, tmp_path_factory.mktemp("striping"), mirror_args=args) as running:
         yield running
-
-
-def _streaming(cluster: LocalCluster, node: int) -> float:
-    try:
-        return metric_sum(cluster[node].mirror.metrics_url, "mirror_peer_streams")
-    except OSError:
-        return 0.0
 
 
 def _striped(cluster: LocalCluster, outcome: str) -> float:
@@ -54,24 +47,7 @@ def test_a_holder_killed_mid_body_leaves_the_others_to_finish(cluster: LocalClus
     )
     time.sleep(1.0)  # every holder's record is in the DHT
     cluster.upstream.stop()
-    containerd = cluster[PULLER].containerd
-    pull = subprocess.Popen(
-        [
-            containerd.ctr_binary,
-            "--address",
-            str(containerd.address),
-            "--namespace",
-            containerd.namespace,
-            "images",
-            "pull",
-            "--hosts-dir",
-            str(containerd.config_path),
-            "--plain-http",
-            ref,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    pull = cluster[PULLER].containerd.start_pull(ref)
     victim = None
     try:
         deadline = time.monotonic() + 30

@@ -18,9 +18,9 @@ import pytest
 
 from bench.kit.cluster import LocalCluster
 from bench.kit.images import GeneratedImage, generate_image, push_image
+from bench.kit.metrics import metric_sum
 from bench.kit.procs import KitError
 from tests.httpclient import fetch
-from tests.metrics import metric_sum
 
 pytestmark = pytest.mark.integration
 MIB = 1024 * 1024

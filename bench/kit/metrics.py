@@ -1,4 +1,4 @@
-"""Reading a node's /metrics in tests: one sum of samples by name and labels."""
+"""Reading a node's /metrics: one sum of samples by name and labels."""
 
 from __future__ import annotations
 
