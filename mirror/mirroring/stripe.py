@@ -11,8 +11,13 @@ bytes; this core decides, from what happened and an explicit `now`:
   while it ends within `window` bytes of the first byte not yet delivered (so the
   ring never holds more: memory is bounded whatever the holders do);
 - what a holder's answer must be: `206` with exactly the `Content-Range` and
-  length asked for; a `503` (the holder streams to as many peers as it may) takes
-  it out of this body without blame; anything else is a failure;
+  length asked for; a `503` takes it out of this body without blame; anything
+  else is a failure;
+- whose uplink is spare: the first holder found (the one the miss path chose) is
+  asked plainly, every other one for spare uplink only (`Fetch.spare`: it answers
+  `503` while it streams anything else). Such a busy holder is set aside, not
+  given up: once no holder is live nor waiting, those set aside are asked again,
+  plainly, since the body now needs them (a `503` then is final);
 - replacing a holder: one that broke, answered wrong, sent nothing for
   `stall_timeout`, or less than `min_rate` over `rate_window`, is dropped, and the
   bytes it still owed go to the others (those it sent are kept); a holder that
@@ -22,8 +27,9 @@ bytes; this core decides, from what happened and an explicit `now`:
   the idle one's rate since its answer came: one slow uplink must not set the pace;
 - giving up: with no holder left and none to come, or after `max_failures`.
 
-Each holder is used at most once per body: a dropped one is never asked again.
-Commands: `Fetch(holder, start, end)` (end exclusive), `Drop(holder, reason)`,
+Each holder is used at most once per body (but for a busy one asked again, once):
+a dropped one is never asked again.
+Commands: `Fetch(holder, start, end, spare)` (end exclusive), `Drop(holder, reason)`,
 `WakeAt(deadline)`, `Finished()`, `GiveUp(reason)`.
 """
 
@@ -116,6 +122,7 @@ class Fetch(Generic[H]):
     holder: H
     start: int
     end: int  # exclusive
+    spare: bool = False  # spare uplink only: the holder may answer 503 if it is busy
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +220,8 @@ class Stripe(Generic[H]):
         self._spare: deque[H] = deque()
         self._live: dict[H, _Holder] = {}
         self._seen: set[H] = set()
+        self._plain: set[H] = set()  # asked without the spare-uplink-only condition
+        self._set_aside: deque[H] = deque()  # answered busy to a spare-only ask
         self._exhausted = False
         self._commands: deque[StripeCommand[H]] = deque()
         self._over: Finished | GiveUp | None = None
@@ -234,6 +243,8 @@ class Stripe(Generic[H]):
             return
         elif isinstance(event, HolderFound):
             if event.holder not in self._seen:
+                if not self._seen:
+                    self._plain.add(event.holder)
                 self._seen.add(event.holder)
                 self._spare.append(event.holder)
         elif isinstance(event, NoMoreHolders):
@@ -255,6 +266,8 @@ class Stripe(Generic[H]):
         if answer.status == 503:
             self.stats.busy += 1
             self._drop(answer.holder, "busy", failure=False)
+            if answer.holder not in self._plain:
+                self._set_aside.append(answer.holder)
             return
         request = holder.requests[0]
         wrong = self._wrong_answer(answer, request)
@@ -347,7 +360,7 @@ class Stripe(Generic[H]):
             self._over = GiveUp(f"{self.stats.failures} holders failed")
         else:
             self._assign(now)
-            if not self._live and not self._spare and self._exhausted:
+            if not self._live and not self._spare and not self._set_aside and self._exhausted:
                 self._over = GiveUp("no holder left")
         if self._commands:
             return self._commands.popleft()
@@ -423,6 +436,10 @@ class Stripe(Generic[H]):
         return span
 
     def _assign(self, now: float) -> None:
+        if not self._live and not self._spare:
+            self._plain.update(self._set_aside)
+            self._spare.extend(self._set_aside)
+            self._set_aside.clear()
         while self._spare and len(self._live) < self.limits.width:
             self._live[self._spare.popleft()] = _Holder(last_progress=now, floor_start=now)
         for depth in range(self.limits.depth):
@@ -442,7 +459,7 @@ class Stripe(Generic[H]):
             holder.floor_start, holder.floor_bytes = now, 0
         holder.requests.append(request)
         self._by_start[request.start] = request
-        self._commands.append(Fetch(name, *span))
+        self._commands.append(Fetch(name, *span, spare=name not in self._plain))
 
     def _next_deadline(self, now: float) -> float:
         limits = self.limits

@@ -118,6 +118,7 @@ class _Link:
     """One holder's connection and the ranges asked of it, oldest first."""
 
     holder: Where
+    spare: bool  # spare uplink only (registry.py answers 503 while it streams else)
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     requests: deque[tuple[int, int]] = field(default_factory=deque)
     unsent: deque[tuple[int, int]] = field(default_factory=deque)
@@ -246,7 +247,7 @@ class StripedBody:
         assert self._nursery is not None
         link = self._links.get(command.holder)
         if link is None:
-            link = self._links[command.holder] = _Link(command.holder)
+            link = self._links[command.holder] = _Link(command.holder, command.spare)
             self._nursery.start_soon(self._serve, link)
         link.requests.append((command.start, command.end))
         link.unsent.append((command.start, command.end))
@@ -381,8 +382,8 @@ class StripedBody:
             start, end = link.unsent.popleft()
             lines += [f"GET {self._target} HTTP/1.1", f"Host: {host}:{port}"]
             lines += [f"{name}: {value}" for name, value in self._headers]
-            if link.holder != self._first:
-                lines.append(f"{STRIPE_HEADER}: spare")  # spare uplink only (registry.py)
+            if link.spare:
+                lines.append(f"{STRIPE_HEADER}: spare")
             lines += [f"Range: bytes={start}-{end - 1}", ""]
         await send_all(link.sock, ("\r\n".join(lines) + "\r\n").encode("latin-1"))
 

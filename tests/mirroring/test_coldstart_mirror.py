@@ -108,7 +108,9 @@ async def _busy_then_good(nursery: trio.Nursery, root: Path, busy: int) -> int:
 
     async def splice(a: trio.socket.SocketType, b: trio.socket.SocketType) -> None:
         while data := await a.recv(1 << 16):
-            await b.send(data)
+            view = memoryview(data)
+            while view:  # a send may take part of it
+                view = view[await b.send(view) :]
 
     async def serve(sock: trio.socket.SocketType) -> None:
         nonlocal answered

@@ -228,6 +228,48 @@ def test_a_busy_holder_is_not_used_and_not_blamed() -> None:
     assert stripe.stats.failures == 0 and stripe.stats.busy == 1
 
 
+def test_only_the_first_holder_is_asked_plainly() -> None:
+    stripe = _stripe("a", "b", "c", width=3)
+    fetches = [c for c in _step(stripe, 0.0) if isinstance(c, Fetch)]
+    assert {(c.holder, c.spare) for c in fetches} == {("a", False), ("b", True), ("c", True)}
+
+
+def test_a_holder_busy_for_spare_uplink_is_asked_plainly_once_it_is_all_there_is() -> None:
+    """The first holder dies just after a second one said it had no spare uplink (it
+    was streaming something else): the body does not give up, it asks the second
+    one again without the condition, from the first byte the dead one still owed."""
+    stripe = _stripe("a", "b")
+    stripe.receive(NoMoreHolders(), 0.0)
+    _step(stripe, 0.0)
+    stripe.receive(Answered("b", 503, None, None, None), 0.25)
+    commands = _step(stripe, 0.25)
+    assert commands[0] == Drop("b", "busy")
+    assert all(c.holder == "a" for c in commands if isinstance(c, Fetch))
+    _serve(stripe, "a", 0, 10, 0.25)
+    stripe.receive(HolderFailed("a", "reset"), 0.5)
+    commands = _step(stripe, 0.5)
+    assert commands[0] == Drop("a", "failed: reset")
+    fetches = [c for c in commands if isinstance(c, Fetch)]
+    assert fetches[0] == Fetch("b", 10, 20, spare=False)
+    assert {c.holder for c in fetches} == {"b"} and not any(c.spare for c in fetches)
+    # Busy again, asked plainly: that answer is final.
+    stripe.receive(Answered("b", 503, None, None, None), 0.75)
+    commands = _step(stripe, 0.75)
+    assert commands[0] == Drop("b", "busy")
+    assert commands[-1] == GiveUp("no holder left")
+    assert stripe.stats.failures == 1 and stripe.stats.busy == 2
+
+
+def test_holders_set_aside_wait_while_another_is_live() -> None:
+    stripe = _stripe("a", "b", "c", width=2)
+    _step(stripe, 0.0)
+    stripe.receive(Answered("b", 503, None, None, None), 0.25)
+    commands = _step(stripe, 0.25)
+    # c, still waiting, takes b's place; b is not asked again while a and c work.
+    assert {c.holder for c in commands if isinstance(c, Fetch)} == {"c"}
+    assert all(c.spare for c in commands if isinstance(c, Fetch))
+
+
 def test_a_silent_holder_is_dropped_at_the_stall_timeout() -> None:
     stripe = _stripe("a", "b", "c")
     assert _step(stripe, 0.0)[-1] == WakeAt(4.0)  # the rate floor's first window
@@ -324,11 +366,11 @@ class _SimHolder:
     """A holder in the simulation: sends `speed` bytes a tick, answers busy, or breaks
     after `breaks_after` bytes."""
 
-    def __init__(self, speed: int, *, busy: bool = False, breaks_after: int | None = None):
+    def __init__(self, speed: int, *, busy: int = 0, breaks_after: int | None = None) -> None:
         self.speed = speed
-        self.busy = busy
+        self.busy = busy  # 1: busy to spare-only asks, 2: to every ask
         self.breaks_after = breaks_after
-        self.queue: list[list[int]] = []  # [start, end, sent, answered]
+        self.queue: list[list[int]] = []  # [start, end, sent, answered, spare]
         self.sent = 0
         self.dropped = False
 
@@ -356,7 +398,7 @@ class _Simulation:
         self.holders = {
             f"h{i}": _SimHolder(
                 rng.randrange(1, 120),
-                busy=rng.random() < 0.15,
+                busy=rng.choice((0, 0, 0, 0, 1, 2)),
                 breaks_after=rng.randrange(0, total) if rng.random() < 0.3 else None,
             )
             for i in range(rng.randrange(1, 6))
@@ -389,7 +431,10 @@ class _Simulation:
             for offset in range(command.start, command.end):
                 assert offset not in self.outstanding
                 self.outstanding[offset] = command.holder
-            self.holders[command.holder].queue.append([command.start, command.end, 0, 0])
+            holder = self.holders[command.holder]
+            if holder.dropped:  # asked again after a busy answer: a new connection
+                holder.dropped, holder.queue = False, []
+            holder.queue.append([command.start, command.end, 0, 0, command.spare])
         elif isinstance(command, Drop):
             self.holders[command.holder].dropped = True
             for offset in [o for o, h in self.outstanding.items() if h == command.holder]:
@@ -399,7 +444,7 @@ class _Simulation:
         request = holder.queue[0]
         if not request[3]:
             request[3] = 1
-            status = 503 if holder.busy else 206
+            status = 503 if holder.busy == 2 or (holder.busy and request[4]) else 206
             content_range = f"bytes {request[0]}-{request[1] - 1}/{self.total}"
             answer = Answered(name, status, content_range, request[1] - request[0])
             self.stripe.receive(answer, self.now)
@@ -434,4 +479,8 @@ def test_whatever_holders_do_the_client_gets_the_blob_or_a_give_up(seed: int) ->
     assert simulation.stripe.over is not None
     assert simulation.blob.startswith(simulation.out)
     if isinstance(simulation.stripe.over, Finished):
+        assert simulation.out == simulation.blob
+    holders = simulation.holders.values()
+    if all(h.busy < 2 and h.breaks_after is None for h in holders):
+        # Busy only for spare uplink, and nobody breaks: the body is never given up.
         assert simulation.out == simulation.blob

@@ -114,7 +114,9 @@ class RangePeer:
             f"Content-Range: bytes {start + self.shift}-{end + self.shift - 1}/{len(BLOB)}\r\n"
             f"Docker-Content-Digest: {DIGEST}\r\n\r\n"
         ).encode()
-        await sock.send(reply)
+        head = memoryview(reply)
+        while head:  # after a pipelined body, a send may take part of it
+            head = head[await sock.send(head) :]
         view = memoryview(body)
         while view:
             if self.die_after is not None and self.sent >= self.die_after:
