@@ -6,6 +6,7 @@ import functools
 import os
 import signal
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -75,12 +76,27 @@ async def next_events(events: EventStream, n: int) -> list[Event]:
     return got
 
 
+def _all_threads_stopped(pid: int) -> bool:
+    states = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+    return bool(states) and all(state in ("T", "t") for state in states)
+
+
 @contextmanager
 def frozen(node: ContainerdNode) -> Iterator[None]:
-    """containerd stopped with SIGSTOP: connections stay open, nothing answers."""
+    """containerd stopped with SIGSTOP: connections stay open, nothing answers. Yields
+    once the kernel shows every thread stopped (a busy machine may take a moment)."""
     assert node.pid is not None
     os.kill(node.pid, signal.SIGSTOP)
     try:
+        deadline = time.monotonic() + 10
+        while not _all_threads_stopped(node.pid):
+            assert time.monotonic() < deadline, "containerd did not stop on SIGSTOP"
+            time.sleep(0.01)
         yield
     finally:
         os.kill(node.pid, signal.SIGCONT)
