@@ -16,8 +16,10 @@ bytes; this core decides, from what happened and an explicit `now`:
 - whose uplink is spare: the first holder found (the one the miss path chose) is
   asked plainly, every other one for spare uplink only (`Fetch.spare`: it answers
   `503` while it streams anything else). Such a busy holder is set aside, not
-  given up: once no holder is live nor waiting, those set aside are asked again,
-  plainly, since the body now needs them (a `503` then is final);
+  given up: it is asked again (spare only) `busy_retry` seconds later, its other
+  stream may be over; and once no holder is live nor waiting, those set aside
+  are asked again at once, plainly, since the body now needs them (a `503` then
+  is final);
 - replacing a holder: one that broke, answered wrong, sent nothing for
   `stall_timeout`, or less than `min_rate` over `rate_window`, is dropped, and the
   bytes it still owed go to the others (those it sent are kept); a holder that
@@ -27,8 +29,8 @@ bytes; this core decides, from what happened and an explicit `now`:
   the idle one's rate since its answer came: one slow uplink must not set the pace;
 - giving up: with no holder left and none to come, or after `max_failures`.
 
-Each holder is used at most once per body (but for a busy one asked again, once):
-a dropped one is never asked again.
+A holder dropped (it failed, answered wrong or was too slow) is never asked again
+for this body; one that said busy is, as above.
 Commands: `Fetch(holder, start, end, spare)` (end exclusive), `Drop(holder, reason)`,
 `WakeAt(deadline)`, `Finished()`, `GiveUp(reason)`.
 """
@@ -57,6 +59,7 @@ class StripeLimits:
     laggard_factor: float = 3.0
     laggard_after: float = 0.1
     max_failures: int = 8
+    busy_retry: float = 0.5  # a holder busy for spare uplink is asked again after this
 
     @property
     def window(self) -> int:
@@ -221,7 +224,7 @@ class Stripe(Generic[H]):
         self._live: dict[H, _Holder] = {}
         self._seen: set[H] = set()
         self._plain: set[H] = set()  # asked without the spare-uplink-only condition
-        self._set_aside: deque[H] = deque()  # answered busy to a spare-only ask
+        self._set_aside: deque[tuple[H, float]] = deque()  # busy to a spare-only ask, when
         self._exhausted = False
         self._commands: deque[StripeCommand[H]] = deque()
         self._over: Finished | GiveUp | None = None
@@ -267,7 +270,7 @@ class Stripe(Generic[H]):
             self.stats.busy += 1
             self._drop(answer.holder, "busy", failure=False)
             if answer.holder not in self._plain:
-                self._set_aside.append(answer.holder)
+                self._set_aside.append((answer.holder, now))
             return
         request = holder.requests[0]
         wrong = self._wrong_answer(answer, request)
@@ -436,10 +439,12 @@ class Stripe(Generic[H]):
         return span
 
     def _assign(self, now: float) -> None:
-        if not self._live and not self._spare:
-            self._plain.update(self._set_aside)
-            self._spare.extend(self._set_aside)
-            self._set_aside.clear()
+        needed = not self._live and not self._spare
+        while self._set_aside and (needed or now >= self._set_aside[0][1] + self.limits.busy_retry):
+            name, _ = self._set_aside.popleft()
+            if needed:
+                self._plain.add(name)
+            self._spare.append(name)
         while self._spare and len(self._live) < self.limits.width:
             self._live[self._spare.popleft()] = _Holder(last_progress=now, floor_start=now)
         for depth in range(self.limits.depth):
@@ -471,4 +476,6 @@ class Stripe(Generic[H]):
         laggard = self._laggard(now)
         if laggard is not None:
             deadlines.append(laggard[1])
+        if self._set_aside:
+            deadlines.append(self._set_aside[0][1] + limits.busy_retry)
         return min(deadlines)

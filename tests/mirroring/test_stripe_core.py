@@ -260,7 +260,7 @@ def test_a_holder_busy_for_spare_uplink_is_asked_plainly_once_it_is_all_there_is
     assert stripe.stats.failures == 1 and stripe.stats.busy == 2
 
 
-def test_holders_set_aside_wait_while_another_is_live() -> None:
+def test_a_holder_busy_for_spare_uplink_is_asked_again_later() -> None:
     stripe = _stripe("a", "b", "c", width=2)
     _step(stripe, 0.0)
     stripe.receive(Answered("b", 503, None, None, None), 0.25)
@@ -268,6 +268,13 @@ def test_holders_set_aside_wait_while_another_is_live() -> None:
     # c, still waiting, takes b's place; b is not asked again while a and c work.
     assert {c.holder for c in commands if isinstance(c, Fetch)} == {"c"}
     assert all(c.spare for c in commands if isinstance(c, Fetch))
+    stripe.receive(Answered("c", 503, None, None, None), 0.5)
+    commands = _step(stripe, 0.5)
+    assert not any(isinstance(c, Fetch) and c.holder != "a" for c in commands)
+    assert commands[-1] == WakeAt(0.75)  # b's other stream may be over by then
+    commands = _step(stripe, 0.75)
+    fetches = [c for c in commands if isinstance(c, Fetch)]
+    assert fetches and {(c.holder, c.spare) for c in fetches} == {("b", True)}
 
 
 def test_a_silent_holder_is_dropped_at_the_stall_timeout() -> None:
