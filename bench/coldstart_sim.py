@@ -14,6 +14,13 @@ does (`StripeSettings`): the first with room, the others only while they
 stream nothing else, let go as soon as another peer asks them (a stripe's range
 takes spare uplink only); each holder's share is one of its streams.
 
+What-if rules the product does not have, off unless asked for, to weigh one
+before building it: `--preempt` (a node at its stream cap, asked for a blob it
+streams to nobody, ends its newest stream of a blob it streams twice or more;
+that puller resumes from another source), `--one-claim` (a node already
+fetching a blob it claimed searches before claiming another) and
+`--max-pause` (the longest pause between a waiting fetch's searches).
+
 Reported: time to distribute the image (p50, p99, max, from each node's start),
 upstream fetches per layer, the busiest node's share of the bytes nodes sent
 each other, and the comparison with Kraken's published figure (a 3 GB image to
@@ -69,6 +76,14 @@ class SimConfig:
     time_limit: float = 600.0
     stripe_width: int = StripeSettings().width  # 1: one source per layer
     stripe_threshold: float = StripeSettings().threshold
+    # What-if: rules the product does not have (yet), to weigh them before building.
+    # preempt: a full node asked for a blob it streams to nobody ends its newest
+    # stream of a blob it streams twice or more; that puller resumes elsewhere.
+    preempt: bool = False
+    # one_claim: a node ingesting a claimed blob from the upstream searches before
+    # it claims another (others become the other blobs' claimants).
+    one_claim: bool = False
+    max_pause: float = ColdMissLimits().max_pause  # between a waiting fetch's searches
 
     @property
     def image_size(self) -> float:
@@ -103,6 +118,8 @@ class SimResult:
     unfinished: int
     wall_seconds: float
     claims: Counter[str] = field(default_factory=Counter)
+    claimants: dict[int, int] = field(default_factory=dict)  # layer -> node that won it
+    preempted: int = 0  # streams ended by --preempt
 
     def percentile(self, q: float) -> float:
         if not self.times:
@@ -131,6 +148,7 @@ class SimResult:
             "busiest_node_share": round(self.busiest_share, 4),
             "unfinished": self.unfinished,
             "claims": dict(self.claims),
+            "preempted": self.preempted,
             "wall_seconds": round(self.wall_seconds, 1),
         }
 
@@ -164,7 +182,12 @@ class ColdStartSim:
         self.transfers: list[_Fetch] = []
         self.waiting: list[_Fetch] = []
         self.rng = rng
-        self.limits = ColdMissLimits(wait_budget=config.time_limit)
+        self.limits = ColdMissLimits(wait_budget=config.time_limit, max_pause=config.max_pause)
+        self.ingesting: Counter[int] = Counter()  # node -> claimed upstream fetches running
+        self.requeue: list[_Fetch] = []  # preempted fetches, waiting again next step
+        self.preempted = 0
+        self.claimants: dict[int, int] = {}
+        self.now = 0.0
 
     # -- decisions (the product's cores) ----------------------------------------
 
@@ -195,9 +218,9 @@ class ColdStartSim:
             if not usable_source(provider, int(f.got), holder):
                 continue
             any_found = True
-            if got > best_got and not self.caps[node].full:
+            if got > best_got and self._has_room(node, key):
                 best, best_got = node, got
-        if best >= 0 and self.caps[best].acquire(key):
+        if best >= 0 and self._acquire(best, key, now):
             self._begin(f, best, now)
             return "started"
         return "busy" if any_found else "none"
@@ -213,11 +236,44 @@ class ColdStartSim:
             node = complete[(first + i) % len(complete)]
             if taken and len(self.caps[node]) > 0:
                 continue  # a stripe's other holders lend spare uplink only (registry.py)
-            if self.caps[node].acquire(key):
+            if self._acquire(node, key, self.now):
                 taken.append(node)
                 if len(taken) == width:
                     break
         return taken
+
+    def _preemptible(self, node: int, key: str) -> _Fetch | None:
+        """With `preempt`: the stream a full `node` would end to serve `key`, which it
+        streams to nobody: its newest of the blob it streams most, if that is 2 or more."""
+        cap = self.caps[node]
+        if not self.c.preempt or not cap.full or cap.streams(key) > 0:
+            return None
+        top = max(range(self.c.layers), key=lambda layer: cap.streams(str(layer)))
+        if cap.streams(str(top)) < 2:
+            return None
+        victims = [g for g in self.transfers if g.source == node and g.layer == top]
+        return min(victims, key=lambda g: g.got) if victims else None
+
+    def _has_room(self, node: int, key: str) -> bool:
+        return not self.caps[node].full or self._preemptible(node, key) is not None
+
+    def _acquire(self, node: int, key: str, now: float) -> bool:
+        victim = self._preemptible(node, key)
+        if victim is not None:
+            self._detach(victim, now)
+        return self.caps[node].acquire(key)
+
+    def _detach(self, f: _Fetch, now: float) -> None:
+        """A preempted stream: its puller searches again from the bytes it has (the
+        relay's resume with `Range`)."""
+        self.transfers.remove(f)
+        for node in f.sources:
+            self.up_streams[node] -= 1
+            self.caps[node].release(str(f.layer))
+        f.source, f.extra = None, []
+        f.core, f.wake = ColdMiss(now, self.limits, busy=True), now
+        self.requeue.append(f)
+        self.preempted += 1
 
     def _begin(self, f: _Fetch, source: int, now: float) -> None:
         f.source = source
@@ -234,14 +290,18 @@ class ColdStartSim:
             outcome = self._try_sources(f, now)
             if outcome == "started":
                 return True
-            f.core = ColdMiss(now, self.limits, busy=outcome == "busy")
+            busy = outcome == "busy" or (self.c.one_claim and self.ingesting[f.node] > 0)
+            f.core = ColdMiss(now, self.limits, busy=busy)
         core = f.core
         while True:
             step = core.next_step(now)
             if isinstance(step, GiveUp):
                 self.claim_outcomes[step.reason] += 1
+                if step.won:
+                    self.claimants.setdefault(f.layer, f.node)
                 self.upstream_fetches[f.layer] += 1
                 f.claimed = step.won
+                self.ingesting[f.node] += step.won
                 self._begin(f, UPSTREAM, now)
                 return True
             if isinstance(step, Pause):
@@ -330,6 +390,8 @@ class ColdStartSim:
                 self.up_streams[node] -= 1
                 self.caps[node].release(str(f.layer))
         self.receiving[f.layer].pop(f.node, None)
+        if f.claimed and f.source == UPSTREAM:
+            self.ingesting[f.node] -= 1
         self.complete[f.layer].append(f.node)
         self.complete_set[f.layer].add(f.node)
         if f.claimed:  # as the announcer does on commit: the longest lease, not a release
@@ -348,6 +410,7 @@ class ColdStartSim:
         next_start = 0
         now = 0.0
         while now < c.time_limit:
+            self.now = now
             while next_start < len(order) and self.start[order[next_start]] <= now:
                 self._start_next(order[next_start], now)
                 next_start += 1
@@ -355,7 +418,8 @@ class ColdStartSim:
             for f in self.waiting:
                 if f.wake > now or not self._advance_waiting(f, now):
                     still.append(f)
-            self.waiting = still
+            self.waiting = still + self.requeue
+            self.requeue = []
             self._yield_stripes()
             self._move_bytes(now)
             if next_start == len(order) and all(d is not None for d in self.done_at):
@@ -372,6 +436,8 @@ class ColdStartSim:
             unfinished=sum(1 for d in self.done_at if d is None),
             wall_seconds=time.monotonic() - wall,
             claims=self.claim_outcomes,
+            claimants=self.claimants,
+            preempted=self.preempted,
         )
 
 
@@ -388,6 +454,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--peer-streams", type=int, default=3, help="per-node stream cap")
     parser.add_argument("--stagger", type=float, default=0.0, help="starts spread over s")
     parser.add_argument("--dt", type=float, default=0.02)
+    parser.add_argument(
+        "--preempt",
+        action="store_true",
+        help="what-if: a full node ends a stream of a blob it streams twice for one it "
+        "streams to nobody",
+    )
+    parser.add_argument(
+        "--one-claim",
+        action="store_true",
+        help="what-if: a node ingesting a claimed blob searches before claiming another",
+    )
+    parser.add_argument(
+        "--max-pause",
+        type=float,
+        default=ColdMissLimits().max_pause,
+        help="ColdMissLimits.max_pause: longest pause between searches of a waiting fetch",
+    )
     parser.add_argument(
         "--stripe-width",
         type=int,
@@ -411,6 +494,9 @@ def run(args: argparse.Namespace) -> int:
             stagger=args.stagger,
             dt=args.dt,
             stripe_width=args.stripe_width,
+            preempt=args.preempt,
+            one_claim=args.one_claim,
+            max_pause=args.max_pause,
         )
         result = simulate(config)
         summary = result.summary()
