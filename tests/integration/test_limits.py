@@ -293,11 +293,14 @@ def test_memory_comes_back_after_a_flood_of_connections(
             _until(lambda: _fds(mirror) >= 3000, 20, "the flood was never served")
             peak = _rss_mib(mirror)
         # Given back once the flood has drained and settled (the reclaimer looks every
-        # 5 s). Not all of it: CPython keeps an arena while one object lives in it,
-        # so what stays varies from run to run (here 6 to 13 MiB of the 18 the
-        # flood took); the old code gave none back.
+        # 5 s, and may hand back more at its next looks). Not all of it: CPython keeps
+        # an arena while one object lives in it, so what stays varies from run to run
+        # (here 6 to 15 MiB of the 18 the flood took); the old code gave none back.
         log = mirror.process.log_path
         _until(lambda: "memory handed back" in log.read_text(), 30, "nothing was reclaimed")
-        after = _rss_mib(mirror)
-        assert after <= peak - (peak - baseline) / 5, (baseline, peak, after)
+        target = peak - (peak - baseline) / 5
+        deadline = time.monotonic() + 15
+        while (after := _rss_mib(mirror)) > target and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert after <= target, (baseline, peak, after)
         _log_is_clean(mirror)
