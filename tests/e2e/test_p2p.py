@@ -154,7 +154,9 @@ def test_unknown_image_falls_back_to_upstream_fast(cluster: LocalCluster) -> Non
         reply = fetch(cluster[1].mirror.address, f"/v2/{image.name}/blobs/{blob.digest}{ns}")
         timings.append(time.perf_counter() - started)
         assert reply.status == 404 and reply.error_code() == "BLOB_UNKNOWN"
-    assert max(timings) < 0.1, timings
+    # A lookup, a claim won and the 404 (milliseconds); what this guards against is
+    # a miss held for seconds (a resolve or a cold-start wait), hence the margin.
+    assert max(timings) < 1.0, timings
     cluster.pull(1, image.ref(cluster.upstream.host))
     _assert_blobs_match(cluster, 1, image)
 
