@@ -224,7 +224,8 @@ class Stripe(Generic[H]):
         self._live: dict[H, _Holder] = {}
         self._seen: set[H] = set()
         self._plain: set[H] = set()  # asked without the spare-uplink-only condition
-        self._set_aside: deque[tuple[H, float]] = deque()  # busy to a spare-only ask, when
+        # (holder, when): those that answered busy to a spare-only ask
+        self._set_aside: deque[tuple[H, float]] = deque()
         self._exhausted = False
         self._commands: deque[StripeCommand[H]] = deque()
         self._over: Finished | GiveUp | None = None
