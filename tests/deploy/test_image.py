@@ -27,18 +27,17 @@ import secrets
 import shutil
 import socket
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench.kit.cluster import configure_containerd
 from bench.kit.containerd import ContainerdNode
 from bench.kit.images import GeneratedImage, generate_image, push_image
+from bench.kit.metrics import metric_sum
 from bench.kit.mirror import MirrorNode
 from bench.kit.procs import free_port, pid_alive, wait_until
 from bench.kit.registry import UpstreamRegistry
@@ -268,17 +267,6 @@ def _proc_status(pid: int) -> dict[str, str]:
     return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
 
 
-def _metric(address: str, name: str, **labels: str) -> float:
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as reply:
-        text = reply.read().decode()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
-    )
-
-
 def test_configuration_writes_hosts_toml_for_every_registry(nodes: Nodes) -> None:
     # No mirrored registries (the chart's default): `_default`, this node's instance first.
     text = (nodes.node_1.config_path / "_default" / "hosts.toml").read_text()
@@ -357,7 +345,8 @@ def test_another_node_pulls_through_the_containerised_node(nodes: Nodes) -> None
     for blob in app.images[0].blobs():
         section = "manifests" if blob.digest == app.digest else "blobs"
         _wait_served_by(nodes, f"/v2/{app.name}/{section}/{blob.digest}{ns}")
-    served = _metric(nodes.metrics_address, "mirror_served_bytes_total", source="local")
+    metrics_url = f"http://{nodes.metrics_address}"
+    served = metric_sum(metrics_url, "mirror_served_bytes_total", source="local")
     nodes.upstream.stop()
     try:
         nodes.node_2.pull(app.ref(nodes.upstream.host))
@@ -368,9 +357,7 @@ def test_another_node_pulls_through_the_containerised_node(nodes: Nodes) -> None
     finally:
         nodes.upstream.start()
     layers = sum(layer.size for layer in app.layers) + _layer_sizes(nodes)
-    assert _metric(nodes.metrics_address, "mirror_served_bytes_total", source="local") >= (
-        served + layers
-    )
+    assert metric_sum(metrics_url, "mirror_served_bytes_total", source="local") >= (served + layers)
 
 
 def test_a_new_image_pulled_through_the_charts_hosts_toml(nodes: Nodes) -> None:
@@ -381,8 +368,9 @@ def test_a_new_image_pulled_through_the_charts_hosts_toml(nodes: Nodes) -> None:
     push_image(fresh.layout_dir, fresh.tag, ref)
     # Node 1's containerd through the hosts.toml the init container wrote: its own
     # (containerised) mirror first, the node port service next, then the upstream.
-    misses = _metric(nodes.metrics_address, "spegel_mirror_requests_total", cache="miss")
+    metrics_url = f"http://{nodes.metrics_address}"
+    misses = metric_sum(metrics_url, "spegel_mirror_requests_total", cache="miss")
     # A second or two when it works; stalled, it fails after 40 s (10 s a try): 20 s.
     nodes.node_1.pull(ref, timeout=20)
-    assert _metric(nodes.metrics_address, "spegel_mirror_requests_total", cache="miss") > misses
+    assert metric_sum(metrics_url, "spegel_mirror_requests_total", cache="miss") > misses
     _assert_blobs_match(nodes.node_1, [b.digest for b in fresh.images[0].blobs()])
