@@ -36,8 +36,8 @@ import trio
 
 from dht import Provider
 from mirror.mirroring.distrust import Where
+from mirror.mirroring.movers import ClientGone, DigestMismatch, ThreadedHash
 from mirror.mirroring.peer import HeadCollector, PeerError, connect
-from mirror.mirroring.relay import ClientGone, DigestMismatch, _ThreadedHash
 from mirror.mirroring.stripe import (
     MIB,
     Answered,
@@ -294,7 +294,7 @@ class StripedBody:
         assert core is not None
         algorithm, _, expected = self._digest.partition(":")
         hasher = hashlib.new(algorithm)
-        hashing = _ThreadedHash(hasher)
+        hashing = ThreadedHash(hasher)
         window = len(self._ring)
         out = 0  # sent to the client; `core.sent` lags until the chunk is hashed too
         try:

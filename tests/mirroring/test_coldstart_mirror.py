@@ -16,8 +16,8 @@ from mirror.containerd.hosts import FALLBACK_HEADER
 from mirror.ingest.serving import INFLIGHT_HEADER
 from mirror.mirroring.coldmiss import ColdMissLimits
 from mirror.mirroring.mirror import MirrorEvent, MirrorSettings, PeerMirror
+from mirror.mirroring.movers import DigestMismatch
 from mirror.mirroring.providers import ProviderCache
-from mirror.mirroring.relay import DigestMismatch
 from mirror.oci.distribution import parse_distribution_path
 from mirror.server.request import Request
 from tests.mirroring.test_race import (

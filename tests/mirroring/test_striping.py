@@ -21,8 +21,9 @@ import pytest
 import trio
 
 from mirror.mirroring.mirror import MirrorEvent, MirrorSettings, PeerMirror
+from mirror.mirroring.movers import DigestMismatch
 from mirror.mirroring.providers import ProviderCache
-from mirror.mirroring.relay import DigestMismatch, RelayBody
+from mirror.mirroring.relay import RelayBody
 from mirror.mirroring.striper import StripedBody, StripeSettings
 from mirror.server.listener import RegistryServer
 from mirror.server.localstore import LocalStore

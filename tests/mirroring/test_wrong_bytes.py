@@ -15,8 +15,8 @@ import trio
 
 from mirror.mirroring.distrust import SourceDistrust
 from mirror.mirroring.mirror import MirrorEvent, MirrorSettings, PeerMirror
+from mirror.mirroring.movers import DigestMismatch
 from mirror.mirroring.providers import ProviderCache
-from mirror.mirroring.relay import DigestMismatch
 from mirror.oci.distribution import parse_distribution_path
 from mirror.server.request import Request
 from mirror.server.response import Response
