@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "dht": "Kademlia: lookup latency, hops, churn, provide cost on N loopback nodes",
     "dht-flood": "a provider-record flood against one DHT node: RSS, records held, loop lag",
     "proxy": "peer relay vs direct read, 404 latency, time to first byte",
+    "relay-cpu": "the proving relay's movers alone (copy vs tee): MiB/s and CPU per GiB",
     "generate": "benchmark images: v1 and v2 of 10 MB / 100 MB / 1 GB in 1 and 4 layers",
     "cluster": "N local nodes with mirrors and an upstream behind an emulated WAN link",
     "measure": "cluster pull times with and without the mirror: create and rolling update",
@@ -39,6 +40,7 @@ MODULES = {
     },
     "coldstart-sim": "bench.coldstart_sim",
     "dht-flood": "bench.dht_flood",
+    "relay-cpu": "bench.relay_cpu",
 }
 # What the `bench` extra brings that a command needs (pyproject.toml).
 EXTRA = "bench"

@@ -176,6 +176,8 @@ class Scenario:
 class ThroughputRun:
     mib_per_s: float
     relay_rss_mib: float | None = None  # sampled on relayed runs only
+    # The relay process's CPU seconds (all its threads) per GiB it relayed.
+    relay_cpu_s_per_gib: float | None = None
 
 
 @dataclass(frozen=True)
@@ -195,8 +197,13 @@ class Throughput:
         relay = self.relay
         groups: dict[str, PidSource] = {"relay": lambda: [relay.process.pid or 0]}
         with UsageMeter(groups) as meter:
+            started = time.monotonic()
             mib_per_s = self._rate(trial.scenario, relay.url + self.path)
-        return ThroughputRun(mib_per_s, meter.usage.rss_max_mib("relay"))
+            elapsed = time.monotonic() - started
+        usage = meter.usage
+        gib = mib_per_s * elapsed / 1024
+        cpu_per_gib = usage.group_cpu_s["relay"] / gib if gib > 0 else None
+        return ThroughputRun(mib_per_s, usage.rss_max_mib("relay"), cpu_per_gib)
 
     def _rate(self, scenario: Scenario, url: str) -> float:
         if scenario.mode == "redirect":
@@ -214,11 +221,13 @@ def _throughput_row(
     direct = [r.mib_per_s for t, r in trial_results if t.subject == DIRECT]
     relayed = [r.mib_per_s for t, r in trial_results if t.subject == RELAYED]
     rss = [r.relay_rss_mib for t, r in trial_results if r.relay_rss_mib is not None]
+    cpu = [r.relay_cpu_s_per_gib for t, r in trial_results if r.relay_cpu_s_per_gib is not None]
     return {
         "direct_mib_s": direct,
         "relayed_mib_s": relayed,
         "ratios": paired_ratios(relayed, direct),
         "relay_rss_mib": rss,
+        "relay_cpu_s_per_gib": cpu,
     }
 
 
@@ -325,16 +334,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cpu_cell(row: dict[str, Any]) -> str:
+    samples = row.get("relay_cpu_s_per_gib") or []
+    return summarize(samples).format(2) if samples else "n/a"
+
+
 def _print_table(results: dict[str, Any]) -> None:
     print()
-    print("| relay | clients | direct MiB/s | relayed MiB/s | ratio | relay RSS MiB |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| relay | clients | direct MiB/s | relayed MiB/s | ratio | relay RSS MiB"
+        " | relay CPU s/GiB |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for key, row in results["throughput"].items():
         mode, clients = key.split("/")
         print(
             f"| {mode} | {clients} | {summarize(row['direct_mib_s']).format()} |"
             f" {summarize(row['relayed_mib_s']).format()} | {summarize(row['ratios']).format(2)} |"
-            f" {max(row['relay_rss_mib']):.0f} |"
+            f" {max(row['relay_rss_mib']):.0f} | {_cpu_cell(row)} |"
         )
     miss = results["miss_404_ms"]
     print()
