@@ -126,7 +126,7 @@ async def copy_verified(
     expected_hex: str,
     client_stall: float,
 ) -> int:
-    """`_copy`, hashing every byte; the chunk that ends the body goes out only if the
+    """`copy`, hashing every byte; the chunk that ends the body goes out only if the
     hash matches (each call's `remaining` ends where the whole body does).
 
     Each chunk is hashed on a worker thread (hashlib lets go of the GIL) while the
@@ -152,10 +152,7 @@ async def copy_verified(
             await hashing.update(chunk)  # waits for the chunk before, so `buffer` is free
             if moved + len(chunk) == remaining:
                 await hashing.wait()
-                if hasher.hexdigest() != expected_hex:
-                    raise DigestMismatch(
-                        f"relayed bytes hash to {hasher.name}:{hasher.hexdigest()}", moved
-                    )
+                require_digest(hasher, expected_hex, "relayed", moved)
             await to_client(client, chunk, client_stall)
             moved += len(chunk)
         return moved
@@ -163,6 +160,12 @@ async def copy_verified(
         # The hasher must hold exactly the bytes sent before a resume goes on with it.
         with trio.CancelScope(shield=True):
             await hashing.wait()
+
+
+def require_digest(hasher: hashlib._Hash, expected_hex: str, what: str, moved: int) -> None:
+    """DigestMismatch (`moved`: the bytes already delivered) unless the hash matches."""
+    if hasher.hexdigest() != expected_hex:
+        raise DigestMismatch(f"{what} bytes hash to {hasher.name}:{hasher.hexdigest()}", moved)
 
 
 class ThreadedHash:
@@ -226,6 +229,12 @@ def open_pipe() -> tuple[int, int] | None:
     return read_end, write_end
 
 
+def _close_pipes(pipes: list[tuple[int, int]]) -> None:
+    for read_end, write_end in pipes:
+        os.close(read_end)
+        os.close(write_end)
+
+
 async def splice(
     pipe: tuple[int, int],
     peer: PeerSide,
@@ -261,8 +270,7 @@ async def splice(
                     await trio.lowlevel.checkpoint()
         return moved
     finally:
-        os.close(read_end)
-        os.close(write_end)
+        _close_pipes([pipe])
 
 
 async def _peer_to_pipe(peer: PeerSide, write_end: int, count: int, wait: bool) -> int:
@@ -368,7 +376,6 @@ async def _tee_rounds(
     always the first bytes of A when it is teed into, so a tee (which duplicates
     from the start of A) never duplicates a byte twice."""
     a_read, a_write = pipes.a
-    client_fd = client.fileno()
     hashing = _PipeHash(hasher, [read_end for read_end, _ in pipes.b], PIPE_SIZE)
     moved = 0
     since_checkpoint = 0
@@ -384,17 +391,14 @@ async def _tee_rounds(
                 duplicated = _tee(a_read, pipes.b[turn][1], in_a)
                 hashing.start(turn, duplicated)
                 turn = (turn + 1) % len(pipes.b)
-                left = duplicated
-                while left:
-                    left -= await _pipe_to_client(a_read, client_fd, client, left, client_stall)
+                await _drain_pipe(a_read, client, duplicated, client_stall)
                 in_a -= duplicated
                 moved += duplicated
                 since_checkpoint += duplicated
             if since_checkpoint >= CHECKPOINT_BYTES:
                 since_checkpoint = 0
                 await trio.lowlevel.checkpoint()
-        with trio.CancelScope(shield=True):
-            await hashing.wait_all()
+        await hashing.wait_all()
         return moved
     finally:
         # The hasher must hold exactly the bytes delivered before anything goes on.
@@ -513,9 +517,7 @@ class TeePipes:
     b: list[tuple[int, int]]
 
     def close(self) -> None:
-        for read_end, write_end in [self.a, *self.b]:
-            os.close(read_end)
-            os.close(write_end)
+        _close_pipes([self.a, *self.b])
 
 
 def _open_tee_pipes() -> TeePipes | None:
@@ -527,9 +529,7 @@ def _open_tee_pipes() -> TeePipes | None:
     for _ in range(1 + HASH_PIPES):
         pipe = open_pipe()
         if pipe is None:
-            for read_end, write_end in opened:
-                os.close(read_end)
-                os.close(write_end)
+            _close_pipes(opened)
             return None
         opened.append(pipe)
     return TeePipes(opened[0], opened[1:])

@@ -36,7 +36,7 @@ import trio
 
 from dht import Provider
 from mirror.mirroring.distrust import Where
-from mirror.mirroring.movers import ClientGone, DigestMismatch, ThreadedHash
+from mirror.mirroring.movers import DigestMismatch, ThreadedHash, require_digest, to_client
 from mirror.mirroring.peer import HeadCollector, PeerError, connect
 from mirror.mirroring.stripe import (
     MIB,
@@ -318,11 +318,8 @@ class StripedBody:
                     self._feed(Delivered(out - core.sent))
                 if out + len(chunk) == self.length:
                     await hashing.wait()
-                    if hasher.hexdigest() != expected:
-                        raise DigestMismatch(
-                            f"striped bytes hash to {algorithm}:{hasher.hexdigest()}", out
-                        )
-                await _to_client(sock, chunk, stall)
+                    require_digest(hasher, expected, "striped", out)
+                await to_client(sock, chunk, stall)
                 out += len(chunk)
             await hashing.wait()
             if core.sent < out:
@@ -420,13 +417,6 @@ class StripedBody:
 def _gone(link: _Link) -> bool:
     """Dropped: its ranges may be another holder's now, so not a byte more into the ring."""
     return link.dropped
-
-
-async def _to_client(sock: trio.socket.SocketType, data: memoryview, stall: float) -> None:
-    try:
-        await send_all(sock, data, stall_timeout=stall)  # type: ignore[arg-type]
-    except (OSError, PeerStalled) as exc:
-        raise ClientGone(str(exc)) from exc
 
 
 async def _read_head(link: _Link) -> _Head:

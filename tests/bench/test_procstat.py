@@ -10,6 +10,7 @@ from bench.procstat import (
     cpu_seconds,
     group_cpu_seconds,
     group_rss_kib,
+    parse_busy_ticks,
     parse_cpu_model,
     parse_kib_field,
     parse_pid_stat,
@@ -56,6 +57,7 @@ def test_pid_stat_fields_come_after_the_last_parenthesis() -> None:
 
 def test_machine_task_time_is_user_nice_system_of_the_cpu_line() -> None:
     assert parse_task_ticks(PROC_STAT) == 4705 + 150 + 1120
+    assert parse_busy_ticks(PROC_STAT) == 4705 + 150 + 1120 + 30 + 80
     with pytest.raises(ValueError):
         parse_task_ticks("intr 1 2 3\n")
 

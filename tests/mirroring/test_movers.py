@@ -18,20 +18,10 @@ from mirror.mirroring.movers import (
     PeerSide,
     tee_verified,
 )
+from tests.loopback import tcp_pair
 
 BODY = os.urandom(5 * 1024 * 1024 + 4321)
 DIGEST_HEX = hashlib.sha256(BODY).hexdigest()
-
-
-async def _tcp_pair() -> tuple[trio.socket.SocketType, trio.socket.SocketType]:
-    listener = trio.socket.socket()
-    await listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    near = trio.socket.socket()
-    await near.connect(listener.getsockname())
-    far, _ = await listener.accept()
-    listener.close()
-    return near, far
 
 
 async def _run(
@@ -44,8 +34,8 @@ async def _run(
     and return what the client received, the mover's result or exception, and the
     hasher. `cut`: the peer closes after `sent` though the body is longer."""
     hasher = hashlib.sha256()
-    peer_out, peer_in = await _tcp_pair()
-    client_out, client_in = await _tcp_pair()
+    peer_out, peer_in = await tcp_pair()
+    client_out, client_in = await tcp_pair()
     received = bytearray()
     result: list[int | BaseException] = []
     length = len(BODY) if cut else len(early) + len(sent)

@@ -11,18 +11,14 @@ from pathlib import Path
 import trio
 
 from mirror.server.io import send_file
+from tests.loopback import tcp_pair
 
 
 async def test_a_body_is_sent_corked_and_the_socket_uncorked_after(tmp_path: Path) -> None:
     payload = os.urandom(3 * 1024 * 1024 + 123)  # ends on a partial segment
     path = tmp_path / "blob"
     path.write_bytes(payload)
-    listener = trio.socket.socket()
-    await listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    client = trio.socket.socket()
-    await client.connect(listener.getsockname())
-    server, _ = await listener.accept()
+    client, server = await tcp_pair()
     corked_during: list[int] = []
     received = bytearray()
 
@@ -39,7 +35,7 @@ async def test_a_body_is_sent_corked_and_the_socket_uncorked_after(tmp_path: Pat
 
     fd = os.open(path, os.O_RDONLY)
     try:
-        with client, server, listener:
+        with client, server:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(read_all)
                 await send_file(server, fd, 0, len(payload), pacer=Probe())  # type: ignore[arg-type]
