@@ -37,16 +37,29 @@ def parse_pid_stat(text: str) -> PidStat:
     return PidStat(ppid=int(fields[1]), utime_ticks=int(fields[11]), stime_ticks=int(fields[12]))
 
 
+def _cpu_line(text: str) -> list[int]:
+    """The tick counts of the `cpu` line of `/proc/stat` (user, nice, system, idle,
+    iowait, irq, softirq, steal, ...)."""
+    first = text.split("\n", 1)[0].split()
+    if not first or first[0] != "cpu":
+        raise ValueError(f"not the first line of /proc/stat: {text[:40]!r}")
+    return [int(v) for v in first[1:]]
+
+
 def parse_task_ticks(text: str) -> int:
     """user + nice + system over every core, from the `cpu` line of `/proc/stat`.
 
     Interrupt and softirq time is left out: on loopback it is the benchmark's own
     packets, handled in whichever task's context they arrive.
     """
-    first = text.split("\n", 1)[0].split()
-    if not first or first[0] != "cpu":
-        raise ValueError(f"not the first line of /proc/stat: {text[:40]!r}")
-    return sum(int(v) for v in first[1:4])
+    return sum(_cpu_line(text)[0:3])
+
+
+def parse_busy_ticks(text: str) -> int:
+    """`parse_task_ticks` plus interrupt and softirq time: every tick a core was busy
+    (loopback TCP's receive work included), steal and idle left out."""
+    user, nice, system, _idle, _iowait, irq, softirq = _cpu_line(text)[0:7]
+    return user + nice + system + irq + softirq
 
 
 def parse_kib_field(text: str, key: str) -> int:
@@ -83,6 +96,11 @@ def cpu_seconds(pid: int) -> float:
 def system_task_seconds() -> float:
     """CPU time the machine's tasks used (user + nice + system over every core)."""
     return parse_task_ticks((PROC / "stat").read_text()) / clock_ticks()
+
+
+def system_busy_seconds() -> float:
+    """CPU time every core was busy, interrupts and softirqs included."""
+    return parse_busy_ticks((PROC / "stat").read_text()) / clock_ticks()
 
 
 def status_kib(pid: int, key: str) -> int:

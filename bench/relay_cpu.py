@@ -25,8 +25,8 @@ from typing import Any
 import trio
 
 from bench.measure import MIB, summarize
+from bench.procstat import cpu_seconds, system_busy_seconds
 from bench.result_file import write_json
-from bench.sampling import UsageMeter
 from mirror.mirroring import movers
 
 MODES = ("direct", "copy", "tee")
@@ -110,33 +110,26 @@ async def _relay(mode: str, holder_port: int, size: int, hex_digest: str, bodies
     return await trio.to_thread.run_sync(_client_bytes, client)
 
 
-def _machine_busy_seconds() -> float:
-    """Every core's busy time, interrupts and softirqs included (loopback TCP's receive
-    work runs there), from the `cpu` line of /proc/stat."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
-    user, nice, system, _idle, _iowait, irq, softirq = fields
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
-
 def _one_run(
     mode: str, holder_port: int, size: int, hex_digest: str, bodies: int
 ) -> dict[str, float]:
-    with UsageMeter({"relay": lambda: [os.getpid()]}) as meter:
-        busy_before = _machine_busy_seconds()
-        started = time.monotonic()
-        if mode == "direct":
-            moved = _client_bytes(_start_client(holder_port, bodies))
-        else:
-            moved = trio.run(_relay, mode, holder_port, size, hex_digest, bodies)
-        elapsed = time.monotonic() - started
-        busy = _machine_busy_seconds() - busy_before
+    # Read before and after, not sampled: a sampling thread would run in the relay's
+    # own process and be counted as its CPU.
+    relay_before, busy_before = cpu_seconds(os.getpid()), system_busy_seconds()
+    started = time.monotonic()
+    if mode == "direct":
+        moved = _client_bytes(_start_client(holder_port, bodies))
+    else:
+        moved = trio.run(_relay, mode, holder_port, size, hex_digest, bodies)
+    elapsed = time.monotonic() - started
+    relay = cpu_seconds(os.getpid()) - relay_before
+    busy = system_busy_seconds() - busy_before
     if moved != size * bodies:
         raise RuntimeError(f"{mode}: the client read {moved} of {size * bodies} bytes")
-    usage = meter.usage
     gib = moved / GIB
     return {
         "mib_s": moved / MIB / elapsed,
-        "relay_cpu_s_per_gib": usage.group_cpu_s["relay"] / gib if mode != "direct" else 0.0,
+        "relay_cpu_s_per_gib": relay / gib if mode != "direct" else 0.0,
         "machine_cpu_s_per_gib": busy / gib,
     }
 
