@@ -306,7 +306,8 @@ class Stripe(Generic[H]):
             return
         if count <= 0:
             return
-        if holder.received == 0:
+        # A holder set aside as busy comes back as a new `_Holder`: listed once all the same.
+        if holder.received == 0 and name not in self.stats.contributors:
             self.stats.contributors.append(name)
         before = request.filled
         request.got += count

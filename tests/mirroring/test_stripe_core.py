@@ -277,6 +277,24 @@ def test_a_holder_busy_for_spare_uplink_is_asked_again_later() -> None:
     assert fetches and {(c.holder, c.spare) for c in fetches} == {("b", True)}
 
 
+def test_a_holder_that_sent_bytes_then_said_busy_counts_once_among_contributors() -> None:
+    """A holder serves a range, says busy to the next (spare) one, is asked again after
+    `busy_retry` and serves again: it is one contributor, not two (the body's log and
+    metrics say how many holders it was striped over)."""
+    stripe = _stripe("a", "b")
+    stripe.receive(NoMoreHolders(), 0.0)
+    _step(stripe, 0.0)
+    _serve(stripe, "a", 0, 10, 0.25)
+    _serve(stripe, "b", 10, 20, 0.25)
+    stripe.receive(Answered("b", 503, None, None, None), 0.25)
+    assert _step(stripe, 0.25)[0] == Drop("b", "busy")
+    stripe.receive(Delivered(20), 0.5)  # the window moves on: there is a range for b
+    retry = [c for c in _step(stripe, 0.75) if isinstance(c, Fetch) and c.holder == "b"]
+    assert retry and retry[0].spare
+    _serve(stripe, "b", retry[0].start, retry[0].end, 0.75)
+    assert stripe.stats.contributors == ["a", "b"]
+
+
 def test_a_silent_holder_is_dropped_at_the_stall_timeout() -> None:
     stripe = _stripe("a", "b", "c")
     assert _step(stripe, 0.0)[-1] == WakeAt(4.0)  # the rate floor's first window
