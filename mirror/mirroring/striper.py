@@ -63,10 +63,6 @@ log = logging.getLogger("mirror.mirroring")
 
 MAX_HEAD = 16 * 1024
 SEND_CHUNK = MIB
-# A holder's socket wakes the loop once this much is there (SO_RCVLOWAT), or a
-# quarter of the rate floor's quota if less: a read is counted when it is taken, so
-# a lump held back makes a holder near the floor look a lump slower in its window.
-WAKE_FOR = 256 * 1024
 # Stands for every source of a digest in a `SourceDistrust` of blobs not to stripe.
 ANY_SOURCE: Where = ("", 0)
 
@@ -171,8 +167,6 @@ class StripedBody:
         self._nursery: trio.Nursery | None = None
         self._progress = trio.Event()
         self._wake_at = math.inf
-        quota = int(limits.min_rate * limits.rate_window)
-        self._wake_for = min(WAKE_FOR, quota // 4) if quota > 0 else WAKE_FOR
         self._timer: trio.CancelScope | None = None
 
     # The body
@@ -394,28 +388,22 @@ class StripedBody:
         assert link.sock is not None
         offset = start
         fd = link.sock.fileno()
-        wake_for = _wake_for(link.sock, min(self._wake_for, end - offset))
-        try:
-            while offset < end:
-                if _gone(link):
-                    return
-                if link.unsent:
-                    await self._send_requests(link)
-                    continue
-                try:
-                    count = os.readv(fd, self._ring_views(offset, end - offset))
-                except BlockingIOError:
-                    if end - offset < wake_for:
-                        wake_for = _wake_for(link.sock, end - offset)
-                    await trio.lowlevel.wait_readable(link.sock)
-                    continue
-                if count == 0:
-                    raise PeerError("the holder closed the connection mid-body")
-                offset += count
-                self._feed(Received(link.holder, count))
-                await trio.lowlevel.checkpoint()
-        finally:
-            _wake_for(link.sock, 1)  # the next response head may be shorter
+        while offset < end:
+            if _gone(link):
+                return
+            if link.unsent:
+                await self._send_requests(link)
+                continue
+            try:
+                count = os.readv(fd, self._ring_views(offset, end - offset))
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(link.sock)
+                continue
+            if count == 0:
+                raise PeerError("the holder closed the connection mid-body")
+            offset += count
+            self._feed(Received(link.holder, count))
+            await trio.lowlevel.checkpoint()
 
     def _ring_views(self, offset: int, count: int) -> list[memoryview]:
         window = len(self._ring)
@@ -424,16 +412,6 @@ class StripedBody:
         if len(first) == count:
             return [first]
         return [first, self._ring[: count - len(first)]]
-
-
-def _wake_for(sock: trio.socket.SocketType, count: int) -> int:
-    """Readable only once `count` bytes are there (SO_RCVLOWAT): a holder paced in
-    small bursts wakes the loop once per `count` bytes, not once per segment."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, max(count, 1))
-    except OSError:
-        return 1
-    return max(count, 1)
 
 
 def _gone(link: _Link) -> bool:

@@ -19,14 +19,12 @@ from pathlib import Path
 
 import pytest
 import trio
-import trio.lowlevel
 
 from mirror.mirroring.mirror import MirrorEvent, MirrorSettings, PeerMirror
 from mirror.mirroring.movers import DigestMismatch
 from mirror.mirroring.providers import ProviderCache
 from mirror.mirroring.relay import RelayBody
-from mirror.mirroring.stripe import Received
-from mirror.mirroring.striper import WAKE_FOR, StripedBody, StripeSettings
+from mirror.mirroring.striper import StripedBody, StripeSettings
 from mirror.server.listener import RegistryServer
 from mirror.server.localstore import LocalStore
 from mirror.server.registry import RegistryHandler
@@ -62,7 +60,6 @@ class RangePeer:
     shift: int = 0
     busy: bool = False
     trickle: bool = False  # 1 KiB every 10 ms: 100 KB/s, far behind the others
-    small_sends: bool = False  # 4 KiB a send and a yield between, as a paced uplink
     asked: list[tuple[int, int]] = field(default_factory=list)
     heads: list[str] = field(default_factory=list)
     sent: int = 0
@@ -128,10 +125,7 @@ class RangePeer:
                 return False
             if self.trickle:
                 await trio.sleep(0.01)
-            elif self.small_sends:
-                await trio.lowlevel.checkpoint()
-            size = 1024 if self.trickle else 4096 if self.small_sends else 16384
-            count = await sock.send(view[: min(size, len(view))])
+            count = await sock.send(view[: min(1024 if self.trickle else 16384, len(view))])
             self.sent += count
             view = view[count:]
         return True
@@ -208,42 +202,6 @@ async def test_range_requests_carry_the_clusters_credentials(tmp_path: Path) -> 
         nursery.cancel_scope.cancel()
     assert other.heads
     assert all("\r\nAuthorization: Basic Zm9vOmJhcg==" in head for head in other.heads)
-
-
-async def test_a_holder_sending_in_small_bursts_is_read_in_large_ones(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The striper asks to be woken once WAKE_FOR bytes are there (SO_RCVLOWAT), not
-    once per segment: each wakeup costs the loop far more than the bytes it moves."""
-    reads: list[int] = []
-    feed = StripedBody._feed
-
-    def counting_feed(self: StripedBody, event: object) -> None:
-        if isinstance(event, Received) and event.holder[1] == paced.port:
-            reads.append(event.count)
-        feed(self, event)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(StripedBody, "_feed", counting_feed)
-    paced = RangePeer(small_sends=True)
-    async with trio.open_nursery() as nursery:
-        first = await _good_peer(nursery, tmp_path / "first")
-        ports = [first, await paced.start(nursery)]
-        mirror = await _mirror(nursery, ports)
-        mirror.settings = MirrorSettings(
-            stripe=StripeSettings(width=2, threshold=1024 * 1024, piece=1024 * 1024, depth=2),
-            resolve_timeout=RESOLVE_TIMEOUT,
-        )
-        response = await _fetch(mirror)
-        assert response is not None and isinstance(response.body, StripedBody)
-        assert await _body_through(response) == BLOB
-        nursery.cancel_scope.cancel()
-    # What the body asks for at the default rate floor: a quarter of its quota.
-    wake_for = min(WAKE_FOR, int(MirrorSettings().min_rate * MirrorSettings().rate_window) // 4)
-    assert sum(reads) >= wake_for  # it served a share
-    # Woken per 4 KiB send, it would take a read for each: 40 per wake_for (a wake
-    # takes 2 or 3 here, as the holder sends again between them).
-    ranges = len(paced.asked)
-    assert len(reads) <= 5 * (sum(reads) // wake_for + ranges), (len(reads), sum(reads), ranges)
 
 
 async def test_with_one_holder_the_blob_is_relayed_whole(tmp_path: Path) -> None:
