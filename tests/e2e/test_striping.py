@@ -84,6 +84,12 @@ def test_a_holder_killed_mid_body_leaves_the_others_to_finish(cluster: LocalClus
         if line["msg"] == "mirrored" and line["key"] == layer and line["method"] == "GET"
     ]
     assert sent_on["outcome"] == "peer" and sent_on["striped"] == 3 and sent_on["resumes"] >= 1
-    dropped = [line for line in lines if line["msg"] == "striped fetch dropped a holder"]
+    # A holder still sending another body (a race's loser, until it sees the close)
+    # says busy to a spare-only range and is asked again later: set aside, not failed.
+    dropped = [
+        line
+        for line in lines
+        if line["msg"] == "striped fetch dropped a holder" and line["reason"] != "busy"
+    ]
     assert [line["peer"].rsplit(":", 1)[0] for line in dropped] == [f"127.0.0.{victim + 1}"]
     assert dropped[0]["reason"].startswith("failed")
