@@ -2,8 +2,9 @@
 
 Every loop here tries the syscall once and only then waits for writability,
 Trio's own pattern (the wait outside the `except`, so no exception and traceback is
-held for as long as a slow reader takes), and gives up when the peer accepts nothing
-for `stall_timeout`.
+held for as long as a slow reader takes; `sendfile` also waits at once after a
+partial write, the socket being full), and gives up when the peer accepts nothing
+for `stall_timeout` (`send_file`: up to 1.25x that, see `StallDeadline`).
 Each call reaches at least one schedule point: one that never had to wait yields
 once at the end (cancel-shielded, since by then the bytes are sent).
 """
@@ -112,8 +113,8 @@ class StallDeadline:
     """A cancel scope's deadline kept at least `timeout` past the last progress.
 
     Progress moves the deadline only once it has fallen within `timeout` of now, and
-    then a quarter of `timeout` further: a stream that moves rarely touches the scope
-    (a fresh scope per wait cost a quarter of the loop's time under 8 curl streams),
+    then a quarter of `timeout` further: a stream that keeps moving seldom touches the
+    scope (a fresh scope per wait cost a quarter of the loop's time under 8 curl streams),
     and a stall is noticed between `timeout` and 1.25 x `timeout` after the last byte."""
 
     def __init__(self, scope: trio.CancelScope, timeout: float) -> None:
