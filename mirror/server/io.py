@@ -125,7 +125,7 @@ class StallDeadline:
     def progressed(self) -> None:
         now = trio.current_time()
         if self.scope.deadline < now + self.timeout:
-            self.scope.deadline = now + self.timeout * 1.25
+            self._count_from(now)
 
     def pause(self) -> None:
         """Not waiting for the peer (pacing): no deadline until `resume`."""
@@ -133,7 +133,10 @@ class StallDeadline:
 
     def resume(self) -> None:
         """Waiting for the peer again: the stall timeout counts from now."""
-        self.scope.deadline = trio.current_time() + self.timeout * 1.25
+        self._count_from(trio.current_time())
+
+    def _count_from(self, now: float) -> None:
+        self.scope.deadline = now + self.timeout * 1.25
 
 
 async def _send_file(
@@ -163,12 +166,13 @@ async def _send_file(
                 raise SourceShort(f"file ended {remaining} bytes early")
             offset += sent
             remaining -= sent
-            stall.progressed()
             if pacer is not None:
                 stall.pause()
                 await pacer.sent(sent)
                 stall.resume()
-            elif sent < want:
+                continue
+            stall.progressed()
+            if sent < want:
                 # The socket is full: skip the try that would only say EAGAIN.
                 await trio.lowlevel.wait_writable(sock)
             else:
