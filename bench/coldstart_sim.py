@@ -2,24 +2,31 @@
 
 The decisions are the product's own pure cores: the claim table (`dht/claims.py`)
 as the arbiter, `ColdMiss` (claim, search, back off, give up) and
-`usable_source` (`mirror/mirroring/coldmiss.py`), and the per-blob stream cap
-(`mirror/server/streamcap.py`). What they decide runs in a fluid model of the
-network, stepped every `dt`: each node has an uplink and a downlink, shared
-equally by its transfers; the upstream is one shared link; a node can relay no
-byte it has not received yet. Lookups see a download in progress once its
-first byte is `announce_delay` old. Each node fetches `parallel` layers at a
-time, as containerd does. A layer of the striping threshold or more is fetched
-from up to `stripe_width` complete holders at once, as the mirror's striper
-does (`StripeSettings`): the first with room, the others only while they
-stream nothing else, let go as soon as another peer asks them (a stripe's range
-takes spare uplink only); each holder's share is one of its streams.
+`usable_source` (`mirror/mirroring/coldmiss.py`), the per-node stream cap and
+the streams it ends to make room (`mirror/server/streamcap.py`), and which
+download a node passes on (`mirror/mirroring/forwarding.py`). What they decide
+runs in a fluid model of the network, stepped every `dt`: each node has an
+uplink and a downlink, shared equally by its transfers; the upstream is one
+shared link; a node can relay no byte it has not received yet. Lookups see a
+download in progress once its first byte is `announce_delay` old. Each node
+fetches `parallel` layers at a time in manifest order, as containerd does
+(`images.Dispatch` takes its limiter before it starts each child): every node
+asks for the same layers first. A layer of the striping threshold or more is
+fetched from up to `stripe_width` complete holders at once, as the mirror's
+striper does (`StripeSettings`): the first with room, the others only while
+they stream nothing else, let go as soon as another peer asks them (a stripe's
+range takes spare uplink only); each holder's share is one of its streams.
 
-What-if rules the product does not have, off unless asked for, to weigh one
-before building it: `--preempt` (a node at its stream cap, asked for a blob it
-streams to nobody, ends its newest stream of a blob it streams twice or more;
-that puller resumes from another source), `--one-claim` (a node already
-fetching a blob it claimed searches before claiming another) and
-`--max-pause` (the longest pause between a waiting fetch's searches).
+The product's rules, each of which can be turned off to see what it is worth:
+a node fetching a blob it claimed searches before claiming another
+(`--no-one-claim`); a node still receiving passes one download on to peers,
+and a full node makes room for a puller that will pass it on by ending a
+stream to one that will not (`--no-forward-one`). What-if rules the product
+does not have, to weigh one before building it: `--preempt` (a node at its
+stream cap, asked for a blob it streams to nobody, ends its newest stream of a
+blob it streams twice or more; that puller resumes from another source),
+`--max-pause` (the longest pause between a waiting fetch's searches) and
+`--order random` (each node fetches the layers in its own order).
 
 Reported: time to distribute the image (p50, p99, max, from each node's start),
 upstream fetches per layer, the busiest node's share of the bytes nodes sent
@@ -50,6 +57,7 @@ from mirror.mirroring.coldmiss import (
     Pause,
     usable_source,
 )
+from mirror.mirroring.forwarding import forwarded
 from mirror.mirroring.striper import StripeSettings
 from mirror.server.streamcap import StreamCap
 
@@ -76,14 +84,23 @@ class SimConfig:
     time_limit: float = 600.0
     stripe_width: int = StripeSettings().width  # 1: one source per layer
     stripe_threshold: float = StripeSettings().threshold
-    # What-if: rules the product does not have (yet), to weigh them before building.
+    # The product's rules (off: what they are worth).
+    # one_claim: a node ingesting a claimed blob from the upstream searches before
+    # it claims another (others become the other blobs' claimants).
+    one_claim: bool = True
+    # forward_one: a node streams to peers, while it still receives them, only the
+    # layers `forwarding.forwarded` names; a full node asked for a layer by a puller
+    # that forwards it ends its newest stream of that layer to a puller that does
+    # not (who resumes elsewhere). Each layer's tree grows through nodes that pass it on.
+    forward_one: bool = True
+    # What-if: rules the product does not have, to weigh them before building.
     # preempt: a full node asked for a blob it streams to nobody ends its newest
     # stream of a blob it streams twice or more; that puller resumes elsewhere.
     preempt: bool = False
-    # one_claim: a node ingesting a claimed blob from the upstream searches before
-    # it claims another (others become the other blobs' claimants).
-    one_claim: bool = False
     max_pause: float = ColdMissLimits().max_pause  # between a waiting fetch's searches
+    # "manifest": every node fetches the layers in the manifest's order (containerd);
+    # "random": each node in its own order.
+    order: str = "manifest"
 
     @property
     def image_size(self) -> float:
@@ -120,6 +137,7 @@ class SimResult:
     claims: Counter[str] = field(default_factory=Counter)
     claimants: dict[int, int] = field(default_factory=dict)  # layer -> node that won it
     preempted: int = 0  # streams ended by --preempt
+    leaves_ended: int = 0  # streams ended for a puller that passes the layer on
 
     def percentile(self, q: float) -> float:
         if not self.times:
@@ -149,6 +167,7 @@ class SimResult:
             "unfinished": self.unfinished,
             "claims": dict(self.claims),
             "preempted": self.preempted,
+            "leaves_ended": self.leaves_ended,
             "wall_seconds": round(self.wall_seconds, 1),
         }
 
@@ -170,9 +189,18 @@ class ColdStartSim:
         self.keys = [f"sha256:{layer:064x}".encode() for layer in range(config.layers)]
         # Per layer: nodes holding it whole, and nodes receiving it (-> first-byte time).
         self.complete: list[list[int]] = [[] for _ in range(config.layers)]
+        self.complete_set: list[set[int]] = [set() for _ in range(config.layers)]
         self.receiving: list[dict[int, float]] = [{} for _ in range(config.layers)]
         self.progress: list[dict[int, float]] = [{} for _ in range(config.layers)]
-        self.pending = [list(rng.sample(range(config.layers), config.layers)) for _ in range(n)]
+        if config.order == "random":
+            self.pending = [rng.sample(range(config.layers), config.layers) for _ in range(n)]
+        else:  # pop() takes the last: layer 0 first
+            self.pending = [list(reversed(range(config.layers))) for _ in range(n)]
+        self.digests = [key.decode() for key in self.keys]
+        self.layer_of = {digest: layer for layer, digest in enumerate(self.digests)}
+        # forward_one: node -> (its fetches, the layer it forwards), as last worked out.
+        self._forwarding: dict[int, tuple[tuple[tuple[int, bool], ...], frozenset[int]]] = {}
+        self.serving: list[list[_Fetch]] = [[] for _ in range(n)]  # node -> streams it sends
         self.active: list[list[_Fetch]] = [[] for _ in range(n)]
         self.done_at: list[float | None] = [None] * n
         self.uploaded = [0.0] * n
@@ -186,6 +214,7 @@ class ColdStartSim:
         self.ingesting: Counter[int] = Counter()  # node -> claimed upstream fetches running
         self.requeue: list[_Fetch] = []  # preempted fetches, waiting again next step
         self.preempted = 0
+        self.leaves_ended = 0
         self.claimants: dict[int, int] = {}
         self.now = 0.0
 
@@ -197,7 +226,7 @@ class ColdStartSim:
         "busy" (sources exist, none with room) or "none"."""
         layer, key = f.layer, str(f.layer)
         complete = self.complete[layer]
-        taken = self._complete_holders(layer)
+        taken = self._complete_holders(f)
         if taken:
             f.extra = taken[1:]
             self._begin(f, taken[0], now)
@@ -208,7 +237,7 @@ class ColdStartSim:
         holder = f.holder
         holder_index = int.from_bytes(holder.node_id[-4:], "big") if holder is not None else -1
         for node, first_byte in self.receiving[layer].items():
-            if node == f.node:
+            if node == f.node or not self._forwards(node, layer):
                 continue
             visible = now - first_byte >= self.c.announce_delay or node == holder_index
             if not visible:
@@ -218,17 +247,17 @@ class ColdStartSim:
             if not usable_source(provider, int(f.got), holder):
                 continue
             any_found = True
-            if got > best_got and self._has_room(node, key):
+            if got > best_got and self._has_room(node, key, f):
                 best, best_got = node, got
-        if best >= 0 and self._acquire(best, key, now):
+        if best >= 0 and self._acquire(best, key, now, f):
             self._begin(f, best, now)
             return "started"
         return "busy" if any_found else "none"
 
-    def _complete_holders(self, layer: int) -> list[int]:
+    def _complete_holders(self, f: _Fetch) -> list[int]:
         """Complete holders with room, from a random one on, each taking a stream: one,
         or up to `stripe_width` for a layer the mirror stripes."""
-        complete, key = self.complete[layer], str(layer)
+        complete, key = self.complete[f.layer], str(f.layer)
         width = self.c.stripe_width if self.c.layer_size >= self.c.stripe_threshold else 1
         taken: list[int] = []
         first = self.rng.randrange(len(complete)) if complete else 0
@@ -236,30 +265,65 @@ class ColdStartSim:
             node = complete[(first + i) % len(complete)]
             if taken and len(self.caps[node]) > 0:
                 continue  # a stripe's other holders lend spare uplink only (registry.py)
-            if self._acquire(node, key, self.now):
+            if self._acquire(node, key, self.now, f):
                 taken.append(node)
                 if len(taken) == width:
                     break
         return taken
 
-    def _preemptible(self, node: int, key: str) -> _Fetch | None:
-        """With `preempt`: the stream a full `node` would end to serve `key`, which it
-        streams to nobody: its newest of the blob it streams most, if that is 2 or more."""
+    def _forwarded(self, node: int) -> frozenset[int]:
+        """With `forward_one`: the layers `node` streams to peers while it still
+        receives them (`forwarding.forwarded` over its fetches)."""
+        fetches = tuple((f.layer, f.claimed and f.source == UPSTREAM) for f in self.active[node])
+        known = self._forwarding.get(node)
+        if known is not None and known[0] == fetches:
+            return known[1]
+        digests = forwarded(
+            self.providers[node].node_id,
+            (self.digests[layer] for layer, _ in fetches),
+            (self.digests[layer] for layer, claimed in fetches if claimed),
+        )
+        layers = frozenset(self.layer_of[digest] for digest in digests)
+        self._forwarding[node] = (fetches, layers)
+        return layers
+
+    def _forwards(self, node: int, layer: int) -> bool:
+        return (
+            not self.c.forward_one
+            or node in self.complete_set[layer]
+            or layer in self._forwarded(node)
+        )
+
+    def _preemptible(self, node: int, key: str, puller: _Fetch) -> _Fetch | None:
+        """The stream a full `node` would end to serve `puller` under the what-if rules:
+        with `forward_one`, its newest of that layer to a puller that does not forward
+        it, when this puller does; with `preempt`, for a layer it streams to nobody,
+        its newest of the layer it streams most, if that is 2 or more."""
         cap = self.caps[node]
-        if not self.c.preempt or not cap.full or cap.streams(key) > 0:
+        if not cap.full:
+            return None
+        if self.c.forward_one and puller.layer in self._forwarded(puller.node):
+            leaf = cap.leaf_to_end(key)
+            if isinstance(leaf, _Fetch):
+                return leaf
+        if not self.c.preempt or cap.streams(key) > 0:
             return None
         top = max(range(self.c.layers), key=lambda layer: cap.streams(str(layer)))
         if cap.streams(str(top)) < 2:
             return None
-        victims = [g for g in self.transfers if g.source == node and g.layer == top]
+        victims = [g for g in self.serving[node] if g.layer == top]
         return min(victims, key=lambda g: g.got) if victims else None
 
-    def _has_room(self, node: int, key: str) -> bool:
-        return not self.caps[node].full or self._preemptible(node, key) is not None
+    def _has_room(self, node: int, key: str, puller: _Fetch) -> bool:
+        return not self.caps[node].full or self._preemptible(node, key, puller) is not None
 
-    def _acquire(self, node: int, key: str, now: float) -> bool:
-        victim = self._preemptible(node, key)
+    def _acquire(self, node: int, key: str, now: float, puller: _Fetch) -> bool:
+        victim = self._preemptible(node, key, puller)
         if victim is not None:
+            if victim is self.caps[node].leaf_to_end(key):
+                self.leaves_ended += 1
+            else:
+                self.preempted += 1
             self._detach(victim, now)
         return self.caps[node].acquire(key)
 
@@ -267,17 +331,22 @@ class ColdStartSim:
         """A preempted stream: its puller searches again from the bytes it has (the
         relay's resume with `Range`)."""
         self.transfers.remove(f)
+        assert f.source is not None
+        self.serving[f.source].remove(f)
+        self.caps[f.source].leaf_ended(str(f.layer), f)
         for node in f.sources:
             self.up_streams[node] -= 1
             self.caps[node].release(str(f.layer))
         f.source, f.extra = None, []
         f.core, f.wake = ColdMiss(now, self.limits, busy=True), now
         self.requeue.append(f)
-        self.preempted += 1
 
     def _begin(self, f: _Fetch, source: int, now: float) -> None:
         f.source = source
         if source != UPSTREAM:
+            self.serving[source].append(f)
+            if self.c.forward_one and f.layer not in self._forwarded(f.node):
+                self.caps[source].leaf_started(str(f.layer), f)
             for node in f.sources:
                 self.up_streams[node] += 1
         self.transfers.append(f)
@@ -386,6 +455,8 @@ class ColdStartSim:
     def _finish(self, f: _Fetch, now: float) -> None:
         self.transfers.remove(f)
         if f.source is not None and f.source != UPSTREAM:
+            self.serving[f.source].remove(f)
+            self.caps[f.source].leaf_ended(str(f.layer), f)
             for node in f.sources:
                 self.up_streams[node] -= 1
                 self.caps[node].release(str(f.layer))
@@ -405,7 +476,6 @@ class ColdStartSim:
     def run(self) -> SimResult:
         wall = time.monotonic()
         c = self.c
-        self.complete_set: list[set[int]] = [set() for _ in range(c.layers)]
         order = sorted(range(c.nodes), key=lambda i: self.start[i])
         next_start = 0
         now = 0.0
@@ -438,6 +508,7 @@ class ColdStartSim:
             claims=self.claim_outcomes,
             claimants=self.claimants,
             preempted=self.preempted,
+            leaves_ended=self.leaves_ended,
         )
 
 
@@ -461,15 +532,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "streams to nobody",
     )
     parser.add_argument(
-        "--one-claim",
-        action="store_true",
-        help="what-if: a node ingesting a claimed blob searches before claiming another",
+        "--no-one-claim",
+        dest="one_claim",
+        action="store_false",
+        help="without the product's rule: a node ingesting a claimed blob searches before "
+        "claiming another",
     )
     parser.add_argument(
         "--max-pause",
         type=float,
         default=ColdMissLimits().max_pause,
         help="ColdMissLimits.max_pause: longest pause between searches of a waiting fetch",
+    )
+    parser.add_argument(
+        "--no-forward-one",
+        dest="forward_one",
+        action="store_false",
+        help="without the product's rule: a node still receiving passes one download on, "
+        "and makes room for a puller that passes it on too",
+    )
+    parser.add_argument(
+        "--order",
+        choices=("manifest", "random"),
+        default="manifest",
+        help="the order each node fetches the layers in (manifest: containerd's)",
     )
     parser.add_argument(
         "--stripe-width",
@@ -497,6 +583,8 @@ def run(args: argparse.Namespace) -> int:
             preempt=args.preempt,
             one_claim=args.one_claim,
             max_pause=args.max_pause,
+            forward_one=args.forward_one,
+            order=args.order,
         )
         result = simulate(config)
         summary = result.summary()

@@ -44,6 +44,7 @@ from mirror.ingest.watcher import IngestWatcher
 from mirror.looplag import watch_loop_lag
 from mirror.metrics import Telemetry, TimedProviders
 from mirror.mirroring.claimbook import ClaimBook
+from mirror.mirroring.forwarding import forwarded
 from mirror.mirroring.mirror import MirrorSettings, PeerMirror
 from mirror.mirroring.poisoned import PoisonedIngests
 from mirror.mirroring.providers import ProviderCache
@@ -338,6 +339,12 @@ class Node:
         )
         # Without cold start nothing waits out a busy answer: no cap then.
         stream_cap = StreamCap(options.peer_streams if options.cold_start else 0)
+
+        def forwards(digest: str) -> bool:
+            receiving = (ingest.digest for ingest in watcher.all())
+            return digest in forwarded(dht.node_id, receiving, book.held(trio.current_time()))
+
+        passes_on = forwards if options.cold_start else None
         mirror = PeerMirror(
             cache,
             settings,
@@ -347,6 +354,7 @@ class Node:
             abort_ingest=PoisonedIngests(client).abort,
             authorization=authorization,
             ledger=telemetry,
+            forwards=passes_on,
         )
         handler = RegistryHandler(
             store,
@@ -358,6 +366,7 @@ class Node:
             stream_cap=stream_cap,
             peer_pacer=Pacer(options.peer_upload_rate) if options.peer_upload_rate else None,
             auth=auth,
+            forwards=passes_on,
         )
         server = RegistryServer(
             telemetry.instrument(handler),

@@ -67,7 +67,7 @@ from mirror.oci.mediatypes import (
 from mirror.oci.ranges import parse_decimal
 from mirror.server.http import API_VERSION_HEADER
 from mirror.server.io import PeerStalled
-from mirror.server.registry import MIRRORED_HEADER, MIRRORED_QUERY
+from mirror.server.registry import FORWARDS_HEADER, MIRRORED_HEADER, MIRRORED_QUERY
 from mirror.server.request import Request
 from mirror.server.response import Response, error_response
 
@@ -297,8 +297,12 @@ class PeerMirror:
         abort_ingest: Callable[[str], Awaitable[None]] | None = None,
         authorization: str | None = None,
         ledger: PeerLedger | None = None,
+        forwards: Callable[[str], bool] | None = None,
     ) -> None:
         self.cache = cache
+        # Whether this node passes a blob it receives on to peers (forwarding.py): then
+        # its requests say so, and a full source makes room for them.
+        self.forwards = forwards
         # Per peer: bytes received from it, and each request to it that failed.
         self.ledger: PeerLedger = ledger if ledger is not None else NoLedger()
         # Sent on every request to a peer: the loop guard, and the cluster's basic
@@ -318,6 +322,11 @@ class PeerMirror:
         # Drops the local download a wrong relay poisoned, before its reset (poisoned.py).
         self.abort_ingest = abort_ingest
         self._on_event = on_event
+
+    def _headers_for(self, digest: str | None) -> list[tuple[str, str]]:
+        if digest is None or self.forwards is None or not self.forwards(digest):
+            return self.peer_headers
+        return [*self.peer_headers, (FORWARDS_HEADER, "1")]
 
     def _emit(self, event: MirrorEvent) -> None:
         fields = {
@@ -380,7 +389,10 @@ class PeerMirror:
             return None
         budget = self.settings.manifest_budget if miss.bounded else math.inf
         head = HeadRequest(
-            miss.method, miss.target, miss.request_headers(self.peer_headers), miss.validate
+            miss.method,
+            miss.target,
+            miss.request_headers(self._headers_for(miss.digest if miss.kind == "blob" else None)),
+            miss.validate,
         )
         if miss.digest is None:
             return await self._tag(miss, head, budget)
@@ -518,7 +530,11 @@ class PeerMirror:
         """No peer served the blob: claim it, or stream it from its claimant or another
         source once one has room (coldmiss.py)."""
         assert self.claims is not None
-        core = ColdMiss(trio.current_time(), self.settings.cold, busy=bool(busy_at))
+        now = trio.current_time()
+        # A node already fetching a blob it claimed searches before it claims another:
+        # its downlink is taken, and another node's claim spreads the roots.
+        fetching = any(key != miss.key for key in self.book.held(now))
+        core = ColdMiss(now, self.settings.cold, busy=bool(busy_at) or fetching)
         # Sources that answered busy are asked last from then on: the next search goes
         # to those still receiving the blob first, so the load spreads into a tree.
         deferred = set(busy_at)
@@ -827,7 +843,7 @@ class PeerMirror:
             if peer.status != 206 or _range_start(peer.header("content-range")) != offset:
                 raise PeerError(f"peer cannot resume at {offset} (status {peer.status})")
 
-        headers = [*self.peer_headers, ("Range", f"bytes={offset}-{end}")]
+        headers = [*self._headers_for(key), ("Range", f"bytes={offset}-{end}")]
         self.cache.forget(key)  # sources found before the failure may be all there was
         pick = _Pick(offset, failed=frozenset(failed), complete_only=complete_only)
         found = await self._race(key, HeadRequest("GET", target, headers, validate), math.inf, pick)

@@ -35,6 +35,7 @@ from mirror.server.http import response_head
 from mirror.server.io import BodyIntegrityError, PeerStalled, SourceShort, send_all
 from mirror.server.request import Request
 from mirror.server.response import Response, error_response, unavailable
+from mirror.server.streamcap import Preempted
 
 __all__ = [
     "FD_EXHAUSTED",
@@ -74,7 +75,7 @@ class Drain:
             core.drain()
 
 
-_CONNECTION_ERRORS = (OSError, PeerStalled, SourceShort)
+_CONNECTION_ERRORS = (OSError, PeerStalled, SourceShort, Preempted)
 FD_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE})
 
 
@@ -179,7 +180,7 @@ async def _respond(
         sent = await _write(sock, request, response, close, config.stall_timeout)
     except _CONNECTION_ERRORS as exc:
         log.debug("response cut short", extra={"path": request.path, "error": repr(exc)})
-        if isinstance(exc, SourceShort):
+        if isinstance(exc, SourceShort | Preempted):
             _reset(sock)
         return False
     except BodyIntegrityError as exc:

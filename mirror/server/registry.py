@@ -55,8 +55,12 @@ MIRRORED_QUERY = "mirrored"
 # uplink only, so busy while this node streams anything else to a peer. Every
 # stream a stripe takes is one another puller cannot (`python -m bench
 # coldstart-sim`, 1,000 nodes at once: p50 17.2 s with one source per layer, 27.4 s
-# striping over busy holders, 17.2 s over idle ones only).
+# striping over busy holders, 17.2 s over idle ones only; each node fetching the
+# layers in its own order, as the model then had it).
 STRIPE_HEADER = "x-mirror-stripe"
+# A peer that will pass the blob it asks for on to others (mirror/mirroring/forwarding.py):
+# a full node ends a stream to a peer that will not to make room for it.
+FORWARDS_HEADER = "x-mirror-forwards"
 
 
 def from_peer(request: Request) -> bool:
@@ -112,6 +116,7 @@ class RegistryHandler:
         peer_pacer: Pacer | None = None,
         proofs: BlobProofs | None = None,
         auth: BasicAuth | None = None,
+        forwards: Callable[[str], bool] | None = None,
     ) -> None:
         # Basic auth (the chart's basicAuthSecretName): every request but the probes.
         self.auth = auth
@@ -124,6 +129,9 @@ class RegistryHandler:
         self.inflight = inflight
         # Bounds how many bodies this node streams to peers at once (--peer-streams).
         self.stream_cap = stream_cap
+        # Whether this node passes a download in progress on to peers (forwarding.py):
+        # one it does not is answered busy, as if this node had no room.
+        self.forwards = forwards
         # Told of every key this node could not serve from its own store (it may be
         # advertising it still: containerd's GC removes content without an event).
         self.on_local_miss = on_local_miss
@@ -239,6 +247,13 @@ class RegistryHandler:
             return None
         if response is None and self.inflight is not None:
             response = await self.inflight.response(request, digest)
+            if response is not None and not self._passed_on(digest, response):
+                response.release()
+                return unavailable(
+                    "passing another download on to peers; ask another source",
+                    close=False,
+                    handler="blob",
+                )
             if response is None:  # committed while we looked
                 response = self._local_blob(request, route)
         if response is None:
@@ -247,6 +262,9 @@ class RegistryHandler:
         # this node; a 503 would send its containerd upstream. Counted, never refused.
         redirected = request.query_param(MIRRORED_QUERY) == "true"
         return self._capped(request, digest, response, cap=not redirected)
+
+    def _passed_on(self, digest: str, response: Response) -> bool:
+        return self.forwards is None or response.status not in (200, 206) or self.forwards(digest)
 
     async def _proven(self, request: Request, route: DistributionPath, response: Response) -> bool:
         """A local blob a peer asked for hashes to its digest (a HEAD sends no bytes)."""
@@ -271,6 +289,11 @@ class RegistryHandler:
         if self.stream_cap is None:
             return response
         spare_only = STRIPE_HEADER in request.headers and len(self.stream_cap) > 0
+        # Only a peer's mirror is ever a leaf: it resumes elsewhere when its stream is
+        # ended. A containerd sent here by a redirect would fail its pull instead.
+        passes_on = not cap or request.headers.get(FORWARDS_HEADER) == "1"
+        if cap and passes_on and not spare_only and self.stream_cap.full:
+            self.stream_cap.make_room(digest)
         if spare_only or not self.stream_cap.acquire(digest, force=not cap):
             response.release()
             return unavailable(
@@ -278,7 +301,7 @@ class RegistryHandler:
                 close=False,
                 handler="blob",
             )
-        response.body = self.stream_cap.hold(digest, body)
+        response.body = self.stream_cap.hold(digest, body, passes_on=passes_on)
         return response
 
     @staticmethod

@@ -99,6 +99,12 @@ def coldstart_families(state: ColdStartState) -> Iterator[Metric]:
         "bodies to peers.",
         state.streams.refused,
     )
+    yield _counter(
+        "mirror_peer_streams_preempted",
+        "Streams to peers that would not pass the blob on, ended to make room for one that "
+        "would (it resumes from another source).",
+        state.streams.preempted,
+    )
     ended = CounterMetricFamily(
         "mirror_inflight_downloads_ended",
         "Downloads in progress that ended, committed or aborted.",

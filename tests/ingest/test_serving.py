@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from mirror.ingest.watcher import IngestWatcher
 from mirror.mirroring.peer import PeerResponse, request_head
 from mirror.server.listener import RegistryServer
 from mirror.server.localstore import LocalStore
-from mirror.server.registry import MIRRORED_HEADER, RegistryHandler
+from mirror.server.registry import FORWARDS_HEADER, MIRRORED_HEADER, RegistryHandler
 from mirror.server.streamcap import StreamCap
 
 BLOB = os.urandom(2 * 1024 * 1024 + 5)
@@ -66,7 +66,11 @@ async def _grow(data: Path, until: int, step: int = 256 * 1024, pause: float = 0
 
 @asynccontextmanager
 async def _node(
-    root: Path, *, cap: int = 3, expecting: frozenset[str] = frozenset()
+    root: Path,
+    *,
+    cap: int = 3,
+    expecting: frozenset[str] = frozenset(),
+    forwards: Callable[[str], bool] | None = None,
 ) -> AsyncIterator[tuple[int, InflightBlobs]]:
     (root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
     async with trio.open_nursery() as nursery:
@@ -76,7 +80,10 @@ async def _node(
             watcher, root, expecting=lambda d: d in expecting, growth_stall_timeout=1.0
         )
         handler = RegistryHandler(
-            LocalStore(root, NoTags()), inflight=inflight, stream_cap=StreamCap(cap)
+            LocalStore(root, NoTags()),
+            inflight=inflight,
+            stream_cap=StreamCap(cap),
+            forwards=forwards,
         )
         server = RegistryServer(handler)
         await nursery.start(server.run, "127.0.0.1", 0)
@@ -238,6 +245,50 @@ async def test_past_the_stream_cap_a_peer_is_told_busy(tmp_path: Path) -> None:
                 third.close()
                 await trio.sleep(0.01)
         body, clean = await _body(third)
+        assert clean and body == BLOB
+
+
+async def test_a_download_this_node_does_not_pass_on_is_busy_until_committed(
+    tmp_path: Path,
+) -> None:
+    data = _start_ingest(tmp_path)
+    async with _node(tmp_path, forwards=lambda digest: False) as (port, inflight):
+        await _wait_seen(inflight)
+        for method in ("GET", "HEAD"):
+            peer = await _get(port, method=method)
+            assert peer.status == 503 and peer.header("retry-after") == "1"
+            peer.close()
+        await _grow(data, len(BLOB))
+        _commit(tmp_path, data)
+        peer = await _get(port)  # whole: served to anyone
+        body, clean = await _body(peer)
+    assert peer.status == 200 and clean and body == BLOB
+
+
+async def test_a_full_node_ends_a_leaf_for_a_peer_that_passes_the_blob_on(
+    tmp_path: Path,
+) -> None:
+    data = _start_ingest(tmp_path)
+    passes_on = [*PEER, (FORWARDS_HEADER, "1")]
+    async with _node(tmp_path, cap=1, forwards=lambda digest: True) as (port, inflight):
+        await _wait_seen(inflight)
+        await _grow(data, len(BLOB) // 2)
+        leaf = await _get(port)
+        assert leaf.status == 200
+        other_leaf = await _get(port)
+        assert other_leaf.status == 503  # full, and it would not pass the blob on
+        other_leaf.close()
+        forwarder = await _get(port, passes_on)
+        assert forwarder.status == 200
+        with trio.fail_after(10):
+            body, ended = await _read(leaf)
+        assert ended == "reset" and body == BLOB[: len(body)] and len(body) < len(BLOB)
+        third = await _get(port, passes_on)
+        assert third.status == 503  # no leaf left to end
+        third.close()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_grow, data, len(BLOB))
+            body, clean = await _body(forwarder)
         assert clean and body == BLOB
 
 

@@ -19,6 +19,7 @@ from mirror.mirroring.mirror import MirrorEvent, MirrorSettings, PeerMirror
 from mirror.mirroring.movers import DigestMismatch
 from mirror.mirroring.providers import ProviderCache
 from mirror.oci.distribution import parse_distribution_path
+from mirror.server.registry import FORWARDS_HEADER
 from mirror.server.request import Request
 from tests.mirroring.test_race import (
     BLOB,
@@ -38,10 +39,12 @@ class ScriptedClaims:
     def __init__(self, answers: list[ClaimAnswer]) -> None:
         self.answers = answers
         self.asked = 0
+        self.asked_at: list[float] = []
 
     async def claim(self, key: str, lease: float) -> ClaimAnswer:
         answer = self.answers[min(self.asked, len(self.answers) - 1)]
         self.asked += 1
+        self.asked_at.append(trio.current_time())
         await trio.lowlevel.checkpoint()
         return answer
 
@@ -96,6 +99,39 @@ async def test_a_lost_claim_streams_from_the_holder(tmp_path: Path) -> None:
         assert await _body_through(response) == BLOB
         assert events[-1].claim == "lost" and events[-1].outcome == "peer"
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("fetching_another", [False, True])
+async def test_a_node_fetching_a_claimed_blob_searches_before_claiming_another(
+    fetching_another: bool,
+) -> None:
+    me = _provider(1, b"me")
+    async with trio.open_nursery() as nursery:
+        claims = ScriptedClaims([Won(_claim(me))])
+        mirror = await _cold_mirror(nursery, claims)
+        if fetching_another:
+            mirror.book.won("sha256:" + "e" * 64, trio.current_time())
+        started = trio.current_time()
+        assert await _fetch(mirror) is None  # no source anywhere: claimed all the same
+        waited = claims.asked_at[0] - started
+        nursery.cancel_scope.cancel()
+    # first_pause is 0.05 s: a search comes first when another claim is being fetched.
+    assert (waited >= 0.05) is fetching_another
+
+
+@pytest.mark.parametrize("passes_on", [False, True])
+async def test_a_request_says_whether_this_node_passes_the_blob_on(passes_on: bool) -> None:
+    requests: list[bytes] = []
+    async with trio.open_nursery() as nursery:
+        not_found = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+        peer = _provider(await _scripted_peer(nursery, not_found, b"", requests), b"peer")
+        cache = ProviderCache(FixedProviders([peer]), is_self=lambda p: False)
+        await nursery.start(cache.run)
+        mirror = PeerMirror(cache, MirrorSettings(), forwards=lambda digest: passes_on)
+        assert await _fetch(mirror) is None
+        nursery.cancel_scope.cancel()
+    assert requests
+    assert all((FORWARDS_HEADER.encode() + b": 1" in r.lower()) is passes_on for r in requests)
 
 
 async def _busy_then_good(nursery: trio.Nursery, root: Path, busy: int) -> int:

@@ -79,8 +79,11 @@ async def _stalling_peer(nursery: trio.Nursery) -> int:
     return int(listener.getsockname()[1])
 
 
-async def _scripted_peer(nursery: trio.Nursery, head: bytes, body: bytes) -> int:
-    """Answers every request with `head` then `body`, and closes (a reset if cut short)."""
+async def _scripted_peer(
+    nursery: trio.Nursery, head: bytes, body: bytes, requests: list[bytes] | None = None
+) -> int:
+    """Answers every request with `head` then `body`, and closes (a reset if cut short);
+    each request's head is kept in `requests`, if given."""
     listener = trio.socket.socket()
     await listener.bind(("127.0.0.1", 0))
     listener.listen(16)
@@ -90,7 +93,9 @@ async def _scripted_peer(nursery: trio.Nursery, head: bytes, body: bytes) -> int
             while True:
                 sock, _ = await listener.accept()
                 with sock, contextlib.suppress(OSError):  # the client may leave first
-                    await sock.recv(65536)
+                    request = await sock.recv(65536)
+                    if requests is not None:
+                        requests.append(request)
                     view = memoryview(head + body)
                     while view:
                         view = view[await sock.send(view[: 1 << 16]) :]
