@@ -84,6 +84,9 @@ SMALL_BLOB_SIZE = MAX_MANIFEST_SIZE
 # may share a host on different ports; hundreds under one address are a Sybil).
 SOURCES_PER_HOST = 2
 
+# How long a resume waits for downloads in progress announced short of its offset.
+RESUME_BEHIND_WAIT = 5.0
+
 
 @dataclass(frozen=True)
 class MirrorSettings:
@@ -844,11 +847,35 @@ class PeerMirror:
                 raise PeerError(f"peer cannot resume at {offset} (status {peer.status})")
 
         headers = [*self._headers_for(key), ("Range", f"bytes={offset}-{end}")]
-        self.cache.forget(key)  # sources found before the failure may be all there was
-        pick = _Pick(offset, failed=frozenset(failed), complete_only=complete_only)
-        found = await self._race(key, HeadRequest("GET", target, headers, validate), math.inf, pick)
-        if found.peer is None or found.provider is None:
-            raise PeerError(f"no provider could resume {key} at byte {offset}")
+        head = HeadRequest("GET", target, headers, validate)
+        # Sources that answered busy are alive: waited for, as a cold miss waits (a
+        # stream ended to make room for a forwarding peer lands here), rather than
+        # ending the body short and sending containerd through a new miss.
+        limits = self.settings.cold
+        now = trio.current_time()
+        deadline = now + limits.wait_budget
+        # Downloads in progress announced short of `offset` may be past it already:
+        # progress is announced every 3 s (announce.py). Waited for a little only,
+        # since they may be fed by the source that just failed.
+        behind_deadline = now + RESUME_BEHIND_WAIT
+        pause = limits.first_pause
+        busy: set[Where] = set()
+        while True:
+            self.cache.forget(key)  # sources found before the failure may be all there was
+            pick = _Pick(
+                offset, failed=frozenset(failed), complete_only=complete_only, busy=frozenset(busy)
+            )
+            found = await self._race(key, head, math.inf, pick)
+            if found.peer is not None and found.provider is not None:
+                break
+            wake = trio.current_time() + pause
+            if wake > deadline or not (
+                found.busy or (wake < behind_deadline and await self._behind(key, offset, failed))
+            ):
+                raise PeerError(f"no provider could resume {key} at byte {offset}")
+            busy |= found.busy_at
+            await trio.sleep(pause)
+            pause = min(pause * 2, limits.max_pause)
         log.info(
             "resumed from another peer",
             extra={
@@ -858,6 +885,16 @@ class PeerMirror:
             },
         )
         return found.peer
+
+    async def _behind(self, key: str, offset: int, failed: set[Where]) -> bool:
+        """A download in progress of `key` (not one that failed this body) announced
+        short of `offset`."""
+        async for provider in self.cache.providers(key):
+            progress = provider.progress
+            where = (provider.host, provider.registry_port)
+            if progress is not None and progress[0] <= offset and where not in failed:
+                return not self._distrusted(key, provider)
+        return False
 
     async def _sources(self, key: str, pick: _Pick) -> AsyncIterator[Provider]:
         """The providers of `key` that `pick` allows; those busy a moment ago after all

@@ -4,6 +4,7 @@ are proven against the digest before the body ends. Only the DHT is a stand-in."
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from tests.mirroring.test_race import (
     _good_peer,
     _provider,
     _scripted_peer,
+    _truncating_peer,
 )
 
 
@@ -181,6 +183,48 @@ async def test_a_busy_holder_is_waited_for_not_bypassed(tmp_path: Path) -> None:
         response = await _fetch(mirror)
         assert response is not None and await _body_through(response) == BLOB
         assert claims.asked == 1  # busy means "wait", never "claim again"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_resume_waits_for_a_busy_source(tmp_path: Path) -> None:
+    """A stream ended to make room for a forwarding peer resumes where the other
+    sources are busy for a while: waited for, not the body ended short."""
+    async with trio.open_nursery() as nursery:
+        cutter = _provider(await _truncating_peer(nursery, cut_at=1_000_003), b"cut")
+        busy = _provider(await _busy_then_good(nursery, tmp_path, busy=3), b"busy")
+        cache = ProviderCache(FixedProviders([cutter, busy]), is_self=lambda p: False)
+        await nursery.start(cache.run)
+        settings = MirrorSettings(cold=ColdMissLimits(wait_budget=5.0, first_pause=0.05))
+        mirror = PeerMirror(cache, settings)
+        response = await _fetch(mirror)
+        assert response is not None
+        assert await _body_through(response) == BLOB
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_resume_waits_a_little_for_a_download_announced_short_of_its_offset(
+    tmp_path: Path,
+) -> None:
+    """Progress is announced every 3 s: a download in progress announced behind the
+    broken body's offset is likely past it already, and is asked again shortly."""
+    async with trio.open_nursery() as nursery:
+        cutter = _provider(await _truncating_peer(nursery, cut_at=1_000_003), b"cut")
+        good = await _good_peer(nursery, tmp_path)
+        behind = dataclasses.replace(_provider(good, b"behind"), progress=(500_000, len(BLOB)))
+        providers = FixedProviders([cutter, behind])
+        cache = ProviderCache(providers, is_self=lambda p: False)
+        await nursery.start(cache.run)
+        mirror = PeerMirror(cache, MirrorSettings())
+        response = await _fetch(mirror)
+        assert response is not None
+
+        async def announce() -> None:
+            await trio.sleep(0.3)
+            ahead = dataclasses.replace(behind, progress=(2_000_000, len(BLOB)))
+            providers.providers = [cutter, ahead]
+
+        nursery.start_soon(announce)
+        assert await _body_through(response) == BLOB
         nursery.cancel_scope.cancel()
 
 
