@@ -28,7 +28,7 @@ from typing import Literal, Protocol
 import trio
 
 from dht import Provider
-from dht.claims import ClaimAnswer, Lost, Won
+from dht.claims import ClaimAnswer, Won
 from mirror.containerd.hosts import FALLBACK_HEADER
 from mirror.ingest.serving import INFLIGHT_HEADER
 from mirror.mirroring.claimbook import ClaimBook
@@ -86,8 +86,6 @@ SOURCES_PER_HOST = 2
 
 # How long a resume waits for downloads in progress announced short of its offset.
 RESUME_BEHIND_WAIT = 5.0
-# Claimants remembered for resumes (one per blob this node lost a claim for).
-CLAIMANTS_KEPT = 1024
 
 
 @dataclass(frozen=True)
@@ -327,9 +325,6 @@ class PeerMirror:
         # Drops the local download a wrong relay poisoned, before its reset (poisoned.py).
         self.abort_ingest = abort_ingest
         self._on_event = on_event
-        # The claimant of each blob this node lost a claim for, newest last: a resume
-        # may ask it from any offset (it is fed from the upstream, ahead of everyone).
-        self._claimants: dict[str, Provider] = {}
 
     def _headers_for(self, digest: str | None) -> list[tuple[str, str]]:
         if digest is None or self.forwards is None or not self.forwards(digest):
@@ -558,7 +553,10 @@ class PeerMirror:
                     )
                 return _RaceResult(), step.reason
             if isinstance(step, ClaimIt):
-                core.claimed(await self._claim(miss.key), trio.current_time())
+                answer = await self.claims.claim(miss.key, self.settings.claim_lease)
+                if isinstance(answer, Won):
+                    self.book.won(miss.key, trio.current_time(), answer.claim.expires)
+                core.claimed(answer, trio.current_time())
             elif isinstance(step, Pause):
                 await trio.sleep_until(step.until)
             else:
@@ -865,11 +863,7 @@ class PeerMirror:
         while True:
             self.cache.forget(key)  # sources found before the failure may be all there was
             pick = _Pick(
-                offset,
-                self._claimants.get(key),
-                failed=frozenset(failed),
-                complete_only=complete_only,
-                busy=frozenset(busy),
+                offset, failed=frozenset(failed), complete_only=complete_only, busy=frozenset(busy)
             )
             found = await self._race(key, head, math.inf, pick)
             if found.peer is not None and found.provider is not None:
@@ -891,19 +885,6 @@ class PeerMirror:
             },
         )
         return found.peer
-
-    async def _claim(self, key: str) -> ClaimAnswer:
-        """Claim `key` at its arbiter: won, booked; lost, its claimant remembered."""
-        assert self.claims is not None
-        answer = await self.claims.claim(key, self.settings.claim_lease)
-        if isinstance(answer, Won):
-            self.book.won(key, trio.current_time(), answer.claim.expires)
-        elif isinstance(answer, Lost):
-            self._claimants.pop(key, None)
-            self._claimants[key] = answer.claim.holder
-            if len(self._claimants) > CLAIMANTS_KEPT:
-                del self._claimants[next(iter(self._claimants))]
-        return answer
 
     async def _behind(self, key: str, offset: int, failed: set[Where]) -> bool:
         """A download in progress of `key` (not one that failed this body) announced

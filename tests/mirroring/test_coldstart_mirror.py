@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from dht.claims import Claim, ClaimAnswer, Lost, Refused, Won
 from mirror.containerd.hosts import FALLBACK_HEADER
 from mirror.ingest.serving import INFLIGHT_HEADER
 from mirror.mirroring.coldmiss import ColdMissLimits
-from mirror.mirroring.mirror import RESUME_BEHIND_WAIT, MirrorEvent, MirrorSettings, PeerMirror
+from mirror.mirroring.mirror import MirrorEvent, MirrorSettings, PeerMirror
 from mirror.mirroring.movers import DigestMismatch
 from mirror.mirroring.providers import ProviderCache
 from mirror.oci.distribution import parse_distribution_path
@@ -226,47 +225,6 @@ async def test_a_resume_waits_a_little_for_a_download_announced_short_of_its_off
 
         nursery.start_soon(announce)
         assert await _body_through(response) == BLOB
-        nursery.cancel_scope.cancel()
-
-
-class LaterProviders(FixedProviders):
-    """`first` for the first `lookups` lookups, then `later` as well."""
-
-    def __init__(self, first: list[Provider], later: list[Provider], lookups: int) -> None:
-        super().__init__(first)
-        self.later = later
-        self.lookups = lookups
-
-    async def get_providers(self, key: str, limit: int = 20) -> AsyncIterator[Provider]:
-        self.lookups -= 1
-        if self.lookups < 0:
-            self.providers = [*self.later, *self.providers]
-            self.later = []
-        async for provider in super().get_providers(key, limit):
-            yield provider
-
-
-async def test_a_resume_asks_the_claimant_from_any_offset(tmp_path: Path) -> None:
-    """The claimant is fed from the upstream, ahead of everyone, whatever progress it
-    announced last: a body that broke is resumed from it at once."""
-    async with trio.open_nursery() as nursery:
-        cutter = dataclasses.replace(
-            _provider(await _truncating_peer(nursery, cut_at=1_000_003), b"cut"),
-            progress=(len(BLOB) - 1, len(BLOB)),
-        )
-        port = await _busy_then_good(nursery, tmp_path, busy=2)
-        claimant = dataclasses.replace(_provider(port, b"claimant"), progress=(0, len(BLOB)))
-        # Nobody usable at first (a claim, lost), then the claimant busy and the cutter.
-        providers = LaterProviders([claimant], [cutter], lookups=2)
-        cache = ProviderCache(providers, is_self=lambda p: False)
-        await nursery.start(cache.run)
-        settings = MirrorSettings(cold=ColdMissLimits(wait_budget=3.0, first_pause=0.05))
-        mirror = PeerMirror(cache, settings, claims=ScriptedClaims([Lost(_claim(claimant))]))
-        response = await _fetch(mirror)
-        assert response is not None
-        assert dict(response.headers)["X-Mirror-Peer"] == f"127.0.0.1:{cutter.registry_port}"
-        with trio.fail_after(RESUME_BEHIND_WAIT - 1):
-            assert await _body_through(response) == BLOB
         nursery.cancel_scope.cancel()
 
 
