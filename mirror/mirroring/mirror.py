@@ -84,9 +84,6 @@ SMALL_BLOB_SIZE = MAX_MANIFEST_SIZE
 # may share a host on different ports; hundreds under one address are a Sybil).
 SOURCES_PER_HOST = 2
 
-# How long a resume waits for downloads in progress announced short of its offset.
-RESUME_BEHIND_WAIT = 5.0
-
 
 @dataclass(frozen=True)
 class MirrorSettings:
@@ -852,12 +849,7 @@ class PeerMirror:
         # stream ended to make room for a forwarding peer lands here), rather than
         # ending the body short and sending containerd through a new miss.
         limits = self.settings.cold
-        now = trio.current_time()
-        deadline = now + limits.wait_budget
-        # Downloads in progress announced short of `offset` may be past it already:
-        # progress is announced every 3 s (announce.py). Waited for a little only,
-        # since they may be fed by the source that just failed.
-        behind_deadline = now + RESUME_BEHIND_WAIT
+        deadline = trio.current_time() + limits.wait_budget
         pause = limits.first_pause
         busy: set[Where] = set()
         while True:
@@ -868,10 +860,11 @@ class PeerMirror:
             found = await self._race(key, head, math.inf, pick)
             if found.peer is not None and found.provider is not None:
                 break
-            wake = trio.current_time() + pause
-            if wake > deadline or not (
-                found.busy or (wake < behind_deadline and await self._behind(key, offset, failed))
-            ):
+            # Nobody busy: no source is left (those announced short of the offset may
+            # be fed by the one that failed: waiting for them let a claimant whose
+            # ingest was truncated commit and keep its claim, so three pullers waited
+            # out their budget and went upstream; tests/coldstart, truncated midway).
+            if not found.busy or trio.current_time() + pause > deadline:
                 raise PeerError(f"no provider could resume {key} at byte {offset}")
             busy |= found.busy_at
             await trio.sleep(pause)
@@ -885,16 +878,6 @@ class PeerMirror:
             },
         )
         return found.peer
-
-    async def _behind(self, key: str, offset: int, failed: set[Where]) -> bool:
-        """A download in progress of `key` (not one that failed this body) announced
-        short of `offset`."""
-        async for provider in self.cache.providers(key):
-            progress = provider.progress
-            where = (provider.host, provider.registry_port)
-            if progress is not None and progress[0] <= offset and where not in failed:
-                return not self._distrusted(key, provider)
-        return False
 
     async def _sources(self, key: str, pick: _Pick) -> AsyncIterator[Provider]:
         """The providers of `key` that `pick` allows; those busy a moment ago after all
