@@ -331,15 +331,19 @@ class ColdStartSim:
         """A preempted stream: its puller searches again from the bytes it has (the
         relay's resume with `Range`)."""
         self.transfers.remove(f)
+        self._release_sources(f)
+        f.source, f.extra = None, []
+        f.core, f.wake = ColdMiss(now, self.limits, busy=True), now
+        self.requeue.append(f)
+
+    def _release_sources(self, f: _Fetch) -> None:
+        """The streams a transfer from peers held at its sources, given back."""
         assert f.source is not None
         self.serving[f.source].remove(f)
         self.caps[f.source].leaf_ended(str(f.layer), f)
         for node in f.sources:
             self.up_streams[node] -= 1
             self.caps[node].release(str(f.layer))
-        f.source, f.extra = None, []
-        f.core, f.wake = ColdMiss(now, self.limits, busy=True), now
-        self.requeue.append(f)
 
     def _begin(self, f: _Fetch, source: int, now: float) -> None:
         f.source = source
@@ -454,12 +458,8 @@ class ColdStartSim:
 
     def _finish(self, f: _Fetch, now: float) -> None:
         self.transfers.remove(f)
-        if f.source is not None and f.source != UPSTREAM:
-            self.serving[f.source].remove(f)
-            self.caps[f.source].leaf_ended(str(f.layer), f)
-            for node in f.sources:
-                self.up_streams[node] -= 1
-                self.caps[node].release(str(f.layer))
+        if f.source != UPSTREAM:
+            self._release_sources(f)
         self.receiving[f.layer].pop(f.node, None)
         if f.claimed and f.source == UPSTREAM:
             self.ingesting[f.node] -= 1
