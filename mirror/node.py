@@ -55,6 +55,7 @@ from mirror.server.connection import ConnectionConfig
 from mirror.server.listener import RegistryServer, parse_listen_address
 from mirror.server.localstore import LocalStore, TagTarget, target_from
 from mirror.server.pacing import Pacer
+from mirror.server.proofs import BlobProofs
 from mirror.server.registry import RegistryHandler
 from mirror.server.streamcap import StreamCap
 from mirror.web.server import metrics_front_end
@@ -367,6 +368,7 @@ class Node:
             peer_pacer=Pacer(options.peer_upload_rate) if options.peer_upload_rate else None,
             auth=auth,
             forwards=passes_on,
+            proofs=BlobProofs(on_wrong=announcer.proof_failed),
         )
         server = RegistryServer(
             telemetry.instrument(handler),

@@ -6,7 +6,9 @@ through an unbounded-but-coalesced queue (at most one pending per digest) to
 ingest grows, and at the end either the complete record (the blob is in
 `blobs/` now, the advertiser takes it as a loose key) or a withdrawal, then
 the claim's release (after an abort) or its last renewal (after a commit, for
-the longest lease: late claimants are sent to this node's complete copy).
+the longest lease: late claimants are sent to this node's complete copy). That
+last lease is released early if the committed blob later fails its proof
+(`proofs.py`): the claimants it turns away would otherwise wait out their budget.
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ log = logging.getLogger("mirror.ingest")
 
 @dataclass(frozen=True, slots=True)
 class Disown:
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseCommitted:
     digest: str
 
 
@@ -60,10 +67,12 @@ class IngestAnnouncer:
         self._book = book
         self._on_committed = on_committed
         self._plan = AnnouncePlan(refresh)
-        self._pending: dict[str, AnnounceCommand | Disown] = {}
+        self._pending: dict[str, AnnounceCommand | Disown | ReleaseCommitted] = {}
         self._renew: set[str] = set()
         # Downloads found damaged (disown): neither announced nor claimed any more.
         self._disowned: set[str] = set()
+        # Committed blobs whose claim this node kept past the commit: digest -> expiry.
+        self._kept: dict[str, float] = {}
         self._wake = trio.Event()
         self.announced = 0
         self.committed = 0
@@ -94,6 +103,18 @@ class IngestAnnouncer:
         self._pending[digest] = Disown(digest)
         self._wake.set()
 
+    def proof_failed(self, digest: str) -> None:
+        """A committed blob of this node does not hash to its digest: a claim kept on
+        it after its commit is released, so that another node fetches it."""
+        self._forget_lapsed(trio.current_time())
+        if self._kept.pop(digest, None) is None:
+            return
+        self._pending[digest] = ReleaseCommitted(digest)
+        self._wake.set()
+
+    def _forget_lapsed(self, now: float) -> None:
+        self._kept = {key: expiry for key, expiry in self._kept.items() if expiry > now}
+
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             while True:
@@ -114,7 +135,7 @@ class IngestAnnouncer:
         except Exception:
             log.debug("claim renewal failed", extra={"digest": digest}, exc_info=True)
 
-    async def _publish(self, command: AnnounceCommand | Disown) -> None:
+    async def _publish(self, command: AnnounceCommand | Disown | ReleaseCommitted) -> None:
         try:
             if isinstance(command, AnnounceInflight):
                 await self._publisher.provide_inflight(command.digest, command.done, command.total)
@@ -126,6 +147,11 @@ class IngestAnnouncer:
                 log.warning(
                     "download damaged: in-flight record withdrawn, claim released",
                     extra={"digest": command.digest},
+                )
+            elif isinstance(command, ReleaseCommitted):
+                await self._publisher.release(command.digest)
+                log.warning(
+                    "committed blob is wrong: its claim released", extra={"digest": command.digest}
                 )
             else:
                 await self._gone(command)
@@ -149,5 +175,8 @@ class IngestAnnouncer:
             else:
                 # Kept, not released: a node whose lookup misses the fresh complete
                 # record still claims first, and is sent here instead of upstream.
+                now = trio.current_time()
+                self._forget_lapsed(now)
+                self._kept[digest] = now + self._committed_lease
                 await self._publisher.claim(digest, self._committed_lease)
         log.debug("ingest ended", extra={"digest": digest, "committed": not lost})

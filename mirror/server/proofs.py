@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 
 import trio
 
@@ -33,8 +34,15 @@ Identity = tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns
 
 
 class BlobProofs:
-    def __init__(self, inline_limit: int = INLINE_LIMIT, capacity: int = 65536) -> None:
+    def __init__(
+        self,
+        inline_limit: int = INLINE_LIMIT,
+        capacity: int = 65536,
+        *,
+        on_wrong: Callable[[str], None] | None = None,
+    ) -> None:
         self.inline_limit = inline_limit
+        self.on_wrong = on_wrong
         self.capacity = capacity
         # digest -> (identity, whether it hashed right)
         self._known: OrderedDict[str, tuple[Identity, bool]] = OrderedDict()
@@ -94,6 +102,8 @@ class BlobProofs:
                     "(remove it with `ctr content rm` and pull again)",
                     extra={"digest": key, "hashes_to": f"{digest.algorithm}:{actual}"},
                 )
+                if self.on_wrong is not None:
+                    self.on_wrong(key)
             return right
         finally:
             del self._running[key]

@@ -158,3 +158,32 @@ def test_the_claimants_download_truncated_midway(cluster: BenchCluster) -> None:
     pulls[victim].wait(180)
     _assert_holds(cluster, others, image)
     assert _upstream_gets(cluster, image) <= 2
+
+
+def _claims(cluster: BenchCluster, node: int, outcome: str) -> float:
+    url = cluster[node].mirror.metrics_url
+    return metric_sum(url, "mirror_coldstart_claims_total", outcome=outcome)
+
+
+def test_a_claimant_whose_committed_blob_is_wrong_lets_the_next_node_claim(
+    cluster: BenchCluster,
+) -> None:
+    """A node that fetched a layer for the cluster keeps its claim past the commit
+    (late claimants are sent to its copy). If that blob is then damaged on disk, it
+    fails its proof when a peer asks, and the claim is released: the next node wins
+    the claim and its containerd fetches the layer, instead of losing every claim
+    to a node that cannot serve it until its wait budget runs out ("timeout")."""
+    image = _image(cluster, "wrong-after-commit", seed=35)
+    ref = image.ref(cluster.upstream.host)
+    first, second = 0, 1
+    assert _ctr_pull(cluster, first, ref).wait(180) == 0
+    layer = cluster[first].containerd.blob_path(image.layers[0].digest)
+    data = bytearray(layer.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    layer.write_bytes(bytes(data))
+    won, timeouts = _claims(cluster, second, "won"), _claims(cluster, second, "timeout")
+    assert _ctr_pull(cluster, second, ref).wait(180) == 0
+    _assert_holds(cluster, [second], image)
+    assert _claims(cluster, second, "timeout") == timeouts
+    assert _claims(cluster, second, "won") == won + 1
+    assert _upstream_gets(cluster, image) == 2

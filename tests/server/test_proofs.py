@@ -58,13 +58,16 @@ def _blob_file(root: Path, digest: str) -> Path:
 
 async def test_an_altered_blob_is_refused_to_peers_once_proven_wrong(tmp_path: Path) -> None:
     root = _store(tmp_path)
-    proofs = BlobProofs()
+    reported: list[str] = []
+    proofs = BlobProofs(on_wrong=reported.append)
     handler = RegistryHandler(LocalStore(root, NoTags()), proofs=proofs)
     assert (await _get(handler, DIGEST, peer=True)).status == 200  # proven right
+    assert reported == []
     _alter(_blob_file(root, DIGEST))
     assert (await _get(handler, DIGEST, peer=True)).status == 404
     assert (await _get(handler, DIGEST, peer=True, method="HEAD")).status == 200  # no bytes
     assert proofs.wrong == 1
+    assert reported == [DIGEST]  # the announcer releases a claim it kept on it
     (await _get(handler, DIGEST, peer=True))  # the verdict is kept: not hashed again
     assert proofs.wrong == 1
     _blob_file(root, DIGEST).write_bytes(BLOB)  # repaired: a new mtime, proven again
