@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from bench.harness.cases import Case
+from bench.harness.cpu import CpuShare, sample, spent
 from bench.harness.images import BenchImage
 from bench.harness.localcluster import BenchCluster
 from bench.harness.progress import PullProgress
@@ -52,12 +53,24 @@ def run_phase(
     progress: PullProgress,
 ) -> None:
     ref = image.ref(cluster.upstream.host)
+    containerds = [node.containerd.pid for node in cluster.nodes]
+    mirrors = [node.mirror.process.pid for node in cluster.nodes]
     for number, batch in enumerate(batches):
         if number:
             time.sleep(gap)
         progress.doing(f"{case.name} {cluster.mode} {phase} {number + 1}/{len(batches)}")
         before = cluster.upstream.served_bytes()
+        cpu_before = sample(containerds, mirrors)
         durations = pull_together(cluster, batch, ref)
+        cpu = spent(
+            cpu_before,
+            sample(containerds, mirrors),
+            case=case.name,
+            mode=cluster.mode,
+            phase=phase,
+            batch=number,
+        )
+        run.cpu.append(cpu)
         served = cluster.upstream.served_bytes() - before
         run.upstream.append(Upstream(case.name, cluster.mode, phase, number, served))
         for i, seconds in durations.items():
@@ -73,9 +86,11 @@ def phase_line(run: Run, case: Case, mode: str, phase: str, image_size: int) -> 
         u.bytes for u in run.upstream if (u.case, u.mode, u.phase) == (case.name, mode, phase)
     )
     stats = describe(times)
+    cpu = CpuShare.of(c for c in run.cpu if (c.case, c.mode, c.phase) == (case.name, mode, phase))
     return (
         f"{case.name:>8} {mode:<8} {phase:<6} avg {stats.mean:6.2f}s  p50 {stats.p50:6.2f}s"
         f"  max {stats.max:6.2f}s  upstream {served / image_size:4.1f}x"
+        + ("" if cpu is None else f"  {cpu.line()}")
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bench.harness.cases import Case
+from bench.harness.cpu import CpuShare
 from bench.harness.results import Run, case_order
 from bench.harness.rollout import update_improvement_bound
 from bench.harness.stats import Stats, describe, improvement
@@ -142,6 +143,36 @@ def _label(case: str) -> str:
     return f"{parsed.label} x{parsed.layers}"
 
 
+def phase_cpu(run: Run, case: str, mode: str, phase: str) -> CpuShare | None:
+    return CpuShare.of(c for c in run.cpu if (c.case, c.mode, c.phase) == (case, mode, phase))
+
+
+def cpu_markdown(run: Run) -> list[str]:
+    """The machine's CPU during each phase (local runs): were its cores the limit?"""
+    table = []
+    for row in rows(run):
+        for mode in ("baseline", "mirror"):
+            cpu = phase_cpu(run, row.case, mode, row.phase)
+            if cpu is not None:
+                table.append(
+                    f"| {_label(row.case)} | {row.phase} | {mode} | {cpu.busy:.0%} "
+                    f"| {cpu.containerd:.0%} | {cpu.mirror:.0%} | {cpu.clients:.0%} |"
+                )
+    if not table:
+        return []
+    cores = run.settings.get("machine", {}).get("nproc", "?")
+    return [
+        f"**CPU** during the pulls, as a share of the machine's {cores} cores' time"
+        " (busy: everything, interrupts included; then the containerd daemons, the"
+        " mirrors and the `ctr` clients).",
+        "",
+        "| image | phase | mode | busy | containerd | mirrors | ctr |",
+        "|---|---|---|---|---|---|---|",
+        *table,
+        "",
+    ]
+
+
 def markdown(run: Run) -> str:
     found = rows(run)
     lines = []
@@ -192,6 +223,7 @@ def markdown(run: Run) -> str:
                 f"| {_percent(row.improvement_mean)} | {upstream_cell(row.upstream)} |"
             )
         lines.append("")
+    lines += cpu_markdown(run)
     found_checks = checks(found)
     if found_checks:
         lines += ["```", *(c.line() for c in found_checks), "```", ""]

@@ -42,6 +42,22 @@ class Upstream:
     bytes: int
 
 
+@dataclass(frozen=True)
+class Cpu:
+    """CPU seconds spent during one batch (local runs only; see `cpu.py`)."""
+
+    case: str
+    mode: str
+    phase: str
+    batch: int
+    wall: float  # the batch's seconds
+    cores: int
+    busy: float  # the whole machine
+    containerd: float
+    mirror: float
+    clients: float  # the `ctr` pulls
+
+
 @dataclass
 class Run:
     source: str  # "local" or "kubernetes"
@@ -49,6 +65,7 @@ class Run:
     image_sizes: dict[str, int] = field(default_factory=dict)  # case -> bytes of one image
     pulls: list[Pull] = field(default_factory=list)
     upstream: list[Upstream] = field(default_factory=list)
+    cpu: list[Cpu] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps({"schema": SCHEMA, **asdict(self)}, indent=2)
@@ -63,6 +80,7 @@ class Run:
             image_sizes=data.get("image_sizes", {}),
             pulls=[Pull(**p) for p in data.get("pulls", [])],
             upstream=[Upstream(**u) for u in data.get("upstream", [])],
+            cpu=[Cpu(**c) for c in data.get("cpu", [])],
         )
 
     def save(self, path: Path) -> None:
@@ -85,6 +103,7 @@ def merge(runs: Iterable[Run]) -> Run:
         merged.image_sizes.update(run.image_sizes)
         merged.pulls.extend(run.pulls)
         merged.upstream.extend(run.upstream)
+        merged.cpu.extend(run.cpu)
     return merged
 
 

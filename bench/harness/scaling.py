@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from bench.harness.report import rows, upstream_cell
+from bench.harness.report import phase_cpu, rows, upstream_cell
 from bench.harness.results import Run
 from bench.measure import Check
 
@@ -24,6 +24,7 @@ class ScalingPoint:
     baseline_p50: float
     mirror_p50: float
     upstream: dict[str, float]  # mode -> bytes served / image size
+    mirror_cpu_busy: float | None = None  # the machine's cores, busy share, with the mirror
 
     @property
     def ratio(self) -> float:
@@ -40,8 +41,16 @@ def points(runs: Iterable[Run]) -> list[ScalingPoint]:
         for row in rows(run):
             if row.phase != "create" or row.baseline is None or row.mirror is None:
                 continue
+            cpu = phase_cpu(run, row.case, "mirror", "create")
             found.append(
-                ScalingPoint(nodes, row.case, row.baseline.p50, row.mirror.p50, row.upstream)
+                ScalingPoint(
+                    nodes,
+                    row.case,
+                    row.baseline.p50,
+                    row.mirror.p50,
+                    row.upstream,
+                    None if cpu is None else cpu.busy,
+                )
             )
     return sorted(found, key=lambda p: (p.case, p.nodes))
 
@@ -79,12 +88,13 @@ def checks(found: list[ScalingPoint]) -> list[Check]:
 def markdown(found: list[ScalingPoint]) -> str:
     lines = [
         "| image | nodes | without mirror p50 (s) | with mirror p50 (s) | with / without "
-        "| upstream bytes without / with |",
-        "|---|---|---|---|---|---|",
+        "| upstream bytes without / with | CPU busy with mirror |",
+        "|---|---|---|---|---|---|---|",
     ]
     for p in found:
+        busy = "-" if p.mirror_cpu_busy is None else f"{p.mirror_cpu_busy:.0%}"
         lines.append(
             f"| {p.case} | {p.nodes} | {p.baseline_p50:.2f} | {p.mirror_p50:.2f} "
-            f"| {p.ratio:.2f}x | {upstream_cell(p.upstream)} |"
+            f"| {p.ratio:.2f}x | {upstream_cell(p.upstream)} | {busy} |"
         )
     return "\n".join(lines)

@@ -50,6 +50,13 @@ def test_mirror_vs_baseline_on_two_nodes(tmp_path: Path) -> None:
     # Without the mirror the second node goes to the upstream; with it, to its peer.
     assert size <= _served(run, "baseline", "update", 1) <= size + slack
     assert _served(run, "mirror", "update", 1) == 0
+    # Every batch's CPU was sampled; the mirrors worked when they were asked.
+    assert len(run.cpu) == len(run.upstream) == 6
+    assert all(c.wall > 0 and c.busy > 0 for c in run.cpu)
+    assert sum(c.containerd for c in run.cpu) > 0
+    (mirror_create,) = [c for c in run.cpu if (c.mode, c.phase) == ("mirror", "create")]
+    assert mirror_create.mirror > 0
     files = write_report(run, tmp_path / "out")
     assert files["pull_times"].stat().st_size > 10_000
     assert "| 1MB x2 |" in files["markdown"].read_text()
+    assert "| 1MB x2 | create | mirror |" in files["markdown"].read_text()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bench.harness.report import checks, markdown, rows
-from bench.harness.results import Pull, Run, Upstream, load, merge
+from bench.harness.results import Cpu, Pull, Run, Upstream, load, merge
 
 SIZE = 10 * 2**20
 
@@ -30,6 +30,11 @@ def _run() -> Run:
         for batch in range(5):
             served = SIZE if mode == "baseline" or batch == 0 else 0
             run.upstream.append(Upstream("10MB-1", mode, "update", batch, served))
+    # 2 cores; the create phase took 2 s each way, the mirror's update batches 0.5 s each.
+    run.cpu.append(Cpu("10MB-1", "baseline", "create", 0, 2.0, 2, 2.0, 1.0, 0.0, 0.2))
+    run.cpu.append(Cpu("10MB-1", "mirror", "create", 0, 2.0, 2, 3.8, 1.6, 1.2, 0.4))
+    for batch in range(5):
+        run.cpu.append(Cpu("10MB-1", "mirror", "update", batch, 0.5, 2, 0.5, 0.2, 0.1, 0.0))
     return run
 
 
@@ -63,6 +68,12 @@ def test_markdown_table_beside_spegels_figures() -> None:
     assert "cannot exceed 80%" in text
     assert "| 10MB x1 | 2.00 / 2.00 / 2.00 | 1.80 / 2.00 / 2.00 | 10% | 5.0x / 5.0x |" in text
     assert "[FAIL] update improvement 10MB-1 (avg): 70.00% (target >= 90%)" in text
+    # CPU as a share of the cores' time: the mirror's create phase had them 95% busy;
+    # the update phase sums its batches (2.5 of 5 CPU seconds).
+    assert "| 10MB x1 | create | baseline | 50% | 25% | 0% | 5% |" in text
+    assert "| 10MB x1 | create | mirror | 95% | 40% | 30% | 10% |" in text
+    assert "| 10MB x1 | update | mirror | 50% | 20% | 10% | 0% |" in text
+    assert "| update | baseline |" not in text  # not measured: no row
 
 
 def test_a_one_mode_run_has_no_improvement() -> None:
@@ -98,6 +109,9 @@ def test_json_round_trip_and_merging_two_kubernetes_runs(tmp_path: Path) -> None
     merged = merge([baseline, mirror])
     assert merged.source == "kubernetes"
     assert len(merged.pulls) == len(run.pulls)
+    older = run.to_json().replace('"cpu"', '"cpu_unknown"')  # a result from before `cpu`
+    (tmp_path / "old.json").write_text(older)
+    assert load(tmp_path / "old.json").cpu == []
     (tmp_path / "bad.json").write_text('{"schema": 99}')
     with pytest.raises(ValueError):
         load(tmp_path / "bad.json")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench.harness import analyze_cmd, scaling
-from bench.harness.results import Pull, Run, Upstream
+from bench.harness.results import Cpu, Pull, Run, Upstream
 
 SIZE = 100 * 2**20
 
@@ -25,6 +25,9 @@ def _run(nodes: int, baseline: float, mirror: float) -> Run:
             )
         served = nodes * SIZE if mode == "baseline" else SIZE
         run.upstream.append(Upstream("100MB-4", mode, "create", 0, served))
+        # The machine's 2 cores: busy 1.8 of 2 CPU seconds per second with the mirror.
+        wall = mirror if mode == "mirror" else baseline
+        run.cpu.append(Cpu("100MB-4", mode, "create", 0, wall, 2, 1.8 * wall, 0.0, 0.0, 0.0))
     # An update phase is not part of the scaling.
     run.pulls.append(Pull("100MB-4", "mirror", "update", "node-0", 0, "r", 99.0))
     return run
@@ -75,7 +78,7 @@ def test_analyze_by_nodes_writes_the_table_and_chart(tmp_path: Path) -> None:
     args = argparse.Namespace(results=files, out=tmp_path / "out", name="scaling", by_nodes=True)
     assert analyze_cmd.run(args) == 0  # 10.2 / 8.0: within 1.3x
     table = (tmp_path / "out" / "scaling-by-nodes.md").read_text()
-    assert "| 100MB-4 | 10 | 56.05 | 9.04 | 0.16x | 10.0x / 1.0x |" in table
+    assert "| 100MB-4 | 10 | 56.05 | 9.04 | 0.16x | 10.0x / 1.0x | 90% |" in table
     png = (tmp_path / "out" / "scaling-by-nodes.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
     assert json.loads(files[0].read_text())["settings"]["nodes"] == 5
