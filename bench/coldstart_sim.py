@@ -522,7 +522,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--rate", type=float, default=300.0, help="per-node up/down, MB/s")
     parser.add_argument("--upstream", type=float, default=1250.0, help="shared upstream, MB/s")
-    parser.add_argument("--peer-streams", type=int, default=3, help="per-node stream cap")
+    parser.add_argument(
+        "--peer-streams", type=int, default=3, help="per-node stream cap (the mirror's flag)"
+    )
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=3,
+        help="layers a node fetches at once: containerd's max_concurrent_downloads "
+        "(the CRI's default 3)",
+    )
     parser.add_argument("--stagger", type=float, default=0.0, help="starts spread over s")
     parser.add_argument("--dt", type=float, default=0.02)
     parser.add_argument(
@@ -577,6 +586,7 @@ def run(args: argparse.Namespace) -> int:
             downlink=args.rate * MB,
             upstream=args.upstream * MB,
             peer_streams=args.peer_streams,
+            parallel=args.parallel,
             stagger=args.stagger,
             dt=args.dt,
             stripe_width=args.stripe_width,

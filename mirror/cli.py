@@ -176,7 +176,8 @@ COMMANDS: dict[str, tuple[str, list[Flag]]] = {
                 "peer-streams",
                 "int",
                 "Blob bodies this node streams to peers at once; past it a peer is told busy "
-                "and takes another source (0: no limit).",
+                "and takes another source (0: no limit). Best equal to containerd's "
+                "max_concurrent_downloads.",
             ),
             Flag(
                 "peer-upload-rate",

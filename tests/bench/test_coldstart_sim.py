@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import statistics
+from pathlib import Path
 
 import pytest
 
-from bench.coldstart_sim import MB, ColdStartSim, SimConfig, simulate
+from bench.coldstart_sim import MB, ColdStartSim, SimConfig, add_arguments, run, simulate
 
 
 def _config(**changes: float) -> SimConfig:
@@ -124,3 +127,28 @@ def test_passing_one_download_on_shortens_a_mass_cold_start() -> None:
 def test_full_nodes_end_leaf_streams_only_with_the_rule() -> None:
     assert simulate(_all_at_once()).leaves_ended > 0
     assert simulate(_all_at_once(forward_one=False)).leaves_ended == 0
+
+
+def test_fetching_every_layer_at_once_with_as_many_stream_slots_nears_the_ideal() -> None:
+    """containerd's default fetches 3 layers at a time, so the 4th starts only when one
+    ends and runs alone, through trees each of whose nodes feeds 3 peers. With every
+    layer fetched at once (max_concurrent_downloads 4) and a stream cap to match, the
+    image flows at the node's full rate (at 1,000 nodes: p50 16.4 s -> 10.7 s)."""
+    default = simulate(_all_at_once())
+    matched = simulate(_all_at_once(parallel=4, peer_streams=4))
+    assert matched.unfinished == 0
+    assert matched.upstream_fetches == {0: 1, 1: 1, 2: 1, 3: 1}
+    assert matched.percentile(0.5) < default.percentile(0.5) * 0.8
+    assert matched.percentile(0.5) < matched.ideal * 1.2
+
+
+def test_the_command_passes_containerds_parallelism_on(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    out = tmp_path / "sim.json"
+    argv = ["--nodes", "12", "--image-gb", "0.1", "--parallel", "2", "--peer-streams", "2"]
+    args = parser.parse_args([*argv, "--out", str(out)])
+    assert run(args) == 0
+    (summary,) = json.loads(out.read_text())["runs"]
+    assert (summary["config"]["parallel"], summary["config"]["peer_streams"]) == (2, 2)
+    assert summary["unfinished"] == 0
