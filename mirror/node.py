@@ -35,7 +35,12 @@ from dht import (
 from mirror.advertise.tracker import Advertiser
 from mirror.basicauth import BasicAuth, load_basic_auth
 from mirror.containerd.client import ContainerdClient, ContainerdError, ContainerdUnavailable
-from mirror.containerd.config import ConfigError, config_warnings, load_config
+from mirror.containerd.config import (
+    ConfigError,
+    config_warnings,
+    load_config,
+    stream_cap_advice,
+)
 from mirror.errors import StartupError
 from mirror.ingest.announcer import IngestAnnouncer
 from mirror.ingest.serving import InflightBlobs
@@ -225,6 +230,9 @@ def warn_about_containerd_config(options: RegistryOptions) -> None:
         return
     for warning in config_warnings(config, options.containerd_registry_config_path):
         log.warning(warning, extra={"containerd_config": str(path)})
+    advice = stream_cap_advice(config, options.peer_streams) if options.cold_start else None
+    if advice is not None:
+        log.info(advice, extra={"containerd_config": str(path)})
 
 
 async def _listening(flag: str, value: str, starting: Awaitable[T]) -> T:

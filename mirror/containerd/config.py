@@ -20,6 +20,13 @@ service, whose hosts lookup takes `config_path` as one directory; a
 version 2 file's `discard_unpacked_layers` is dropped when containerd 2.1
 migrates the file.)
 
+A third, `max_concurrent_downloads` (layers fetched at once, 3 by default),
+decides how fast a new image spreads when many nodes pull it together; the
+mirror's `--peer-streams` is best equal to it. CRI pulls take it from the CRI
+plugin, except on 2.x through the transfer service, which has its own
+(`plugins."io.containerd.transfer.v1.local"`); a CRI value other than 3 makes
+2.x fall back to local pulls, where the CRI value applies.
+
 `parse_config` reads a parsed document; `load_config` reads a file, following
 its `imports` the way containerd does (globs, relative to the importing file,
 later files replacing earlier ones per top-level key and per plugin).
@@ -35,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_CONFIG_FILE = Path("/etc/containerd/config.toml")
+DEFAULT_MAX_CONCURRENT_DOWNLOADS = 3
+TRANSFER_PLUGIN = "io.containerd.transfer.v1.local"
 
 # version -> (plugin id, path to config_path, path to discard_unpacked_layers)
 _KEYS: dict[int, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
@@ -64,6 +73,8 @@ class ContainerdConfig:
     discard_unpacked_layers: bool
     # Version 3 only: true makes CRI pull without the transfer service.
     use_local_image_pull: bool = False
+    # Layers a CRI pull fetches at once (0: no limit).
+    max_concurrent_downloads: int = DEFAULT_MAX_CONCURRENT_DOWNLOADS
 
     @property
     def config_dirs(self) -> tuple[Path, ...]:
@@ -89,12 +100,29 @@ def parse_config(doc: Mapping[str, Any]) -> ContainerdConfig:
     local_pull = _dig(plugin, ("use_local_image_pull",)) if version >= 3 else None
     if local_pull is not None and not isinstance(local_pull, bool):
         raise ConfigError(f"use_local_image_pull is not a boolean: {local_pull!r}")
+    downloads = _downloads(_dig(plugin, ("max_concurrent_downloads",)), plugin_id)
+    if (
+        version >= 3
+        and not (local_pull or discard)
+        and downloads == DEFAULT_MAX_CONCURRENT_DOWNLOADS
+    ):
+        transfer = _dig(doc, ("plugins", TRANSFER_PLUGIN, "max_concurrent_downloads"))
+        downloads = _downloads(transfer, TRANSFER_PLUGIN)
     return ContainerdConfig(
         version=version,
         config_path=config_path or None,
         discard_unpacked_layers=bool(discard),
         use_local_image_pull=bool(local_pull),
+        max_concurrent_downloads=downloads,
     )
+
+
+def _downloads(value: Any, plugin_id: str) -> int:
+    if value is None:
+        return DEFAULT_MAX_CONCURRENT_DOWNLOADS
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{plugin_id} max_concurrent_downloads is not an integer: {value!r}")
+    return max(0, value)
 
 
 def load_config(path: Path = DEFAULT_CONFIG_FILE) -> ContainerdConfig:
@@ -171,6 +199,20 @@ def config_warnings(
             "so this node cannot serve them to its peers; set it to false"
         )
     return warnings
+
+
+def stream_cap_advice(config: ContainerdConfig, peer_streams: int) -> str | None:
+    """A note when --peer-streams differs from the layers containerd fetches at once:
+    a node then receives more streams than it may send, or the reverse, and a new
+    image spreads slower when many nodes pull it together."""
+    downloads = config.max_concurrent_downloads
+    if peer_streams <= 0 or downloads <= 0 or downloads == peer_streams:
+        return None
+    return (
+        f"containerd fetches {downloads} layers at once (max_concurrent_downloads) and "
+        f"--peer-streams is {peer_streams}: set them equal for the fastest cold starts "
+        "of many nodes at once"
+    )
 
 
 def _path_list_warning(

@@ -5,7 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from mirror.containerd.config import ConfigError, ContainerdConfig, load_config, parse_config
+from mirror.containerd.config import (
+    ConfigError,
+    ContainerdConfig,
+    load_config,
+    parse_config,
+    stream_cap_advice,
+)
 
 V2 = """
 version = 2
@@ -192,3 +198,45 @@ def test_version_3_file_as_containerd_2_writes_it(tmp_path: Path) -> None:
     assert load_config(tmp_path / "config.toml") == ContainerdConfig(
         3, "/etc/containerd/certs.d", True, False
     )
+
+
+def _downloads(text: str) -> int:
+    return parse_config(tomllib.loads(text)).max_concurrent_downloads
+
+
+def test_max_concurrent_downloads_where_each_version_keeps_it() -> None:
+    assert _downloads("") == 3  # containerd's default
+    assert _downloads("[plugins.cri]\nmax_concurrent_downloads = 5\n") == 5
+    v2 = 'version = 2\n[plugins."io.containerd.grpc.v1.cri"]\nmax_concurrent_downloads = 8\n'
+    assert _downloads(v2) == 8
+    # 2.x pulls CRI images through the transfer service, which has its own limit ...
+    transfer = '[plugins."io.containerd.transfer.v1.local"]\nmax_concurrent_downloads = 6\n'
+    assert _downloads("version = 3\n" + transfer) == 6
+    # ... unless the CRI plugin's differs from 3 (containerd then pulls locally) or
+    # local pulls are asked for: then the CRI plugin's applies.
+    cri = '[plugins."io.containerd.cri.v1.images"]\nmax_concurrent_downloads = 4\n'
+    assert _downloads("version = 3\n" + cri + transfer) == 4
+    local = '[plugins."io.containerd.cri.v1.images"]\nuse_local_image_pull = true\n'
+    assert _downloads("version = 3\n" + local + transfer) == 3
+    unlimited = '[plugins."io.containerd.transfer.v1.local"]\nmax_concurrent_downloads = 0\n'
+    assert _downloads("version = 3\n" + unlimited) == 0
+
+
+def test_a_max_concurrent_downloads_that_is_not_a_number_is_refused() -> None:
+    with pytest.raises(ConfigError, match="max_concurrent_downloads"):
+        _downloads(
+            'version = 2\n[plugins."io.containerd.grpc.v1.cri"]\nmax_concurrent_downloads = "8"\n'
+        )
+
+
+def test_peer_streams_unlike_containerds_downloads_is_pointed_out() -> None:
+    config = parse_config(
+        tomllib.loads(
+            'version = 2\n[plugins."io.containerd.grpc.v1.cri"]\nmax_concurrent_downloads = 8\n'
+        )
+    )
+    advice = stream_cap_advice(config, 3)
+    assert advice is not None and "8 layers at once" in advice and "--peer-streams is 3" in advice
+    assert stream_cap_advice(config, 8) is None
+    assert stream_cap_advice(config, 0) is None  # no cap: nothing to match
+    assert stream_cap_advice(parse_config({}), 3) is None  # both at their defaults
