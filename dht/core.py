@@ -167,6 +167,8 @@ class NodeCore:
             sealed=self.auth.enabled,
         )
         self._inflight: dict[bytes, tuple[int, int]] = {}  # own keys being fetched: progress
+        # own keys being fetched: the nodes their last lookup found, and when
+        self._inflight_holders: dict[bytes, tuple[list[Contact], float]] = {}
         self._arbiters: BoundedCache[bytes, list[Contact | None]] = BoundedCache(_ARBITERS_KEPT)
         self._secure = ids or rng
         self.table = RequestTable(self._secure, max_in_flight=config.max_in_flight)
@@ -306,17 +308,31 @@ class NodeCore:
         if not self.ready():
             return None
         self._learn_address(now)
-        return self._start(announce_inflight(self, self._new_id, kid, done, total), now)
+        found = self._inflight_holders.get(kid)
+        if found is not None and now - found[1] < self.config.inflight_ttl / 3:
+            # Renewed progress goes to the nodes the last lookup found: they rarely
+            # change within seconds, and each lookup asks up to k nodes.
+            op = announce_inflight(self, self._new_id, kid, done, total, holders=found[0])
+            return None if op is None else self._start(op, now)
+
+        def remember(holders: list[Contact]) -> None:
+            if holders:
+                self._inflight_holders[kid] = (holders, now)
+
+        op = announce_inflight(self, self._new_id, kid, done, total, on_holders=remember)
+        return None if op is None else self._start(op, now)
 
     def withdraw_inflight(self, keys: Iterable[str]) -> None:
         for key in keys:
             self._inflight.pop(key_id(key), None)
+            self._inflight_holders.pop(key_id(key), None)
 
     def provide(self, keys: Iterable[str], now: float) -> Operation | None:
         """Start announcing keys not provided yet; None if there is nothing to wait for."""
         keys = list(keys)
         for key in keys:
             self._inflight.pop(key_id(key), None)  # complete now: records replace in-flight ones
+            self._inflight_holders.pop(key_id(key), None)
         new = self.schedule.add(keys, now)
         if not new:
             return None

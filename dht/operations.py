@@ -381,14 +381,28 @@ def announce(
 
 
 def announce_inflight(
-    host: OperationHost, new_id: Callable[[], int], key: bytes, done: int, total: int
-) -> SequenceOp:
-    """Store an in-flight record on the k closest nodes to its key that answer a lookup."""
+    host: OperationHost,
+    new_id: Callable[[], int],
+    key: bytes,
+    done: int,
+    total: int,
+    *,
+    holders: list[Contact] | None = None,
+    on_holders: Callable[[list[Contact]], None] | None = None,
+) -> Operation | None:
+    """Store an in-flight record on the k closest nodes to its key that answer a lookup;
+    with `holders` (those a lookup found for the last announce) on them, without one.
+    `on_holders` is told the nodes a lookup found."""
+    message = AddInflight(key, *host.origin(), done, total)
+    if holders is not None:
+        messages = [(contact, message) for contact in holders]
+        return AddProvidersOp(host, new_id(), messages, len(messages)) if messages else None
     lookup = LookupOp(host, new_id(), key, FindNode(key))
 
     def send_step() -> Operation | None:
         closest = lookup.result()[: host.k]
-        message = AddInflight(key, *host.origin(), done, total)
+        if on_holders is not None:
+            on_holders(closest)
         messages = [(contact, message) for contact in closest]
         return AddProvidersOp(host, new_id(), messages, len(messages)) if messages else None
 

@@ -3,6 +3,8 @@ holders keep such records briefly, complete records win over them."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 from dht_peer import Peer
 from test_dht_node_core import SimNet, lone_core
 
@@ -106,3 +108,35 @@ def test_an_inflight_announce_is_one_datagram_per_holder() -> None:
     assert record.progress == (0, 10)
     message = AddInflight(key_id(KEY), "127.0.0.1", 1, 1, 0, 0)
     assert decode(encode(Envelope(1, fetcher.node_id, message))).message == message
+
+
+def _sent_by(net: SimNet, address: tuple[str, int]) -> Counter[str]:
+    assert net.sent is not None
+    return Counter(type(decode(cmd.data).message).__name__ for a, cmd in net.sent if a == address)
+
+
+def test_renewed_progress_goes_to_the_holders_found_last_without_a_lookup() -> None:
+    """A download renews its record every few seconds: the nodes the first announce's
+    lookup found get the new progress directly, for a third of the record's TTL; past
+    that, or once the download ended, a lookup finds them again."""
+    net = SimNet(8, seed=23, request_timeout=0.2, inflight_ttl=30.0)
+    net.run(5.0)
+    fetcher = list(net.cores.values())[3]
+    others = [c for c in net.cores.values() if c is not fetcher]
+
+    def announce(done: int) -> Counter[str]:
+        net.sent = []
+        assert fetcher.provide_inflight(KEY, done, 1000, net.now) is not None
+        net.pump(fetcher.bound)
+        net.run(1.0)
+        return _sent_by(net, fetcher.bound)
+
+    first = announce(100)
+    assert first["FindNode"] > 0 and first["AddInflight"] == len(others)
+    renewed = announce(400)  # 1 s later
+    assert renewed == Counter({"AddInflight": len(others)})
+    assert all(c.store.get(key_id(KEY), net.now)[0].progress == (400, 1000) for c in others)
+    net.run(9.0)  # 11 s after the lookup: past 30 / 3
+    assert announce(700)["FindNode"] > 0
+    fetcher.withdraw_inflight([KEY])  # ended: a new download of the key looks up again
+    assert announce(10)["FindNode"] > 0
