@@ -14,10 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from bench.harness.cases import Case
-from bench.harness.cpu import CpuShare, sample, spent
+from bench.harness.cpu import sample, spent
 from bench.harness.images import BenchImage
 from bench.harness.localcluster import BenchCluster
 from bench.harness.progress import PullProgress
+from bench.harness.report import phase_cpu
 from bench.harness.results import Pull, Run, Upstream
 from bench.harness.rollout import create_batches, update_batches
 from bench.harness.stats import describe
@@ -86,7 +87,7 @@ def phase_line(run: Run, case: Case, mode: str, phase: str, image_size: int) -> 
         u.bytes for u in run.upstream if (u.case, u.mode, u.phase) == (case.name, mode, phase)
     )
     stats = describe(times)
-    cpu = CpuShare.of(c for c in run.cpu if (c.case, c.mode, c.phase) == (case.name, mode, phase))
+    cpu = phase_cpu(run, case.name, mode, phase)
     return (
         f"{case.name:>8} {mode:<8} {phase:<6} avg {stats.mean:6.2f}s  p50 {stats.p50:6.2f}s"
         f"  max {stats.max:6.2f}s  upstream {served / image_size:4.1f}x"

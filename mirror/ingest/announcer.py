@@ -106,8 +106,8 @@ class IngestAnnouncer:
     def proof_failed(self, digest: str) -> None:
         """A committed blob of this node does not hash to its digest: a claim kept on
         it after its commit is released, so that another node fetches it."""
-        self._forget_lapsed(trio.current_time())
-        if self._kept.pop(digest, None) is None:
+        expiry = self._kept.pop(digest, None)
+        if expiry is None or expiry <= trio.current_time():
             return
         self._pending[digest] = ReleaseCommitted(digest)
         self._wake.set()

@@ -5,7 +5,8 @@ the DHT's)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
@@ -70,30 +71,35 @@ async def test_a_damaged_download_is_disowned_until_it_ends(tmp_path: Path) -> N
         nursery.cancel_scope.cancel()
 
 
-async def _committed(announcer: IngestAnnouncer, publisher: Recorder, root: Path) -> None:
-    """A claimed download, then its commit: the claim is kept for the committed lease."""
+@asynccontextmanager
+async def _committed(
+    root: Path, committed_lease: float
+) -> AsyncIterator[tuple[IngestAnnouncer, Recorder]]:
+    """A running announcer after a claimed download committed: the claim is kept for
+    the committed lease."""
+    publisher = Recorder()
+    book = ClaimBook(lease=1.0)
+    book.won(DIGEST, trio.current_time())
+    announcer = IngestAnnouncer(publisher, root, book, refresh=0.0, committed_lease=committed_lease)
     blob = root / "blobs" / "sha256" / DIGEST.removeprefix("sha256:")
     blob.parent.mkdir(parents=True, exist_ok=True)
     blob.write_bytes(b"x" * 1000)
-    announcer.on_change([IngestStarted(_ingest(100))])
-    await trio.sleep(0.05)
-    announcer.on_change([IngestEnded(_ingest(1000))])
-    await trio.sleep(0.05)
-    assert publisher.calls[-1] == ("claim", DIGEST)
-    publisher.calls.clear()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(announcer.run)
+        announcer.on_change([IngestStarted(_ingest(100))])
+        await trio.sleep(0.05)
+        announcer.on_change([IngestEnded(_ingest(1000))])
+        await trio.sleep(0.05)
+        assert publisher.calls[-1] == ("claim", DIGEST)
+        publisher.calls.clear()
+        yield announcer, publisher
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_committed_blob_failing_its_proof_releases_its_kept_claim(
     tmp_path: Path,
 ) -> None:
-    publisher = Recorder()
-    book = ClaimBook(lease=1.0)
-    book.won(DIGEST, trio.current_time())
-    announcer = IngestAnnouncer(publisher, tmp_path, book, refresh=0.0, committed_lease=30.0)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(announcer.run)
-        await _committed(announcer, publisher, tmp_path)
-
+    async with _committed(tmp_path, committed_lease=30.0) as (announcer, publisher):
         announcer.proof_failed("sha256:" + "cd" * 32)  # never claimed here: nothing
         await trio.sleep(0.05)
         assert publisher.calls == []
@@ -105,19 +111,11 @@ async def test_a_committed_blob_failing_its_proof_releases_its_kept_claim(
         announcer.proof_failed(DIGEST)  # released once
         await trio.sleep(0.05)
         assert publisher.calls == [("release", DIGEST)]
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_lapsed_kept_claim_is_not_released(tmp_path: Path) -> None:
-    publisher = Recorder()
-    book = ClaimBook(lease=1.0)
-    book.won(DIGEST, trio.current_time())
-    announcer = IngestAnnouncer(publisher, tmp_path, book, refresh=0.0, committed_lease=0.2)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(announcer.run)
-        await _committed(announcer, publisher, tmp_path)
+    async with _committed(tmp_path, committed_lease=0.2) as (announcer, publisher):
         await trio.sleep(0.3)  # the arbiter forgot it: another node may hold it now
         announcer.proof_failed(DIGEST)
         await trio.sleep(0.05)
         assert publisher.calls == []
-        nursery.cancel_scope.cancel()
