@@ -15,27 +15,34 @@ that would measure ctr, not the layer's way here.
 
 The figure is the layer's arrival: from the pull's start until the layer is
 committed to node 5's content store (the unpack that follows is the same work
-either way; the whole pull is reported too). The run-by-run ratio of arrival
+either way; the whole pull is reported too, and the transfer alone: from containerd's
+opening the layer's ingest, just before its GET, to the commit). The run-by-run ratio of arrival
 times, one holder / striped, must be >= 3 (the ideal is 4). A second scenario
 reads the layer from node 5's mirror with curl into /dev/null: the mirror's own
 delivery, without containerd's ingest competing for the same two cores. Node 5's
 mirror's RSS, the CPU seconds of its mirror, of its containerd and of the holders,
 and the share of the machine's cores busy are sampled during each run: on a small
 machine a striped pull by containerd is bound by CPU (hashing and copying in the
-mirror, hashing and writing in containerd), not by the holders' uplinks.
+mirror, hashing and writing in containerd), not by the holders' uplinks. On a VM
+that hands freed memory back to its host, containerd's writes into the page cache
+cost several times more than on a host (`write_scratch`); each pull is preceded by
+writing and dropping a scratch file of the layer's size, for both subjects
+(`--no-prime`: not).
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
+import itertools
 import os
 import platform
 import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +73,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--containerd", default="2.1", choices=("1.6", "1.7", "2.1"), help="series (2.1)"
     )
+    parser.add_argument(
+        "--no-prime",
+        dest="prime",
+        action="store_false",
+        help="do not write and drop a scratch file of the layer's size before each containerd"
+        " pull (see write_scratch: on a VM that hands freed memory back to its host, that"
+        " leaves reused pages for the ingest)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/stripe.json"))
     parser.add_argument("--dir", type=Path, default=None, help="working directory (temp)")
 
@@ -95,6 +110,8 @@ def _set_width(cluster: LocalCluster, node: int, width: int, path: str) -> None:
 class PullRun:
     arrival: float  # seconds from the start until the layer was committed (or read whole)
     pull: float  # the whole pull, unpack included (curl: the same as arrival)
+    transfer: float  # from containerd's opening the layer's ingest to its commit (curl: arrival)
+    idle_share: float  # of the 100 ms samples of the ingest's size, the share that saw no growth
     striped: bool  # the mirror's striped-bodies counter went up
     rss_mib: float
     cpu_s: float  # the puller's mirror's CPU seconds
@@ -104,11 +121,18 @@ class PullRun:
 
 
 class ArrivalWatch:
-    """When a file appears (a blob committed to the content store), polled every 2 ms."""
+    """When containerd opens the layer's ingest (just before it sends the GET) and when the
+    blob is committed to the content store, polled every 2 ms; and the ingest's size
+    every 100 ms meanwhile, to see whether the bytes arrive steadily."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, content: Path, digest: str) -> None:
+        self.path = content / "blobs" / "sha256" / digest.removeprefix("sha256:")
+        self.ingest = content / "ingest"
+        self.ref_suffix = digest
+        self.requested: float | None = None
         self.arrived: float | None = None
+        self.growth: list[tuple[float, int]] = []
+        self._data: Path | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="arrival", daemon=True)
 
@@ -121,10 +145,46 @@ class ArrivalWatch:
         self._thread.join()
 
     def _poll(self) -> None:
+        next_size = 0.0
         while not self._stop.wait(0.002):
+            now = time.perf_counter()
+            if self._data is None:
+                self._find_ingest(now)
+            elif now >= next_size:
+                with contextlib.suppress(OSError):
+                    self.growth.append((now, self._data.stat().st_size))
+                next_size = now + 0.1
             if self.path.exists():
-                self.arrived = time.perf_counter()
+                self.arrived = now
                 return
+
+    def _find_ingest(self, now: float) -> None:
+        with contextlib.suppress(OSError):
+            for entry in self.ingest.iterdir():
+                ref = (entry / "ref").read_text()
+                if ref.endswith(self.ref_suffix):
+                    self.requested, self._data = now, entry / "data"
+                    return
+
+
+def write_scratch(directory: Path, size: int) -> float:
+    """Write `size` bytes to a new file in `directory`, drop it; returns the seconds taken.
+
+    The project's test machine is a VM whose kernel hands free memory back to its host
+    (free page reporting, `page_reporting.page_reporting_order` on its command line, a
+    couple of seconds after the pages are freed). The first write into such a page
+    faults in the host: 1 GiB into a new file's page cache took 1.6-1.75 s of system
+    time there, 0.21 s into pages just freed. Writing and dropping a file of the
+    layer's size right before a pull leaves freed pages for containerd's ingest, as on
+    a host whose memory stays its own."""
+    path = directory / "scratch-prime"
+    chunk = b"\0" * (8 * MIB)
+    started = time.perf_counter()
+    with open(path, "wb") as out:
+        for _ in range(0, size, len(chunk)):
+            out.write(chunk)
+    path.unlink()
+    return time.perf_counter() - started
 
 
 @dataclass
@@ -135,6 +195,8 @@ class Puller:
     cluster: LocalCluster
     image: GeneratedImage
     path: str
+    prime: bool
+    primes: list[float] = field(default_factory=list)
 
     @property
     def node(self) -> int:
@@ -152,13 +214,15 @@ class Puller:
         }
         started = time.perf_counter()
         with UsageMeter(groups) as meter:
-            arrival, pull = self._curl() if trial.scenario == CURL else self._pull()
+            arrival, pull, transfer, idle = self._curl() if trial.scenario == CURL else self._pull()
         wall = time.perf_counter() - started
         striped = _striped_bodies(mirror.metrics_url) > before
         usage = meter.usage
         return PullRun(
             arrival,
             pull,
+            transfer,
+            idle,
             striped,
             usage.rss_max_mib("mirror"),
             usage.group_cpu_s["mirror"],
@@ -167,25 +231,30 @@ class Puller:
             usage.group_cpu_s["holders"],
         )
 
-    def _pull(self) -> tuple[float, float]:
+    def _pull(self) -> tuple[float, float, float, float]:
         ref = self.image.ref(self.cluster.upstream.host)
-        layer = self.cluster[self.node].containerd.blob_path(self.image.layers[0].digest)
-        with ArrivalWatch(layer) as watch:
+        containerd = self.cluster[self.node].containerd
+        if self.prime:
+            self.primes.append(write_scratch(containerd.root, self.image.layers[0].size))
+        with ArrivalWatch(containerd.content_path, self.image.layers[0].digest) as watch:
             started = time.perf_counter()
             result = self.cluster.pull(self.node, ref)
         self._check_and_remove(ref)
-        if watch.arrived is None:
-            raise KitError("the layer's arrival was not seen")
-        return watch.arrived - started, result.duration
+        if watch.arrived is None or watch.requested is None:
+            raise KitError("the layer's request or arrival was not seen")
+        sizes = [size for _, size in watch.growth]
+        steps = list(itertools.pairwise(sizes))
+        idle = sum(1 for a, b in steps if b <= a) / len(steps) if steps else 0.0
+        return watch.arrived - started, result.duration, watch.arrived - watch.requested, idle
 
-    def _curl(self) -> tuple[float, float]:
+    def _curl(self) -> tuple[float, float, float, float]:
         url = self.cluster[self.node].mirror.url + self.path
         started = time.perf_counter()
         size = fetch_bytes(url)
         elapsed = time.perf_counter() - started
         if size != self.image.layers[0].size:
             raise KitError(f"curl read {size} bytes of the layer")
-        return elapsed, elapsed
+        return elapsed, elapsed, elapsed, 0.0
 
     def _check_and_remove(self, ref: str) -> None:
         containerd = self.cluster[self.node].containerd
@@ -210,7 +279,9 @@ class _Print(RunHooks[str, str, PullRun]):
         rate = self.size / result.arrival / MB
         print(
             f"      {trial.scenario:15} {trial.subject:10} layer in {result.arrival:6.2f} s"
-            f" ({rate:4.0f} MB/s), whole {result.pull:6.2f} s, striped={result.striped},"
+            f" ({rate:4.0f} MB/s), transfer {result.transfer:6.2f} s"
+            f" ({result.idle_share:.0%} of 100 ms idle), whole {result.pull:6.2f} s,"
+            f" striped={result.striped},"
             f" mirror RSS {result.rss_mib:.0f} MiB, CPU {result.cpu_s:.1f} s,"
             f" containerd CPU {result.containerd_cpu_s:.1f} s,"
             f" holders CPU {result.holders_cpu_s:.1f} s, machine {result.machine_busy:.0%} busy",
@@ -256,7 +327,7 @@ def measure(args: argparse.Namespace, base: Path) -> dict[str, Any]:
         _wait_peer(cluster[nodes - 1].mirror.address, path, timeout=60)
         time.sleep(2.0)  # every holder's record reaches the DHT
         cluster.upstream.stop()  # every byte from the holders from now on
-        puller = Puller(cluster, image, path)
+        puller = Puller(cluster, image, path, args.prime)
         _step("warm-up: one pull each (the holders prove their copy on its first read)")
         for subject in (STRIPED, ONE):
             puller(Trial(PULL, subject, -1))
@@ -270,7 +341,7 @@ def measure(args: argparse.Namespace, base: Path) -> dict[str, Any]:
         cluster.upstream.start()
     if any(r.striped != (t.subject == STRIPED) for t, r in outcome.kept):
         raise KitError("a striped run was not striped, or a one-holder run was")
-    results: dict[str, Any] = {"layer_bytes": layer.size}
+    results: dict[str, Any] = {"layer_bytes": layer.size, "prime_s": puller.primes}
     for scenario in (PULL, CURL):
         runs = {
             subject: [r for t, r in outcome.kept if (t.scenario, t.subject) == (scenario, subject)]
@@ -279,6 +350,8 @@ def measure(args: argparse.Namespace, base: Path) -> dict[str, Any]:
         results[scenario] = {
             "arrival_s": {s: [r.arrival for r in rs] for s, rs in runs.items()},
             "whole_s": {s: [r.pull for r in rs] for s, rs in runs.items()},
+            "transfer_s": {s: [r.transfer for r in rs] for s, rs in runs.items()},
+            "idle_share": {s: [r.idle_share for r in rs] for s, rs in runs.items()},
             "mirror_rss_mib": {s: [r.rss_mib for r in rs] for s, rs in runs.items()},
             "mirror_cpu_s": {s: [r.cpu_s for r in rs] for s, rs in runs.items()},
             "containerd_cpu_s": {s: [r.containerd_cpu_s for r in rs] for s, rs in runs.items()},
@@ -335,6 +408,15 @@ def _print_table(results: dict[str, Any], args: argparse.Namespace) -> None:
         f" containerd {args.containerd}: median (min-max) of {args.repeat} runs; CPU seconds"
         " of the puller's mirror / its containerd / the holders, and the machine's share busy"
     )
+    print()
+    primes = results["prime_s"]
+    if primes:
+        print(
+            f"before each containerd pull a scratch file of the layer's size was written and"
+            f" dropped (--no-prime: not), in {summarize(primes).format(2)} s"
+        )
+    else:
+        print("no scratch file before the pulls (--no-prime)")
     print()
     print(
         "| client | from | layer arrived, s | MB/s | whole pull, s"
