@@ -11,12 +11,20 @@ once at the end (cancel-shielded, since by then the bytes are sent).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
 
 import trio
 
+from mirror.server.offload import (
+    OffloadShort,
+    OffloadStalled,
+    OffloadUnavailable,
+    offload_applies,
+    send_file_offloaded,
+)
 from mirror.server.pacing import PACED_CHUNK, Pacer
 
 SENDFILE_CHUNK = 4 * 1024 * 1024
@@ -95,6 +103,9 @@ async def send_file(
         chunk = min(chunk, PACED_CHUNK)
     corked = _cork(sock, True)
     try:
+        if pacer is None and offload_applies(length):
+            with contextlib.suppress(OffloadUnavailable):
+                return await _send_file_offloaded(sock, file_fd, offset, length, stall_timeout)
         return await _send_file(sock, file_fd, offset, length, stall_timeout, chunk, pacer)
     finally:
         if corked:
@@ -107,6 +118,17 @@ def _cork(sock: trio.socket.SocketType, on: bool) -> bool:
     except OSError:
         return False  # not TCP (a socket pair in tests), or already closed
     return True
+
+
+async def _send_file_offloaded(
+    sock: trio.socket.SocketType, file_fd: int, offset: int, length: int, stall_timeout: float
+) -> int:
+    try:
+        return await send_file_offloaded(sock, file_fd, offset, length, stall_timeout)
+    except OffloadStalled:
+        raise PeerStalled(f"no progress for {stall_timeout}s") from None
+    except OffloadShort as short:
+        raise SourceShort(str(short)) from None
 
 
 class StallDeadline:
