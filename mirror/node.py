@@ -364,6 +364,7 @@ class Node:
             authorization=authorization,
             ledger=telemetry,
             forwards=passes_on,
+            downloading=lambda: (ingest.digest for ingest in watcher.all()),
         )
         handler = RegistryHandler(
             store,

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -298,8 +298,12 @@ class PeerMirror:
         authorization: str | None = None,
         ledger: PeerLedger | None = None,
         forwards: Callable[[str], bool] | None = None,
+        downloading: Callable[[], Iterable[str]] | None = None,
     ) -> None:
         self.cache = cache
+        # The digests the local containerd is downloading now (its ingests); None: take
+        # every claim held as a download under way.
+        self.downloading = downloading
         # Whether this node passes a blob it receives on to peers (forwarding.py): then
         # its requests say so, and a full source makes room for them.
         self.forwards = forwards
@@ -532,8 +536,10 @@ class PeerMirror:
         assert self.claims is not None
         now = trio.current_time()
         # A node already fetching a blob it claimed searches before it claims another:
-        # its downlink is taken, and another node's claim spreads the roots.
-        fetching = any(key != miss.key for key in self.book.held(now))
+        # its downlink is taken, and another node's claim spreads the roots. A claim
+        # whose download never began (the GET was not containerd's, or the pull was
+        # given up) takes no downlink.
+        fetching = self._fetching_a_claim(miss.key, now)
         core = ColdMiss(now, self.settings.cold, busy=bool(busy_at) or fetching)
         # Sources that answered busy are asked last from then on: the next search goes
         # to those still receiving the blob first, so the load spreads into a tree.
@@ -571,6 +577,13 @@ class PeerMirror:
                     return found, "lost" if core.claims else "busy"
                 deferred |= found.busy_at
                 core.search_failed(trio.current_time(), busy=found.busy)
+
+    def _fetching_a_claim(self, key: str, now: float) -> bool:
+        others = [held for held in self.book.held(now) if held != key]
+        if not others or self.downloading is None:
+            return bool(others)
+        receiving = set(self.downloading())
+        return any(held in receiving for held in others)
 
     def _distrusted(self, key: str, provider: Provider) -> bool:
         where = (provider.host, provider.registry_port)

@@ -102,22 +102,32 @@ async def test_a_lost_claim_streams_from_the_holder(tmp_path: Path) -> None:
         nursery.cancel_scope.cancel()
 
 
-@pytest.mark.parametrize("fetching_another", [False, True])
+@pytest.mark.parametrize(
+    ("claimed_another", "downloading", "searches_first"),
+    [
+        (False, None, False),
+        (True, None, True),  # no view of the ingests: every claim held counts
+        (True, ["sha256:" + "e" * 64], True),  # containerd is downloading the other claim
+        (True, [], False),  # the other claim's download never began: it takes no downlink
+    ],
+)
 async def test_a_node_fetching_a_claimed_blob_searches_before_claiming_another(
-    fetching_another: bool,
+    claimed_another: bool, downloading: list[str] | None, searches_first: bool
 ) -> None:
     me = _provider(1, b"me")
     async with trio.open_nursery() as nursery:
         claims = ScriptedClaims([Won(_claim(me))])
         mirror = await _cold_mirror(nursery, claims)
-        if fetching_another:
+        if downloading is not None:
+            mirror.downloading = lambda: iter(downloading)
+        if claimed_another:
             mirror.book.won("sha256:" + "e" * 64, trio.current_time())
         started = trio.current_time()
         assert await _fetch(mirror) is None  # no source anywhere: claimed all the same
         waited = claims.asked_at[0] - started
         nursery.cancel_scope.cancel()
     # first_pause is 0.05 s: a search comes first when another claim is being fetched.
-    assert (waited >= 0.05) is fetching_another
+    assert (waited >= 0.05) is searches_first
 
 
 @pytest.mark.parametrize("passes_on", [False, True])
