@@ -17,7 +17,6 @@ requests get a total budget; blob bodies only a stall timeout.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from collections import deque
@@ -932,9 +931,10 @@ class PeerMirror:
 
         def validate(peer: PeerResponse) -> None:
             if peer.status == 503:
-                with contextlib.suppress(OSError):
-                    host, port = peer.sock.getpeername()[:2]
-                    result.busy_at.add((str(host), int(port)))
+                # Where it was asked, not getpeername(): a source that answers busy and
+                # closes at once may have reset the socket by now (ENOTCONN), and the
+                # busy answer was then taken for a failure.
+                result.busy_at.add(peer.where)
             accept(peer)
 
         head = HeadRequest(head.method, head.target, head.headers, validate)

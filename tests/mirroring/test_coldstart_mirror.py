@@ -5,6 +5,9 @@ are proven against the digest before the body ends. Only the DHT is a stand-in."
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
+import struct
 from pathlib import Path
 
 import pytest
@@ -145,8 +148,11 @@ async def test_a_request_says_whether_this_node_passes_the_blob_on(passes_on: bo
     assert all((FORWARDS_HEADER.encode() + b": 1" in r.lower()) is passes_on for r in requests)
 
 
-async def _busy_then_good(nursery: trio.Nursery, root: Path, busy: int) -> int:
-    """A peer that answers 503 `busy` times, then proxies to a real good peer."""
+async def _busy_then_good(
+    nursery: trio.Nursery, root: Path, busy: int, *, reset: bool = False
+) -> int:
+    """A peer that answers 503 `busy` times, then proxies to a real good peer; with
+    `reset`, each busy answer is followed at once by a reset of the connection."""
     good = await _good_peer(nursery, root)
     listener = trio.socket.socket()
     await listener.bind(("127.0.0.1", 0))
@@ -165,7 +171,13 @@ async def _busy_then_good(nursery: trio.Nursery, root: Path, busy: int) -> int:
             request = await sock.recv(65536)
             answered += 1
             if answered <= busy:
-                await sock.send(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\nRetry-After: 1\r\n\r\n")
+                answer = b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\nRetry-After: 1\r\n\r\n"
+                if reset:
+                    # Both leave before the asker reads: the answer, then the reset.
+                    os.write(sock.fileno(), answer)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    return
+                await sock.send(answer)
                 return
             upstream = trio.socket.socket()
             with upstream:
@@ -195,12 +207,14 @@ async def test_a_busy_holder_is_waited_for_not_bypassed(tmp_path: Path) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_a_resume_waits_for_a_busy_source(tmp_path: Path) -> None:
+@pytest.mark.parametrize("reset", [False, True])
+async def test_a_resume_waits_for_a_busy_source(tmp_path: Path, reset: bool) -> None:
     """A stream ended to make room for a forwarding peer resumes where the other
-    sources are busy for a while: waited for, not the body ended short."""
+    sources are busy for a while: waited for, not the body ended short; also when
+    the busy source resets the connection right after its answer."""
     async with trio.open_nursery() as nursery:
         cutter = _provider(await _truncating_peer(nursery, cut_at=1_000_003), b"cut")
-        busy = _provider(await _busy_then_good(nursery, tmp_path, busy=3), b"busy")
+        busy = _provider(await _busy_then_good(nursery, tmp_path, busy=3, reset=reset), b"busy")
         cache = ProviderCache(FixedProviders([cutter, busy]), is_self=lambda p: False)
         await nursery.start(cache.run)
         settings = MirrorSettings(cold=ColdMissLimits(wait_budget=5.0, first_pause=0.05))
