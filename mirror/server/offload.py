@@ -9,7 +9,9 @@ blocking loop in a thread that took the GIL back after every chunk collapsed fro
 
 The thread works on its own duplicates of both descriptors, so whatever happens to the
 task (cancelled, the connection closed) it never writes to a descriptor number that was
-reused. A stall is the socket's `SO_SNDTIMEO`: no byte accepted for `stall_timeout`.
+reused. A stall is the socket's `SO_SNDTIMEO`: no byte accepted for `stall_timeout`
+(noticed between one and two timeouts after the last byte: a call that sent some
+bytes and then waited out the timeout returns those, and the next call waits again).
 Cancelling the task shuts the socket down, which ends the thread's call at once.
 Only `slots` bodies at a time (`BodyThreads`); the others are served from the loop.
 """
@@ -20,7 +22,8 @@ import contextlib
 import os
 import socket
 import struct
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 import trio
 
@@ -46,7 +49,8 @@ def offload_applies(length: int) -> bool:
 
 
 class OffloadUnavailable(Exception):
-    """No descriptor to spare for the thread's copies: nothing was sent, use the loop."""
+    """No descriptor to spare for the thread's copies, or the socket refused its
+    options: nothing was sent, use the loop."""
 
 
 class OffloadStalled(Exception):
@@ -63,9 +67,26 @@ class _Job:
     in_fd: int
     offset: int
     length: int
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _owned: bool = False
+
+    def own(self) -> bool:
+        """Take the descriptors (to close them): true for the first caller only. The
+        thread takes them as it starts; a task cancelled before that, instead."""
+        with self._lock:
+            if self._owned:
+                return False
+            self._owned = True
+            return True
+
+    def close(self) -> None:
+        os.close(self.out_fd)
+        os.close(self.in_fd)
 
     def run(self) -> int:
         """Send every byte, blocking; closes both descriptors in every case."""
+        if not self.own():
+            return 0  # the task was cancelled before this thread began: nothing to do
         try:
             remaining, offset = self.length, self.offset
             while remaining:
@@ -79,8 +100,7 @@ class _Job:
                 remaining -= sent
             return self.length
         finally:
-            os.close(self.out_fd)
-            os.close(self.in_fd)
+            self.close()
 
 
 def _timeval(seconds: float) -> bytes:
@@ -102,18 +122,25 @@ async def send_file_offloaded(
         os.close(out_fd)
         raise OffloadUnavailable(str(error)) from None
     job = _Job(out_fd, in_fd, offset, length)
-    # The descriptors share one open socket: blocking mode and the timeout hold for both
-    # until restored below, and the task does not touch the socket meanwhile.
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(stall_timeout))
-    os.set_blocking(out_fd, True)
+    try:
+        # The descriptors share one open socket: blocking mode and the timeout hold for
+        # both until restored below, and the task does not touch the socket meanwhile.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(stall_timeout))
+        os.set_blocking(out_fd, True)
+    except OSError as error:
+        job.close()
+        raise OffloadUnavailable(str(error)) from None
     try:
         return await trio.to_thread.run_sync(
             job.run, abandon_on_cancel=True, limiter=body_threads()
         )
     except trio.Cancelled:
-        # The thread may still be inside sendfile: end its call, it then closes its copies.
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+        if job.own():
+            job.close()  # cancelled before the thread began
+        else:
+            # The thread may still be inside sendfile: end its call, it then closes them.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         raise
     finally:
         with contextlib.suppress(OSError):

@@ -180,3 +180,22 @@ async def test_without_a_descriptor_to_spare_the_body_goes_through_the_loop(
         monkeypatch.undo()
         os.close(fd)
     assert bytes(received) == payload
+
+
+async def test_a_send_cancelled_before_its_thread_began_leaks_no_descriptor(
+    tmp_path: Path,
+) -> None:
+    before = _open_fds()
+    _, fd = _blob(tmp_path)
+    client, server = await tcp_pair()
+    try:
+        with client, server:
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await send_file(server, fd, 0, SIZE, stall_timeout=10.0)
+            assert scope.cancelled_caught
+            assert os.get_blocking(server.fileno()) is False
+    finally:
+        os.close(fd)
+    assert offload.body_threads().borrowed_tokens == 0
+    assert _open_fds() == before
