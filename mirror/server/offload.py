@@ -13,7 +13,8 @@ reused. A stall is the socket's `SO_SNDTIMEO`: no byte accepted for `stall_timeo
 (noticed between one and two timeouts after the last byte: a call that sent some
 bytes and then waited out the timeout returns those, and the next call waits again).
 Cancelling the task shuts the socket down, which ends the thread's call at once.
-Only `slots` bodies at a time (`BodyThreads`); the others are served from the loop.
+At most `BODY_THREADS` bodies at a time (`body_threads()`); the others are served
+from the loop.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-# Below this the loop's own path is as fast, and a thread hand-off costs more.
+# A smaller body costs the loop only a few wakeups: not worth a thread hand-off.
 OFFLOAD_MIN = 16 * 1024 * 1024
 BODY_THREADS = 16
 
