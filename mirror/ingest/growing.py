@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import trio
 
-from mirror.server.io import SourceShort, send_all
+from mirror.server.io import send_all
 from mirror.server.pacing import PACED_CHUNK, Pacer
+from mirror.server.sendfailures import SourceShort
 
 # A growing file is read, checked, then sent (not sendfile'd): see send().
 READ_CHUNK = 1024 * 1024

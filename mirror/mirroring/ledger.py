@@ -11,7 +11,7 @@ from typing import Protocol
 import trio
 
 from mirror.mirroring.peer import PeerUnreachable
-from mirror.server.io import PeerStalled
+from mirror.server.sendfailures import PeerStalled
 
 # Why a request to a peer failed (the `reason` label).
 UNREACHABLE = "unreachable"  # connection refused or no route: nobody serves there

@@ -65,10 +65,10 @@ from mirror.oci.mediatypes import (
 )
 from mirror.oci.ranges import parse_decimal
 from mirror.server.http import API_VERSION_HEADER
-from mirror.server.io import PeerStalled
 from mirror.server.registry import FORWARDS_HEADER, MIRRORED_HEADER, MIRRORED_QUERY
 from mirror.server.request import Request
 from mirror.server.response import Response, error_response
+from mirror.server.sendfailures import PeerStalled
 
 log = logging.getLogger("mirror.mirroring")
 

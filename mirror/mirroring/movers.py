@@ -33,7 +33,8 @@ import trio
 
 from mirror.mirroring.peer import PeerError
 from mirror.mirroring.ratefloor import RateFloor
-from mirror.server.io import BodyIntegrityError, PeerStalled, send_all
+from mirror.server.io import BodyIntegrityError, send_all
+from mirror.server.sendfailures import PeerStalled
 
 COPY_BUFFER = 1024 * 1024
 PIPE_SIZE = 1024 * 1024

@@ -15,7 +15,8 @@ import trio
 
 from mirror.oci.mediatypes import MAX_MANIFEST_SIZE
 from mirror.oci.ranges import BEYOND_ANY_SIZE, parse_decimal
-from mirror.server.io import PeerStalled, send_all
+from mirror.server.io import send_all
+from mirror.server.sendfailures import PeerStalled
 
 MAX_HEAD = 16 * 1024
 

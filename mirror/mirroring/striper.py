@@ -56,8 +56,9 @@ from mirror.mirroring.stripe import (
     WakeAt,
 )
 from mirror.oci.ranges import parse_decimal
-from mirror.server.io import PeerStalled, send_all
+from mirror.server.io import send_all
 from mirror.server.registry import STRIPE_HEADER
+from mirror.server.sendfailures import PeerStalled
 
 log = logging.getLogger("mirror.mirroring")
 

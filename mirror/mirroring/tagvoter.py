@@ -27,7 +27,7 @@ from mirror.mirroring.race import AttemptFailed, Start
 from mirror.mirroring.racer import BUSY, FailureSink, HeadRequest, pump_providers, run_attempts
 from mirror.mirroring.tagvote import Answered, Decided, TagVote, VoteEvent
 from mirror.oci.digest import digest_matches, is_digest
-from mirror.server.io import PeerStalled
+from mirror.server.sendfailures import PeerStalled
 
 
 @dataclass(slots=True)

@@ -32,9 +32,10 @@ from mirror.server.core import (
     SendError,
 )
 from mirror.server.http import response_head
-from mirror.server.io import BodyIntegrityError, PeerStalled, SourceShort, send_all
+from mirror.server.io import BodyIntegrityError, send_all
 from mirror.server.request import Request
 from mirror.server.response import Response, error_response, unavailable
+from mirror.server.sendfailures import PeerStalled, SourceShort
 from mirror.server.streamcap import Preempted
 
 __all__ = [

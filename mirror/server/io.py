@@ -18,24 +18,11 @@ import socket
 
 import trio
 
-from mirror.server.offload import (
-    OffloadShort,
-    OffloadStalled,
-    OffloadUnavailable,
-    offload_applies,
-    send_file_offloaded,
-)
+from mirror.server.offload import OffloadUnavailable, offload_applies, send_file_offloaded
 from mirror.server.pacing import PACED_CHUNK, Pacer
+from mirror.server.sendfailures import PeerStalled, SourceShort
 
 SENDFILE_CHUNK = 4 * 1024 * 1024
-
-
-class PeerStalled(Exception):
-    """The peer accepted no byte within the stall timeout."""
-
-
-class SourceShort(Exception):
-    """The file ended before the promised length: it was truncated or replaced."""
 
 
 class BodyIntegrityError(Exception):
@@ -105,7 +92,7 @@ async def send_file(
     try:
         if pacer is None and offload_applies(length):
             with contextlib.suppress(OffloadUnavailable):
-                return await _send_file_offloaded(sock, file_fd, offset, length, stall_timeout)
+                return await send_file_offloaded(sock, file_fd, offset, length, stall_timeout)
         return await _send_file(sock, file_fd, offset, length, stall_timeout, chunk, pacer)
     finally:
         if corked:
@@ -118,17 +105,6 @@ def _cork(sock: trio.socket.SocketType, on: bool) -> bool:
     except OSError:
         return False  # not TCP (a socket pair in tests), or already closed
     return True
-
-
-async def _send_file_offloaded(
-    sock: trio.socket.SocketType, file_fd: int, offset: int, length: int, stall_timeout: float
-) -> int:
-    try:
-        return await send_file_offloaded(sock, file_fd, offset, length, stall_timeout)
-    except OffloadStalled:
-        raise PeerStalled(f"no progress for {stall_timeout}s") from None
-    except OffloadShort as short:
-        raise SourceShort(str(short)) from None
 
 
 class StallDeadline:

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 
 import trio
 
+from mirror.server.sendfailures import PeerStalled, SourceShort
+
 # A smaller body costs the loop only a few wakeups: not worth a thread hand-off.
 OFFLOAD_MIN = 16 * 1024 * 1024
 BODY_THREADS = 16
@@ -54,20 +56,13 @@ class OffloadUnavailable(Exception):
     options: nothing was sent, use the loop."""
 
 
-class OffloadStalled(Exception):
-    """The peer accepted no byte within the stall timeout."""
-
-
-class OffloadShort(Exception):
-    """The file ended before the promised length."""
-
-
 @dataclass(slots=True)
 class _Job:
     out_fd: int
     in_fd: int
     offset: int
     length: int
+    stall_timeout: float
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _owned: bool = False
 
@@ -94,9 +89,9 @@ class _Job:
                 try:
                     sent = os.sendfile(self.out_fd, self.in_fd, offset, remaining)
                 except BlockingIOError:
-                    raise OffloadStalled("no progress within the stall timeout") from None
+                    raise PeerStalled(f"no progress for {self.stall_timeout}s") from None
                 if sent == 0:
-                    raise OffloadShort(f"file ended {remaining} bytes early")
+                    raise SourceShort(f"file ended {remaining} bytes early")
                 offset += sent
                 remaining -= sent
             return self.length
@@ -122,7 +117,7 @@ async def send_file_offloaded(
     except OSError as error:
         os.close(out_fd)
         raise OffloadUnavailable(str(error)) from None
-    job = _Job(out_fd, in_fd, offset, length)
+    job = _Job(out_fd, in_fd, offset, length, stall_timeout)
     try:
         # The descriptors share one open socket: blocking mode and the timeout hold for
         # both until restored below, and the task does not touch the socket meanwhile.

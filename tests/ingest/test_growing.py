@@ -17,7 +17,7 @@ from mirror.ingest.growing import (
     SourceLost,
     WaitUntil,
 )
-from mirror.server.io import SourceShort
+from mirror.server.sendfailures import SourceShort
 
 
 def _follower(start: int = 0, end: int = 100) -> GrowthFollower:

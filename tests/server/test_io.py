@@ -13,7 +13,8 @@ import pytest
 import trio
 import trio.testing
 
-from mirror.server.io import PeerStalled, send_file
+from mirror.server.io import send_file
+from mirror.server.sendfailures import PeerStalled
 from tests.loopback import tcp_pair
 
 
