@@ -324,15 +324,17 @@ class NodeCore:
 
     def withdraw_inflight(self, keys: Iterable[str]) -> None:
         for key in keys:
-            self._inflight.pop(key_id(key), None)
-            self._inflight_holders.pop(key_id(key), None)
+            self._end_inflight(key_id(key))
+
+    def _end_inflight(self, kid: bytes) -> None:
+        self._inflight.pop(kid, None)
+        self._inflight_holders.pop(kid, None)
 
     def provide(self, keys: Iterable[str], now: float) -> Operation | None:
         """Start announcing keys not provided yet; None if there is nothing to wait for."""
         keys = list(keys)
         for key in keys:
-            self._inflight.pop(key_id(key), None)  # complete now: records replace in-flight ones
-            self._inflight_holders.pop(key_id(key), None)
+            self._end_inflight(key_id(key))  # complete now: records replace in-flight ones
         new = self.schedule.add(keys, now)
         if not new:
             return None

@@ -394,17 +394,20 @@ def announce_inflight(
     with `holders` (those a lookup found for the last announce) on them, without one.
     `on_holders` is told the nodes a lookup found."""
     message = AddInflight(key, *host.origin(), done, total)
-    if holders is not None:
-        messages = [(contact, message) for contact in holders]
+
+    def store_on(contacts: list[Contact]) -> Operation | None:
+        messages = [(contact, message) for contact in contacts]
         return AddProvidersOp(host, new_id(), messages, len(messages)) if messages else None
+
+    if holders is not None:
+        return store_on(holders)
     lookup = LookupOp(host, new_id(), key, FindNode(key))
 
     def send_step() -> Operation | None:
         closest = lookup.result()[: host.k]
         if on_holders is not None:
             on_holders(closest)
-        messages = [(contact, message) for contact in closest]
-        return AddProvidersOp(host, new_id(), messages, len(messages)) if messages else None
+        return store_on(closest)
 
     return SequenceOp(host, new_id(), [lambda: lookup, send_step])
 

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -349,9 +349,12 @@ class Node:
         # Without cold start nothing waits out a busy answer: no cap then.
         stream_cap = StreamCap(options.peer_streams if options.cold_start else 0)
 
+        def receiving() -> Iterator[str]:
+            """The digests the local containerd is downloading now."""
+            return (ingest.digest for ingest in watcher.all())
+
         def forwards(digest: str) -> bool:
-            receiving = (ingest.digest for ingest in watcher.all())
-            return digest in forwarded(dht.node_id, receiving, book.held(trio.current_time()))
+            return digest in forwarded(dht.node_id, receiving(), book.held(trio.current_time()))
 
         passes_on = forwards if options.cold_start else None
         mirror = PeerMirror(
@@ -364,7 +367,7 @@ class Node:
             authorization=authorization,
             ledger=telemetry,
             forwards=passes_on,
-            downloading=lambda: (ingest.digest for ingest in watcher.all()),
+            downloading=receiving,
         )
         handler = RegistryHandler(
             store,

@@ -14,7 +14,8 @@ import pytest
 import trio
 
 from mirror.server import offload
-from mirror.server.io import PeerStalled, SourceShort, send_file
+from mirror.server.io import send_file
+from mirror.server.sendfailures import PeerStalled, SourceShort
 from tests.loopback import tcp_pair
 
 SIZE = offload.OFFLOAD_MIN + 12345
@@ -129,15 +130,11 @@ async def test_a_file_shorter_than_promised_is_noticed(tmp_path: Path) -> None:
     assert bytes(received) == payload
 
 
-async def test_with_every_thread_busy_a_body_goes_through_the_loop(tmp_path: Path) -> None:
+async def _send_whole(tmp_path: Path) -> tuple[bytes, bytes]:
+    """A large blob through `send_file` to a reader of every byte: (sent, received)."""
     payload, fd = _blob(tmp_path)
     client, server = await tcp_pair()
     received = bytearray()
-    threads = offload.body_threads()
-    holders = [object() for _ in range(int(threads.total_tokens))]
-    for holder in holders:
-        threads.acquire_on_behalf_of_nowait(holder)
-    assert not offload.offload_applies(SIZE)
 
     async def read_all() -> None:
         while len(received) < len(payload):
@@ -150,36 +147,36 @@ async def test_with_every_thread_busy_a_body_goes_through_the_loop(tmp_path: Pat
                 await send_file(server, fd, 0, len(payload), stall_timeout=10.0)
     finally:
         os.close(fd)
+    return payload, bytes(received)
+
+
+async def test_with_every_thread_busy_a_body_goes_through_the_loop(tmp_path: Path) -> None:
+    threads = offload.body_threads()
+    holders = [object() for _ in range(int(threads.total_tokens))]
+    for holder in holders:
+        threads.acquire_on_behalf_of_nowait(holder)
+    assert not offload.offload_applies(SIZE)
+    try:
+        payload, received = await _send_whole(tmp_path)
+    finally:
         for holder in holders:
             threads.release_on_behalf_of(holder)
-    assert bytes(received) == payload
+    assert received == payload
     assert offload.offload_applies(SIZE)
 
 
 async def test_without_a_descriptor_to_spare_the_body_goes_through_the_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    payload, fd = _blob(tmp_path)
-    client, server = await tcp_pair()
-    received = bytearray()
-
     def no_descriptors(fd: int) -> int:
         raise OSError(24, "Too many open files")
 
-    async def read_all() -> None:
-        while len(received) < len(payload):
-            received.extend(await client.recv(1 << 20))
-
     monkeypatch.setattr(os, "dup", no_descriptors)
     try:
-        with client, server, trio.fail_after(30):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(read_all)
-                await send_file(server, fd, 0, len(payload), stall_timeout=10.0)
+        payload, received = await _send_whole(tmp_path)
     finally:
         monkeypatch.undo()
-        os.close(fd)
-    assert bytes(received) == payload
+    assert received == payload
 
 
 async def test_a_send_cancelled_before_its_thread_began_leaks_no_descriptor(
